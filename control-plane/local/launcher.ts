@@ -1,0 +1,77 @@
+/**
+ * Runs the control plane locally: the built Worker (dist/worker.js) on workerd through Miniflare, with
+ * the same bindings as wrangler.toml and Durable Object state persisted under a folder.
+ */
+import { existsSync, mkdirSync, readFileSync } from "node:fs";
+import { dirname, join, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+import { Miniflare } from "miniflare";
+
+/** Options for a local control plane. */
+export interface LocalControlPlaneOptions {
+  /** TCP port on `host`; 0 picks a free one. */
+  port: number;
+  /** Address to listen on; loopback unless told otherwise. */
+  host?: string;
+  /** The server API's bearer token. */
+  serverToken: string;
+  /** Folder for persisted Durable Object state. */
+  stateDir: string;
+}
+
+/** A running local control plane. */
+export interface LocalControlPlane {
+  /** Base URL, e.g. `http://127.0.0.1:8787`. */
+  url: string;
+  /** Stops workerd and waits for it. */
+  stop(): Promise<void>;
+}
+
+/** The project folder (holding wrangler.toml and dist/), found from this module's location. */
+export function projectRoot(): string {
+  let dir = dirname(fileURLToPath(import.meta.url));
+  for (;;) {
+    if (existsSync(join(dir, "wrangler.toml")) && existsSync(join(dir, "package.json"))) return dir;
+    const parent = dirname(dir);
+    if (parent === dir) throw new Error("cannot find the Tendril project folder (wrangler.toml)");
+    dir = parent;
+  }
+}
+
+/** The compatibility date from wrangler.toml, so that local and deployed Workers agree. */
+export function compatibilityDate(root: string): string {
+  const toml = readFileSync(join(root, "wrangler.toml"), "utf8");
+  const match = /^compatibility_date\s*=\s*"(\d{4}-\d{2}-\d{2})"/m.exec(toml);
+  if (!match?.[1]) throw new Error("wrangler.toml has no compatibility_date");
+  return match[1];
+}
+
+/** Starts the control plane and resolves once it accepts requests. */
+export async function startLocalControlPlane(options: LocalControlPlaneOptions): Promise<LocalControlPlane> {
+  const root = projectRoot();
+  const scriptPath = join(root, "dist", "worker.js");
+  if (!existsSync(scriptPath)) throw new Error(`${scriptPath} is missing; run \`npm run build\` first`);
+  const persist = resolve(options.stateDir, "durable-objects");
+  mkdirSync(persist, { recursive: true });
+  const mf = new Miniflare({
+    modules: true,
+    scriptPath,
+    modulesRoot: dirname(scriptPath),
+    compatibilityDate: compatibilityDate(root),
+    durableObjects: {
+      MACHINE: { className: "MachineObject", useSQLite: true },
+      REGISTRY: { className: "RegistryObject", useSQLite: true },
+    },
+    bindings: { SERVER_TOKEN: options.serverToken },
+    durableObjectsPersist: persist,
+    host: options.host ?? "127.0.0.1",
+    port: options.port,
+    cf: false,
+  });
+  const ready = await mf.ready;
+  const url = ready.origin;
+  return {
+    url,
+    stop: () => mf.dispose(),
+  };
+}

@@ -1,0 +1,92 @@
+/**
+ * Turns the chunks of one output stream into lines.
+ *
+ * - Lines end at `\n`; one `\r` before it (or before the end of the stream) is dropped, so CRLF output reads
+ *   the same as LF output. A `\r` anywhere else (progress bars) stays in the text.
+ * - Bytes are decoded as UTF-8 with a StringDecoder, so a character split across chunks is never broken;
+ *   invalid bytes become U+FFFD.
+ * - A line longer than `MAX_LINE_BYTES` is cut into pieces of at most that many bytes (each piece becomes its
+ *   own line; a character is never cut in half, so a piece can be up to 3 bytes shorter). This bounds the memory
+ *   one endless line can take and keeps every line well inside one protocol frame. Shorter lines are never
+ *   split or merged.
+ * - `end()` returns the last line when the stream did not end with `\n`.
+ */
+import { StringDecoder } from "node:string_decoder";
+
+/** The longest line, in UTF-8 bytes, before it is cut into pieces. */
+export const MAX_LINE_BYTES = 1024 * 1024;
+
+const NEWLINE = 0x0a;
+const CARRIAGE_RETURN = 0x0d;
+
+/** Splits one stream's chunks into lines; one instance per stream. */
+export class LineSplitter {
+  private readonly decoder = new StringDecoder("utf8");
+  /** Bytes of the current line not yet decoded. */
+  private pending: Buffer[] = [];
+  private pendingBytes = 0;
+  /** True once a piece of the current over-long line was emitted: the decoder may still hold part of a character. */
+  private started = false;
+
+  constructor(private readonly maxLineBytes: number = MAX_LINE_BYTES) {
+    if (!Number.isInteger(maxLineBytes) || maxLineBytes < 4) throw new RangeError("maxLineBytes must be an integer >= 4");
+  }
+
+  /** Adds a chunk and returns the lines it completed, in order. */
+  push(chunk: Buffer | string): string[] {
+    const bytes = typeof chunk === "string" ? Buffer.from(chunk, "utf8") : chunk;
+    const lines: string[] = [];
+    let start = 0;
+    for (;;) {
+      const end = bytes.indexOf(NEWLINE, start);
+      if (end === -1) {
+        this.append(bytes.subarray(start), lines);
+        return lines;
+      }
+      this.append(bytes.subarray(start, end), lines);
+      lines.push(...this.finishLine());
+      start = end + 1;
+    }
+  }
+
+  /** Ends the stream and returns the unterminated last line, if any. */
+  end(): string[] {
+    if (this.pendingBytes === 0 && !this.started) return [];
+    return this.finishLine();
+  }
+
+  private append(bytes: Buffer, lines: string[]): void {
+    if (bytes.length === 0) return;
+    this.pending.push(bytes);
+    this.pendingBytes += bytes.length;
+    // Keep one byte beyond the limit: it may be the `\r` of a CRLF that is not part of the line.
+    while (this.pendingBytes > this.maxLineBytes + 1) lines.push(this.cutPiece());
+  }
+
+  /** Decodes the first `maxLineBytes` pending bytes as one piece of an over-long line. */
+  private cutPiece(): string {
+    const all = Buffer.concat(this.pending, this.pendingBytes);
+    const piece = all.subarray(0, this.maxLineBytes);
+    const rest = all.subarray(this.maxLineBytes);
+    this.pending = [rest];
+    this.pendingBytes = rest.length;
+    this.started = true;
+    // `write` holds back a trailing partial character; it is completed by the next piece.
+    return this.decoder.write(piece);
+  }
+
+  private finishLine(): string[] {
+    let all = Buffer.concat(this.pending, this.pendingBytes);
+    if (all.length > 0 && all[all.length - 1] === CARRIAGE_RETURN) all = all.subarray(0, all.length - 1);
+    const lines: string[] = [];
+    if (all.length > this.maxLineBytes) {
+      lines.push(this.decoder.write(all.subarray(0, this.maxLineBytes)));
+      all = all.subarray(this.maxLineBytes);
+    }
+    lines.push(this.decoder.write(all) + this.decoder.end());
+    this.pending = [];
+    this.pendingBytes = 0;
+    this.started = false;
+    return lines;
+  }
+}

@@ -1,0 +1,85 @@
+/** The runner's one typed options object and its defaults. */
+import { readFileSync } from "node:fs";
+
+/** Where the runner writes its own diagnostics (never script output). */
+export interface Logger {
+  info(message: string): void;
+  warn(message: string): void;
+  error(message: string): void;
+}
+
+/** Everything a runner needs; `startRunner` fills the fields that have a default from `RUNNER_DEFAULTS`. */
+export interface RunnerOptions {
+  /** The control plane's http(s) base URL, e.g. `https://tendril.example.workers.dev`. */
+  url: string;
+  /** The machine this runner serves (1-64 characters of `[A-Za-z0-9._-]`). */
+  machineId: string;
+  /** The machine's runner token, sent as `Authorization: Bearer <token>` on the WebSocket upgrade. */
+  token: string;
+  /** Root folder for workspaces (`<workDir>/work/t-<ticket>/`) and script files (`<workDir>/scripts/`). */
+  workDir: string;
+  /** Cancel: how long to wait after SIGTERM before sending SIGKILL to the process group. */
+  killGraceMs: number;
+  /** How often to send the `ping` heartbeat frame (the welcome may ask for a shorter interval). */
+  heartbeatMs: number;
+  /** When no inbound frame of any kind arrives for this long, the socket is terminated and reopened. */
+  deadAfterMs: number;
+  /** After a process exited, how long to wait for its stdout/stderr to close before reporting the exit;
+   *  a grandchild that keeps the pipes open must not hold the exit back forever. */
+  pipeDrainMs: number;
+  /** First reconnect delay ceiling; full jitter doubles it per failed attempt. */
+  reconnectBaseMs: number;
+  /** Largest reconnect delay; also the delay after the control plane refused the upgrade (401/404). */
+  reconnectMaxMs: number;
+  /** UNSAFE: turns every kill into a no-op, for tests that need a process that cannot be killed. */
+  disableKill: boolean;
+  /** The runner version reported in `hello`. */
+  version: string;
+  /** Diagnostics sink. */
+  logger: Logger;
+}
+
+/** The options a caller must always give. */
+export type RequiredRunnerOptions = Pick<RunnerOptions, "url" | "machineId" | "token" | "workDir">;
+
+/** What `startRunner` accepts: the required fields plus any defaults to override. */
+export type RunnerInput = RequiredRunnerOptions & Partial<RunnerOptions>;
+
+/** Reads this package's version; the path is the same from the sources (runner/) and the bundle (dist/). */
+function packageVersion(): string {
+  try {
+    const raw: unknown = JSON.parse(readFileSync(new URL("../package.json", import.meta.url), "utf8"));
+    if (typeof raw === "object" && raw !== null && "version" in raw && typeof raw.version === "string") {
+      return raw.version;
+    }
+  } catch {
+    // A missing or unreadable package.json only costs the version string.
+  }
+  return "0.0.0-unknown";
+}
+
+/** Writes `<ISO time> <LEVEL> runner: message` lines to stderr, leaving stdout to whoever embeds the runner. */
+export const stderrLogger: Logger = {
+  info: (message) => process.stderr.write(`${new Date().toISOString()} INFO  runner: ${message}\n`),
+  warn: (message) => process.stderr.write(`${new Date().toISOString()} WARN  runner: ${message}\n`),
+  error: (message) => process.stderr.write(`${new Date().toISOString()} ERROR runner: ${message}\n`),
+};
+
+/** Defaults for every option that has one. */
+export const RUNNER_DEFAULTS: Omit<RunnerOptions, keyof RequiredRunnerOptions> = {
+  killGraceMs: 10_000,
+  heartbeatMs: 10_000,
+  deadAfterMs: 25_000,
+  pipeDrainMs: 2_000,
+  reconnectBaseMs: 200,
+  reconnectMaxMs: 10_000,
+  disableKill: false,
+  version: packageVersion(),
+  logger: stderrLogger,
+};
+
+/** Fills the defaults; a field given as `undefined` keeps its default. */
+export function resolveRunnerOptions(input: RunnerInput): RunnerOptions {
+  const given = Object.fromEntries(Object.entries(input).filter(([, value]) => value !== undefined));
+  return { ...RUNNER_DEFAULTS, ...given, url: input.url, machineId: input.machineId, token: input.token, workDir: input.workDir };
+}

@@ -1,0 +1,80 @@
+/**
+ * Per-ticket workspaces on disk: `<workDir>/work/t-<ticket>/` is the script's working directory and holds the
+ * request's files; the script itself is `<workDir>/scripts/t-<ticket>.sh` (`.ps1` for pwsh), outside the
+ * working directory so a file in the request cannot replace it. The `t-` prefix matters: `.` and `..` are
+ * valid tickets.
+ */
+import { mkdir, rm, writeFile } from "node:fs/promises";
+import { basename, join } from "node:path";
+import type { ScriptPayload } from "../shared/api.js";
+import { isTicket } from "../shared/ids.js";
+
+/** Where one ticket's script runs. */
+export interface Workspace {
+  /** The script's working directory. */
+  dir: string;
+  /** The script file. */
+  scriptPath: string;
+}
+
+/** Shell names as the protocol spells them. */
+export type ShellName = ScriptPayload["shell"];
+
+/** The script file's extension for a shell. */
+function extensionFor(shell: ShellName): string {
+  switch (shell) {
+    case "bash":
+    case "sh":
+      return ".sh";
+    case "pwsh":
+      return ".ps1";
+    default: {
+      const unreachable: never = shell;
+      throw new Error(`unknown shell ${String(unreachable)}`);
+    }
+  }
+}
+
+/** Creates and removes the workspaces under one work directory. */
+export class Workspaces {
+  constructor(private readonly workDir: string) {}
+
+  /** The paths of a ticket's workspace; throws for a string that is not a ticket. */
+  paths(ticket: string, shell: ShellName): Workspace {
+    const name = this.folderName(ticket);
+    return { dir: join(this.workDir, "work", name), scriptPath: join(this.workDir, "scripts", `${name}${extensionFor(shell)}`) };
+  }
+
+  /** Writes a fresh workspace for the ticket: the files decoded from base64 and the script file. */
+  async create(ticket: string, payload: ScriptPayload): Promise<Workspace> {
+    const workspace = this.paths(ticket, payload.shell);
+    // Leftovers of an earlier run of the same ticket must not leak into this one.
+    await this.remove(ticket);
+    // 0o700: the files may hold secrets; only the runner's user may enter these folders.
+    await mkdir(workspace.dir, { recursive: true, mode: 0o700 });
+    await mkdir(join(this.workDir, "scripts"), { recursive: true, mode: 0o700 });
+    for (const file of payload.files) {
+      // The schema already refuses paths; this keeps a file inside the workspace even if that ever changes.
+      if (basename(file.name) !== file.name || file.name === "." || file.name === "..") {
+        throw new Error(`The file name ${JSON.stringify(file.name)} is not a plain file name.`);
+      }
+      await writeFile(join(workspace.dir, file.name), Buffer.from(file.contents, "base64"));
+    }
+    await writeFile(workspace.scriptPath, payload.scriptBody, "utf8");
+    return workspace;
+  }
+
+  /** Removes a ticket's workspace and script file; removing what is not there is fine. */
+  async remove(ticket: string): Promise<void> {
+    const name = this.folderName(ticket);
+    await rm(join(this.workDir, "work", name), { recursive: true, force: true });
+    await rm(join(this.workDir, "scripts", `${name}.sh`), { force: true });
+    await rm(join(this.workDir, "scripts", `${name}.ps1`), { force: true });
+  }
+
+  private folderName(ticket: string): string {
+    // Tickets come from the parsed protocol already; checking again keeps a bad one from naming another path.
+    if (!isTicket(ticket)) throw new Error(`${JSON.stringify(ticket)} is not a valid ticket.`);
+    return `t-${ticket}`;
+  }
+}
