@@ -26,8 +26,6 @@ export const LIMITS = {
 /** The mutex name used when a request names none. */
 export const DEFAULT_MUTEX_NAME = "RunningScript";
 
-const noNul = (what: string) => (value: string) => !value.includes("\0") || `${what} must not contain NUL characters`;
-
 const FileName = z
   .string()
   .min(1)
@@ -58,7 +56,7 @@ const ScriptFile = z.strictObject({ name: FileName, contents: Base64 });
 /** Body of `POST /api/v1/machines/{machineId}/scripts`, with the contract's defaults applied. */
 export const StartScriptRequest = z.strictObject({
   ticket: Ticket.optional(),
-  scriptBody: z.string().refine(noNul("scriptBody"), "scriptBody must not contain NUL characters"),
+  scriptBody: z.string().refine((v) => !v.includes("\0"), "scriptBody must not contain NUL characters"),
   shell: z.enum(["bash", "sh", "pwsh"]).default("bash"),
   arguments: z
     .array(z.string().refine((v) => !v.includes("\0"), "arguments must not contain NUL characters"))
@@ -113,6 +111,7 @@ export function describeZodError(error: z.ZodError): string {
   const issue = error.issues[0];
   if (!issue) return "The request is invalid.";
   const path = issue.path.length ? issue.path.map(String).join(".") : "body";
+  if (issue.code === "invalid_key") return `${path}: ${issue.issues[0]?.message ?? issue.message}.`;
   if (issue.code === "unrecognized_keys") {
     const where = issue.path.length ? `${path}` : "the request";
     return `Unknown field(s) in ${where}: ${issue.keys.join(", ")}.`;

@@ -133,7 +133,7 @@ export type ParseResult<T> = { ok: true; message: T } | { ok: false; code: Close
 
 function parseFrame<T>(schema: z.ZodType<T>, data: string | ArrayBuffer): ParseResult<T> {
   if (typeof data !== "string") return { ok: false, code: CloseCode.BadFrame, reason: "binary frames are not part of the protocol" };
-  if (data.length > MAX_FRAME_BYTES) return { ok: false, code: CloseCode.FrameTooLarge, reason: "frame too large" };
+  if (utf8Length(data) > MAX_FRAME_BYTES) return { ok: false, code: CloseCode.FrameTooLarge, reason: "frame too large" };
   let json: unknown;
   try {
     json = JSON.parse(data);
@@ -144,10 +144,28 @@ function parseFrame<T>(schema: z.ZodType<T>, data: string | ArrayBuffer): ParseR
   if (!parsed.success) {
     const issue = parsed.error.issues[0];
     const where = issue?.path.length ? issue.path.join(".") : "frame";
-    // Close reasons are limited to 123 bytes.
-    return { ok: false, code: CloseCode.BadFrame, reason: `${where}: ${issue?.message ?? "invalid"}`.slice(0, 120) };
+    return { ok: false, code: CloseCode.BadFrame, reason: closeReason(`${where}: ${issue?.message ?? "invalid"}`) };
   }
   return { ok: true, message: parsed.data };
+}
+
+/** UTF-8 length of a string, without encoding it when the answer is clear from its length alone. */
+function utf8Length(text: string): number {
+  if (text.length * 3 <= MAX_FRAME_BYTES) return text.length; // under the limit whatever its characters
+  return new TextEncoder().encode(text).byteLength;
+}
+
+/** Cuts a close reason to the 123 UTF-8 bytes WebSocket allows, on whole characters. */
+export function closeReason(text: string): string {
+  let bytes = 0;
+  let out = "";
+  for (const ch of text) {
+    const size = new TextEncoder().encode(ch).byteLength;
+    if (bytes + size > 123) break;
+    bytes += size;
+    out += ch;
+  }
+  return out;
 }
 
 /** Parses a frame the control plane received from a runner. */

@@ -245,23 +245,23 @@ function runnerConnected(state: MachineState, runnerId: string, inventory: Inven
   }
   out.effects.push({ type: "resume", decisions });
 
-  const ordered = [...state.scripts.values()].sort((a, b) => a.queueSeq - b.queueSeq);
-  for (const script of ordered) {
-    if (script.state === "running") {
-      const entry = listed.get(script.ticket);
-      if (entry && entry.fence === script.fence) continue;
-      if (script.runnerId === runnerId) {
-        // The same runner process never received this dispatch (it would list it): send it again.
-        dispatch(state, script, runnerId, now, out);
-      } else {
-        out.changes.push({
-          type: "log",
-          ticket: script.ticket,
-          text: "The runner reconnected without this script (it was restarted); the script's result is unknown.",
-          at: now,
-        });
-        complete(state, script, { kind: "lost" }, now, out);
-      }
+  // Decide which scripts to look at before completing any: a completion grants and dispatches waiters,
+  // and those fresh dispatches must not be mistaken for missing ones.
+  const running = [...state.scripts.values()].filter((s) => s.state === "running").sort((a, b) => a.queueSeq - b.queueSeq);
+  for (const script of running) {
+    const entry = listed.get(script.ticket);
+    if (entry && entry.fence === script.fence) continue;
+    if (script.runnerId === runnerId) {
+      // The same runner process never received this dispatch (it would list it): send it again.
+      dispatch(state, script, runnerId, now, out);
+    } else {
+      out.changes.push({
+        type: "log",
+        ticket: script.ticket,
+        text: "The runner reconnected without this script (it was restarted); the script's result is unknown.",
+        at: now,
+      });
+      complete(state, script, { kind: "lost" }, now, out);
     }
   }
   for (const script of [...state.scripts.values()].sort((a, b) => a.queueSeq - b.queueSeq)) {
@@ -272,8 +272,10 @@ function runnerConnected(state: MachineState, runnerId: string, inventory: Inven
 function expireWaiters(state: MachineState, now: number, out: Decision): void {
   const expired = [...state.scripts.values()]
     .filter((s) => !s.granted && s.mutexDeadline !== null && s.mutexDeadline <= now)
-    .sort((a, b) => a.queueSeq - b.queueSeq);
+    .sort((a, b) => a.mutexDeadline! - b.mutexDeadline! || a.queueSeq - b.queueSeq);
   for (const script of expired) {
+    // An earlier expiry in this tick may have let this one through (or completed it): then it no longer waits.
+    if (script.granted || !state.scripts.has(script.ticket)) continue;
     const mutex = state.mutexes.get(script.mutexName);
     const waitedMs = now - script.createdAt;
     out.changes.push({

@@ -1,0 +1,34 @@
+/** A thin HTTP helper for integration tests: raw status and JSON body, so that tests see exactly what the API says. */
+
+/** A response as a test sees it. */
+export interface ApiResponse<T = any> {
+  status: number;
+  body: T;
+  headers: Headers;
+}
+
+/** Calls the control plane with the server token (unless `token` overrides it; null sends none). */
+export async function call<T = any>(
+  base: { url: string; serverToken: string },
+  method: string,
+  path: string,
+  body?: unknown,
+  { token, rawBody, headers = {} }: { token?: string | null; rawBody?: string; headers?: Record<string, string> } = {},
+): Promise<ApiResponse<T>> {
+  const all: Record<string, string> = { ...headers };
+  if (token !== null) all.authorization = `Bearer ${token ?? base.serverToken}`;
+  if ((body !== undefined || rawBody !== undefined) && !("content-type" in all)) all["content-type"] = "application/json";
+  const response = await fetch(`${base.url}${path}`, {
+    method,
+    headers: all,
+    body: rawBody ?? (body === undefined ? undefined : JSON.stringify(body)),
+  });
+  const text = await response.text();
+  let parsed: unknown = text;
+  try {
+    parsed = text ? JSON.parse(text) : null;
+  } catch {
+    // not JSON (the SSE stream)
+  }
+  return { status: response.status, body: parsed as T, headers: response.headers };
+}

@@ -1,0 +1,1222 @@
+/**
+ * The machine core as a pure function: `(state, event) → {changes, effects}`. Each test drives a real
+ * MachineState through events and asserts the exact changes and effects, then the state they leave.
+ */
+import { describe, expect, it } from "vitest";
+import {
+  emptyState,
+  handle,
+  nextDeadline,
+  restoreState,
+  type ActiveScript,
+  type Decision,
+  type InventoryEntry,
+  type MachineEvent,
+  type MachineState,
+  type NewScript,
+} from "../../control-plane/machine/core/machine-core.js";
+import { compatible, isIdle, type LockMode } from "../../control-plane/machine/core/mutex.js";
+import { exitCodeFor, type CompletionReason } from "../../shared/exit-codes.js";
+
+const T0 = 1_700_000_000_000;
+const MUTEX = "RunningScript";
+const EXITED_0: CompletionReason = { kind: "exited", code: 0 };
+
+interface StartOptions {
+  mode?: LockMode;
+  mutexName?: string;
+  taskId?: string | null;
+  mutexTimeoutMs?: number;
+}
+
+function newScript(ticket: string, options: StartOptions = {}): NewScript {
+  return {
+    ticket,
+    mode: options.mode ?? "exclusive",
+    mutexName: options.mutexName ?? MUTEX,
+    taskId: options.taskId ?? null,
+    mutexTimeoutMs: options.mutexTimeoutMs ?? 0,
+  };
+}
+
+function start(state: MachineState, ticket: string, options: StartOptions = {}, now = T0): Decision {
+  return handle(state, { type: "start", script: newScript(ticket, options), now });
+}
+
+function connect(state: MachineState, runnerId: string, inventory: InventoryEntry[] = [], now = T0): Decision {
+  return handle(state, { type: "runner_connected", runnerId, inventory, now });
+}
+
+function disconnect(state: MachineState, now = T0): Decision {
+  return handle(state, { type: "runner_disconnected", now });
+}
+
+function exit(state: MachineState, ticket: string, fence: number, reason: CompletionReason = EXITED_0, now = T0): Decision {
+  return handle(state, { type: "exited", ticket, fence, reason, now });
+}
+
+function tick(state: MachineState, now: number): Decision {
+  return handle(state, { type: "tick", now });
+}
+
+/** `[ticket, fence]` of every dispatch effect, in order. */
+function dispatches(decision: Decision): Array<[string, number]> {
+  return decision.effects.flatMap((e) => (e.type === "dispatch" ? [[e.ticket, e.fence] as [string, number]] : []));
+}
+
+/** `[ticket, reason kind]` of every completed change, in order. */
+function completions(decision: Decision): Array<[string, string]> {
+  return decision.changes.flatMap((c) => (c.type === "completed" ? [[c.ticket, c.reason.kind] as [string, string]] : []));
+}
+
+/** `[ticket, text]` of every log change, in order. */
+function logs(decision: Decision): Array<[string, string]> {
+  return decision.changes.flatMap((c) => (c.type === "log" ? [[c.ticket, c.text] as [string, string]] : []));
+}
+
+/** Tickets of every granted change, in order. */
+function grants(decision: Decision): string[] {
+  return decision.changes.flatMap((c) => (c.type === "granted" ? [c.ticket] : []));
+}
+
+function script(state: MachineState, ticket: string): ActiveScript {
+  const found = state.scripts.get(ticket);
+  if (!found) throw new Error(`no active script ${ticket}`);
+  return found;
+}
+
+/** A mutex's holders and waiters as plain data. */
+function mutexView(state: MachineState, name: string = MUTEX): { holders: Array<[string, LockMode]>; waiting: string[] } | null {
+  const mutex = state.mutexes.get(name);
+  if (!mutex) return null;
+  return { holders: [...mutex.holders.entries()], waiting: mutex.queue.map((w) => w.ticket) };
+}
+
+/** A deep, comparable copy of the whole state. */
+function snapshot(state: MachineState): unknown {
+  return {
+    scripts: [...state.scripts.entries()].map(([k, v]) => [k, { ...v }]),
+    mutexes: [...state.mutexes.entries()].map(([k, m]) => [k, { name: m.name, holders: [...m.holders.entries()], queue: m.queue.map((w) => ({ ...w })) }]),
+    runner: state.runner ? { ...state.runner } : null,
+    nextFence: state.nextFence,
+    nextQueueSeq: state.nextQueueSeq,
+  };
+}
+
+/** A stored row of an active script, as storage would hand it to restoreState. */
+function row(ticket: string, fields: Partial<ActiveScript> & { queueSeq: number }): ActiveScript {
+  return {
+    ticket,
+    state: "pending",
+    mode: "exclusive",
+    mutexName: MUTEX,
+    taskId: null,
+    createdAt: T0,
+    granted: false,
+    mutexDeadline: null,
+    fence: null,
+    runnerId: null,
+    startedAt: null,
+    ...fields,
+  };
+}
+
+/** Deterministic PRNG (mulberry32) so every randomized run can be replayed from its seed. */
+function prng(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+function shuffled<T>(items: T[], random: () => number): T[] {
+  const out = [...items];
+  for (let i = out.length - 1; i > 0; i--) {
+    const j = Math.floor(random() * (i + 1));
+    [out[i], out[j]] = [out[j]!, out[i]!];
+  }
+  return out;
+}
+
+describe("emptyState", () => {
+  it("starts with no scripts, no mutexes, no runner and both counters at 1", () => {
+    const state = emptyState();
+    expect(state.scripts.size).toBe(0);
+    expect(state.mutexes.size).toBe(0);
+    expect(state.runner).toBeNull();
+    expect(state.nextFence).toBe(1);
+    expect(state.nextQueueSeq).toBe(1);
+  });
+});
+
+describe("start", () => {
+  it("grants a script on a free mutex but keeps it pending without a dispatch while no runner is connected", () => {
+    const state = emptyState();
+    const decision = start(state, "a", { taskId: "ServerTasks-1" });
+    expect(decision).toEqual({
+      changes: [
+        {
+          type: "insert",
+          script: {
+            ticket: "a",
+            state: "pending",
+            mode: "exclusive",
+            mutexName: MUTEX,
+            taskId: "ServerTasks-1",
+            createdAt: T0,
+            queueSeq: 1,
+            granted: false,
+            mutexDeadline: null,
+            fence: null,
+            runnerId: null,
+            startedAt: null,
+          },
+        },
+        { type: "granted", ticket: "a" },
+      ],
+      effects: [],
+    });
+    expect(script(state, "a")).toMatchObject({ state: "pending", granted: true, fence: null, runnerId: null });
+    expect(mutexView(state)).toEqual({ holders: [["a", "exclusive"]], waiting: [] });
+    expect(state.nextFence).toBe(1);
+    expect(state.nextQueueSeq).toBe(2);
+  });
+
+  it("records the mutex deadline as now + mutexTimeoutMs in the inserted row", () => {
+    const state = emptyState();
+    start(state, "holder");
+    const decision = start(state, "b", { mutexTimeoutMs: 2500 }, T0 + 7);
+    const insert = decision.changes[0];
+    expect(insert).toMatchObject({ type: "insert", script: { ticket: "b", queueSeq: 2, createdAt: T0 + 7, mutexDeadline: T0 + 2507 } });
+    expect(script(state, "b").mutexDeadline).toBe(T0 + 2507);
+  });
+
+  it("waits forever (no deadline) when mutexTimeoutMs is 0", () => {
+    const state = emptyState();
+    start(state, "holder");
+    start(state, "b", { mutexTimeoutMs: 0 });
+    expect(script(state, "b").mutexDeadline).toBeNull();
+    expect(nextDeadline(state)).toBeNull();
+  });
+
+  it("clears the deadline of a script that is granted at once", () => {
+    const state = emptyState();
+    const decision = start(state, "a", { mutexTimeoutMs: 1000 });
+    expect(decision.changes[0]).toMatchObject({ type: "insert", script: { granted: false, mutexDeadline: T0 + 1000 } });
+    expect(script(state, "a")).toMatchObject({ granted: true, mutexDeadline: null });
+  });
+
+  it("does not let the inserted row alias the live script", () => {
+    const state = emptyState();
+    const decision = start(state, "a");
+    const insert = decision.changes[0];
+    if (insert?.type !== "insert") throw new Error("expected an insert first");
+    expect(insert.script).not.toBe(script(state, "a"));
+    expect(insert.script.granted).toBe(false);
+  });
+
+  it("dispatches a granted script at once when a runner is connected", () => {
+    const state = emptyState();
+    connect(state, "r1");
+    const decision = start(state, "a", {}, T0 + 5);
+    expect(decision.changes.slice(1)).toEqual([
+      { type: "granted", ticket: "a" },
+      { type: "dispatched", ticket: "a", fence: 1, runnerId: "r1", startedAt: T0 + 5 },
+    ]);
+    expect(decision.effects).toEqual([
+      { type: "dispatch", ticket: "a", fence: 1 },
+      { type: "notify", ticket: "a" },
+    ]);
+    expect(script(state, "a")).toMatchObject({ state: "running", granted: true, fence: 1, runnerId: "r1", startedAt: T0 + 5 });
+  });
+
+  it("gives every dispatch a strictly greater fence", () => {
+    const state = emptyState();
+    connect(state, "r1");
+    expect(dispatches(start(state, "a", { mutexName: "one" }))).toEqual([["a", 1]]);
+    expect(dispatches(start(state, "b", { mutexName: "two", mode: "shared" }))).toEqual([["b", 2]]);
+    expect(dispatches(start(state, "c", { mutexName: "two", mode: "shared" }))).toEqual([["c", 3]]);
+    expect(state.nextFence).toBe(4);
+  });
+
+  it("logs a debug line naming the holder ticket and its taskId when a start is blocked", () => {
+    const state = emptyState();
+    connect(state, "r1");
+    start(state, "t1", { taskId: "ServerTasks-1" });
+    const decision = start(state, "t2", {}, T0 + 1);
+    expect(decision).toEqual({
+      changes: [
+        expect.objectContaining({ type: "insert" }),
+        {
+          type: "log",
+          ticket: "t2",
+          text: 'Waiting for the mutex "RunningScript" (exclusive, full isolation): held by t1 (task ServerTasks-1).',
+          at: T0 + 1,
+        },
+      ],
+      effects: [],
+    });
+    expect(script(state, "t2")).toMatchObject({ state: "pending", granted: false, fence: null });
+  });
+
+  it("names the holder by ticket alone when it has no taskId", () => {
+    const state = emptyState();
+    start(state, "t1");
+    expect(logs(start(state, "t2"))).toEqual([["t2", 'Waiting for the mutex "RunningScript" (exclusive, full isolation): held by t1.']]);
+  });
+
+  it("names both the holder and the waiters ahead when a shared start queues behind a waiting exclusive one", () => {
+    const state = emptyState();
+    start(state, "s0", { mode: "shared", mutexName: "Deploy", taskId: "T-0" });
+    start(state, "x", { mode: "exclusive", mutexName: "Deploy", taskId: "T-x" });
+    expect(logs(start(state, "s1", { mode: "shared", mutexName: "Deploy" }))).toEqual([
+      ["s1", 'Waiting for the mutex "Deploy" (shared, no isolation): held by s0 (task T-0), queued behind x (task T-x).'],
+    ]);
+  });
+
+  it("names at most five tickets and counts the rest", () => {
+    const state = emptyState();
+    for (let i = 1; i <= 7; i++) start(state, `s${i}`, { mode: "shared" });
+    expect(logs(start(state, "x"))).toEqual([
+      ["x", 'Waiting for the mutex "RunningScript" (exclusive, full isolation): held by s1, s2, s3, s4, s5 and 2 more.'],
+    ]);
+  });
+
+  it("never blocks scripts on different mutex names", () => {
+    const state = emptyState();
+    connect(state, "r1");
+    start(state, "a", { mutexName: "one" });
+    const decision = start(state, "b", { mutexName: "two" });
+    expect(grants(decision)).toEqual(["b"]);
+    expect(dispatches(decision)).toEqual([["b", 2]]);
+    expect(mutexView(state, "one")).toEqual({ holders: [["a", "exclusive"]], waiting: [] });
+    expect(mutexView(state, "two")).toEqual({ holders: [["b", "exclusive"]], waiting: [] });
+  });
+
+  it("grants a shared start next to shared holders", () => {
+    const state = emptyState();
+    start(state, "s1", { mode: "shared" });
+    const decision = start(state, "s2", { mode: "shared" });
+    expect(grants(decision)).toEqual(["s2"]);
+    expect(logs(decision)).toEqual([]);
+    expect(mutexView(state)).toEqual({ holders: [["s1", "shared"], ["s2", "shared"]], waiting: [] });
+  });
+
+  it("queues a shared start behind a waiting exclusive one even though the holders are shared", () => {
+    const state = emptyState();
+    start(state, "s1", { mode: "shared" });
+    start(state, "x");
+    const decision = start(state, "s2", { mode: "shared" });
+    expect(grants(decision)).toEqual([]);
+    expect(mutexView(state)).toEqual({ holders: [["s1", "shared"]], waiting: ["x", "s2"] });
+  });
+});
+
+describe("runner_connected without an inventory", () => {
+  it("records the runner and answers with an empty resume", () => {
+    const state = emptyState();
+    expect(connect(state, "r1")).toEqual({ changes: [], effects: [{ type: "resume", decisions: [] }] });
+    expect(state.runner).toEqual({ runnerId: "r1" });
+  });
+
+  it("dispatches the scripts granted while no runner was connected, in FIFO order, after the resume", () => {
+    const state = emptyState();
+    start(state, "a", { mutexName: "one", mode: "shared" }, T0);
+    start(state, "b", { mutexName: "two" }, T0 + 1);
+    start(state, "c", { mutexName: "one", mode: "shared" }, T0 + 2);
+    const decision = connect(state, "r1", [], T0 + 10);
+    expect(decision.changes).toEqual([
+      { type: "dispatched", ticket: "a", fence: 1, runnerId: "r1", startedAt: T0 + 10 },
+      { type: "dispatched", ticket: "b", fence: 2, runnerId: "r1", startedAt: T0 + 10 },
+      { type: "dispatched", ticket: "c", fence: 3, runnerId: "r1", startedAt: T0 + 10 },
+    ]);
+    expect(decision.effects).toEqual([
+      { type: "resume", decisions: [] },
+      { type: "dispatch", ticket: "a", fence: 1 },
+      { type: "notify", ticket: "a" },
+      { type: "dispatch", ticket: "b", fence: 2 },
+      { type: "notify", ticket: "b" },
+      { type: "dispatch", ticket: "c", fence: 3 },
+      { type: "notify", ticket: "c" },
+    ]);
+  });
+
+  it("dispatches by queueSeq, not by the order of the scripts map", () => {
+    const state = restoreState(
+      [
+        row("late", { queueSeq: 9, granted: true, mutexName: "one" }),
+        row("early", { queueSeq: 2, granted: true, mutexName: "two" }),
+        row("middle", { queueSeq: 5, granted: true, mutexName: "three" }),
+      ],
+      { nextFence: 1, nextQueueSeq: 10 },
+    );
+    // Reverse the map's insertion order so only an explicit sort can yield FIFO order.
+    state.scripts = new Map([...state.scripts.entries()].reverse());
+    expect(dispatches(connect(state, "r1"))).toEqual([
+      ["early", 1],
+      ["middle", 2],
+      ["late", 3],
+    ]);
+  });
+
+  it("does not dispatch scripts that still wait for their mutex", () => {
+    const state = emptyState();
+    start(state, "a");
+    start(state, "b");
+    expect(dispatches(connect(state, "r1"))).toEqual([["a", 1]]);
+    expect(script(state, "b")).toMatchObject({ state: "pending", granted: false, fence: null });
+  });
+});
+
+describe("runner_disconnected", () => {
+  it("forgets the runner but leaves running scripts running", () => {
+    const state = emptyState();
+    connect(state, "r1");
+    start(state, "a");
+    expect(disconnect(state)).toEqual({ changes: [], effects: [] });
+    expect(state.runner).toBeNull();
+    expect(script(state, "a")).toMatchObject({ state: "running", fence: 1, runnerId: "r1" });
+  });
+
+  it("keeps a script granted after the disconnect pending until a runner connects", () => {
+    const state = emptyState();
+    connect(state, "r1");
+    disconnect(state);
+    const decision = start(state, "a");
+    expect(dispatches(decision)).toEqual([]);
+    expect(script(state, "a")).toMatchObject({ state: "pending", granted: true });
+    expect(dispatches(connect(state, "r1", [], T0 + 3))).toEqual([["a", 1]]);
+  });
+});
+
+describe("exited", () => {
+  it("completes the script with the right fence, releases its mutex and grants and dispatches the next waiter", () => {
+    const state = emptyState();
+    connect(state, "r1");
+    start(state, "a", { taskId: "T-a" });
+    start(state, "b", { taskId: "T-b" });
+    start(state, "c");
+    const decision = exit(state, "a", 1, { kind: "exited", code: 3 }, T0 + 100);
+    expect(decision).toEqual({
+      changes: [
+        { type: "completed", ticket: "a", reason: { kind: "exited", code: 3 }, at: T0 + 100 },
+        { type: "granted", ticket: "b" },
+        { type: "dispatched", ticket: "b", fence: 2, runnerId: "r1", startedAt: T0 + 100 },
+        {
+          type: "log",
+          ticket: "c",
+          text: 'Waiting for the mutex "RunningScript" (exclusive, full isolation): held by b (task T-b).',
+          at: T0 + 100,
+        },
+      ],
+      effects: [
+        { type: "notify", ticket: "a" },
+        { type: "dispatch", ticket: "b", fence: 2 },
+        { type: "notify", ticket: "b" },
+      ],
+    });
+    expect(state.scripts.has("a")).toBe(false);
+    expect(mutexView(state)).toEqual({ holders: [["b", "exclusive"]], waiting: ["c"] });
+  });
+
+  it("passes the runner's reason through unchanged", () => {
+    const state = emptyState();
+    connect(state, "r1");
+    start(state, "a");
+    const reason: CompletionReason = { kind: "signaled", signal: "SIGSEGV", number: 11 };
+    expect(exit(state, "a", 1, reason).changes).toEqual([{ type: "completed", ticket: "a", reason, at: T0 }]);
+  });
+
+  it("grants a waiter while no runner is connected but leaves it pending", () => {
+    const state = emptyState();
+    connect(state, "r1");
+    start(state, "a");
+    start(state, "b");
+    disconnect(state);
+    const decision = exit(state, "a", 1);
+    expect(grants(decision)).toEqual(["b"]);
+    expect(dispatches(decision)).toEqual([]);
+    expect(script(state, "b")).toMatchObject({ state: "pending", granted: true, fence: null });
+  });
+
+  it("grants every shared waiter up to the next exclusive one", () => {
+    const state = emptyState();
+    connect(state, "r1");
+    start(state, "x1");
+    start(state, "s1", { mode: "shared" });
+    start(state, "s2", { mode: "shared" });
+    start(state, "x2", { taskId: "T-x2" });
+    start(state, "s3", { mode: "shared" });
+    const decision = exit(state, "x1", 1);
+    expect(grants(decision)).toEqual(["s1", "s2"]);
+    expect(dispatches(decision)).toEqual([
+      ["s1", 2],
+      ["s2", 3],
+    ]);
+    // x2 was queued behind s1 and s2; now it heads the queue and hears who it waits for.
+    expect(logs(decision)).toEqual([
+      ["x2", 'Waiting for the mutex "RunningScript" (exclusive, full isolation): held by s1, s2.'],
+    ]);
+    expect(mutexView(state)).toEqual({ holders: [["s1", "shared"], ["s2", "shared"]], waiting: ["x2", "s3"] });
+  });
+
+  it("does not log again for a head that did not change", () => {
+    const state = emptyState();
+    connect(state, "r1");
+    start(state, "s1", { mode: "shared" });
+    start(state, "s2", { mode: "shared" });
+    start(state, "x");
+    const decision = exit(state, "s1", 1);
+    expect(decision.changes).toEqual([{ type: "completed", ticket: "s1", reason: EXITED_0, at: T0 }]);
+    expect(decision.effects).toEqual([{ type: "notify", ticket: "s1" }]);
+    expect(mutexView(state)).toEqual({ holders: [["s2", "shared"]], waiting: ["x"] });
+  });
+
+  it("changes nothing for an exit with a stale fence", () => {
+    const state = emptyState();
+    connect(state, "r1");
+    start(state, "a");
+    disconnect(state);
+    connect(state, "r1", []); // not listed: re-dispatched with fence 2
+    expect(script(state, "a").fence).toBe(2);
+    const before = snapshot(state);
+    expect(exit(state, "a", 1)).toEqual({ changes: [], effects: [] });
+    expect(snapshot(state)).toEqual(before);
+  });
+
+  it("changes nothing for an exit with a fence from the future", () => {
+    const state = emptyState();
+    connect(state, "r1");
+    start(state, "a");
+    const before = snapshot(state);
+    expect(exit(state, "a", 2)).toEqual({ changes: [], effects: [] });
+    expect(snapshot(state)).toEqual(before);
+  });
+
+  it("changes nothing for an exit of a granted script that was never dispatched", () => {
+    const state = emptyState();
+    start(state, "a");
+    const before = snapshot(state);
+    expect(exit(state, "a", 1)).toEqual({ changes: [], effects: [] });
+    expect(snapshot(state)).toEqual(before);
+  });
+
+  it("changes nothing for an exit of a script that still waits for its mutex", () => {
+    const state = emptyState();
+    connect(state, "r1");
+    start(state, "a");
+    start(state, "b");
+    const before = snapshot(state);
+    expect(exit(state, "b", 1)).toEqual({ changes: [], effects: [] });
+    expect(exit(state, "b", 2)).toEqual({ changes: [], effects: [] });
+    expect(snapshot(state)).toEqual(before);
+  });
+
+  it("changes nothing for an exit of an unknown or already completed ticket", () => {
+    const state = emptyState();
+    connect(state, "r1");
+    start(state, "a");
+    exit(state, "a", 1);
+    const before = snapshot(state);
+    expect(exit(state, "a", 1)).toEqual({ changes: [], effects: [] });
+    expect(exit(state, "nobody", 1)).toEqual({ changes: [], effects: [] });
+    expect(snapshot(state)).toEqual(before);
+  });
+
+  it("removes a mutex from the state once nobody holds or waits for it", () => {
+    const state = emptyState();
+    connect(state, "r1");
+    start(state, "a", { mutexName: "one" });
+    start(state, "b", { mutexName: "two" });
+    exit(state, "a", 1);
+    expect([...state.mutexes.keys()]).toEqual(["two"]);
+    exit(state, "b", 2);
+    expect(state.mutexes.size).toBe(0);
+  });
+
+  it("keeps a mutex while shared holders remain", () => {
+    const state = emptyState();
+    connect(state, "r1");
+    start(state, "s1", { mode: "shared" });
+    start(state, "s2", { mode: "shared" });
+    exit(state, "s1", 1);
+    expect(mutexView(state)).toEqual({ holders: [["s2", "shared"]], waiting: [] });
+    exit(state, "s2", 2);
+    expect(state.mutexes.has(MUTEX)).toBe(false);
+  });
+});
+
+describe("tick", () => {
+  it("expires a waiter whose deadline has passed with mutex_timeout and a line saying what it waited for", () => {
+    const state = emptyState();
+    connect(state, "r1");
+    start(state, "a", { taskId: "Deploy-7" });
+    start(state, "b", { mutexTimeoutMs: 500 }, T0 + 10);
+    const decision = tick(state, T0 + 510);
+    expect(decision).toEqual({
+      changes: [
+        {
+          type: "log",
+          ticket: "b",
+          text: 'Timed out after 500 ms waiting for the mutex "RunningScript"; held by a (task Deploy-7).',
+          at: T0 + 510,
+        },
+        { type: "completed", ticket: "b", reason: { kind: "mutex_timeout" }, at: T0 + 510 },
+      ],
+      effects: [{ type: "notify", ticket: "b" }],
+    });
+    expect(exitCodeFor({ kind: "mutex_timeout" })).toBe(-44);
+    expect(state.scripts.has("b")).toBe(false);
+    expect(mutexView(state)).toEqual({ holders: [["a", "exclusive"]], waiting: [] });
+  });
+
+  it("does not expire a waiter one millisecond before its deadline", () => {
+    const state = emptyState();
+    start(state, "a");
+    start(state, "b", { mutexTimeoutMs: 500 });
+    const before = snapshot(state);
+    expect(tick(state, T0 + 499)).toEqual({ changes: [], effects: [] });
+    expect(snapshot(state)).toEqual(before);
+  });
+
+  it("expires only the waiters whose deadline passed and names the waiters ahead of them", () => {
+    const state = emptyState();
+    start(state, "a");
+    start(state, "w1"); // waits forever
+    start(state, "w2", { mutexTimeoutMs: 100 });
+    start(state, "w3", { mutexTimeoutMs: 300 });
+    const decision = tick(state, T0 + 200);
+    expect(completions(decision)).toEqual([["w2", "mutex_timeout"]]);
+    expect(logs(decision)).toEqual([["w2", 'Timed out after 200 ms waiting for the mutex "RunningScript"; held by a, queued behind w1.']]);
+    expect(mutexView(state)).toEqual({ holders: [["a", "exclusive"]], waiting: ["w1", "w3"] });
+  });
+
+  it("expires every waiter whose deadline passed in one late tick", () => {
+    const state = emptyState();
+    start(state, "a");
+    start(state, "w1", { mutexTimeoutMs: 100 });
+    start(state, "w2", { mutexTimeoutMs: 300 });
+    start(state, "w3");
+    const decision = tick(state, T0 + 1000);
+    expect(completions(decision)).toEqual([
+      ["w1", "mutex_timeout"],
+      ["w2", "mutex_timeout"],
+    ]);
+    expect(mutexView(state)).toEqual({ holders: [["a", "exclusive"]], waiting: ["w3"] });
+  });
+
+  it("never expires a granted script, whatever deadline it asked for", () => {
+    const state = emptyState();
+    connect(state, "r1");
+    start(state, "a", { mutexTimeoutMs: 10 }); // granted at once
+    start(state, "b", { mutexTimeoutMs: 1000 });
+    exit(state, "a", 1, EXITED_0, T0 + 5); // b granted before its deadline
+    expect(script(state, "b")).toMatchObject({ granted: true, mutexDeadline: null, state: "running" });
+    const before = snapshot(state);
+    expect(tick(state, T0 + 1_000_000)).toEqual({ changes: [], effects: [] });
+    expect(snapshot(state)).toEqual(before);
+  });
+
+  it("never expires a granted script that waits for a runner", () => {
+    const state = emptyState();
+    start(state, "a", { mutexTimeoutMs: 10 });
+    expect(tick(state, T0 + 1_000_000)).toEqual({ changes: [], effects: [] });
+    expect(script(state, "a")).toMatchObject({ state: "pending", granted: true });
+  });
+
+  it("tells the new head what it waits for when the head times out", () => {
+    const state = emptyState();
+    start(state, "a", { taskId: "T-a" });
+    start(state, "w1", { mutexTimeoutMs: 50 });
+    start(state, "w2");
+    const decision = tick(state, T0 + 50);
+    expect(logs(decision)).toEqual([
+      ["w1", 'Timed out after 50 ms waiting for the mutex "RunningScript"; held by a (task T-a).'],
+      ["w2", 'Waiting for the mutex "RunningScript" (exclusive, full isolation): held by a (task T-a).'],
+    ]);
+  });
+
+  it("lets later shared waiters through when a waiting exclusive head expires", () => {
+    const state = emptyState();
+    connect(state, "r1");
+    start(state, "s0", { mode: "shared" });
+    start(state, "x", { mutexTimeoutMs: 100 });
+    start(state, "s1", { mode: "shared" });
+    start(state, "s2", { mode: "shared" });
+    const decision = tick(state, T0 + 100);
+    expect(decision).toEqual({
+      changes: [
+        { type: "log", ticket: "x", text: 'Timed out after 100 ms waiting for the mutex "RunningScript"; held by s0.', at: T0 + 100 },
+        { type: "completed", ticket: "x", reason: { kind: "mutex_timeout" }, at: T0 + 100 },
+        { type: "granted", ticket: "s1" },
+        { type: "dispatched", ticket: "s1", fence: 2, runnerId: "r1", startedAt: T0 + 100 },
+        { type: "granted", ticket: "s2" },
+        { type: "dispatched", ticket: "s2", fence: 3, runnerId: "r1", startedAt: T0 + 100 },
+      ],
+      effects: [
+        { type: "notify", ticket: "x" },
+        { type: "dispatch", ticket: "s1", fence: 2 },
+        { type: "notify", ticket: "s1" },
+        { type: "dispatch", ticket: "s2", fence: 3 },
+        { type: "notify", ticket: "s2" },
+      ],
+    });
+    expect(mutexView(state)).toEqual({ holders: [["s0", "shared"], ["s1", "shared"], ["s2", "shared"]], waiting: [] });
+  });
+
+  it("does not time out a waiter that an expiring head let through before the waiter's own deadline", () => {
+    // x's deadline (T0+100) comes before s1's (T0+150); one late tick covers both. At T0+100 x gives up
+    // and s1 becomes compatible, so s1 is granted before its deadline and must run, not time out.
+    const state = emptyState();
+    connect(state, "r1");
+    start(state, "s0", { mode: "shared" });
+    start(state, "x", { mutexTimeoutMs: 100 });
+    start(state, "s1", { mode: "shared", mutexTimeoutMs: 150 });
+    const decision = tick(state, T0 + 200);
+    expect(completions(decision)).toEqual([["x", "mutex_timeout"]]);
+    expect(dispatches(decision)).toEqual([["s1", 2]]);
+    expect(script(state, "s1")).toMatchObject({ state: "running", granted: true, fence: 2 });
+    expect(mutexView(state)).toEqual({ holders: [["s0", "shared"], ["s1", "shared"]], waiting: [] });
+  });
+
+  it("never both dispatches and times out the same script in one tick", () => {
+    // s1's deadline passed while it was still blocked by x, so it times out; it must not be granted first.
+    const state = emptyState();
+    connect(state, "r1");
+    start(state, "s0", { mode: "shared" });
+    start(state, "x", { mutexTimeoutMs: 100 });
+    start(state, "s1", { mode: "shared", mutexTimeoutMs: 50 });
+    const decision = tick(state, T0 + 200);
+    expect(completions(decision)).toEqual([
+      ["s1", "mutex_timeout"],
+      ["x", "mutex_timeout"],
+    ]);
+    expect(grants(decision)).toEqual([]);
+    expect(dispatches(decision)).toEqual([]);
+    expect(mutexView(state)).toEqual({ holders: [["s0", "shared"]], waiting: [] });
+  });
+
+  it("keeps the mutex while its holder runs after the last waiter expires", () => {
+    const state = emptyState();
+    start(state, "a");
+    start(state, "b", { mutexTimeoutMs: 1 });
+    tick(state, T0 + 1);
+    expect(mutexView(state)).toEqual({ holders: [["a", "exclusive"]], waiting: [] });
+  });
+});
+
+describe("nextDeadline", () => {
+  it("is null when nothing waits", () => {
+    expect(nextDeadline(emptyState())).toBeNull();
+  });
+
+  it("is the earliest deadline among waiting scripts", () => {
+    const state = emptyState();
+    start(state, "a");
+    start(state, "w1", { mutexTimeoutMs: 900 });
+    start(state, "w2", { mutexTimeoutMs: 300 }, T0 + 100);
+    start(state, "w3"); // waits forever: no deadline
+    start(state, "w4", { mutexTimeoutMs: 600 });
+    expect(nextDeadline(state)).toBe(T0 + 400);
+  });
+
+  it("ignores granted scripts, even ones that asked for a timeout", () => {
+    const state = emptyState();
+    start(state, "s1", { mode: "shared", mutexTimeoutMs: 5 });
+    start(state, "s2", { mode: "shared", mutexTimeoutMs: 5 });
+    expect(nextDeadline(state)).toBeNull();
+    start(state, "x", { mutexTimeoutMs: 700 });
+    expect(nextDeadline(state)).toBe(T0 + 700);
+  });
+
+  it("ignores a deadline left on a granted row restored from storage", () => {
+    const state = restoreState(
+      [
+        row("holder", { queueSeq: 1, granted: true, mutexDeadline: T0 + 10 }),
+        row("waiter", { queueSeq: 2, mutexDeadline: T0 + 900 }),
+      ],
+      { nextFence: 1, nextQueueSeq: 3 },
+    );
+    expect(nextDeadline(state)).toBe(T0 + 900);
+    expect(completions(tick(state, T0 + 100))).toEqual([]);
+    expect(state.scripts.has("holder")).toBe(true);
+  });
+
+  it("moves to the next deadline once the earliest waiter expired", () => {
+    const state = emptyState();
+    start(state, "a");
+    start(state, "w1", { mutexTimeoutMs: 100 });
+    start(state, "w2", { mutexTimeoutMs: 250 });
+    tick(state, T0 + 100);
+    expect(nextDeadline(state)).toBe(T0 + 250);
+  });
+
+  it("becomes null once the waiter with a deadline is granted", () => {
+    const state = emptyState();
+    connect(state, "r1");
+    start(state, "a");
+    start(state, "b", { mutexTimeoutMs: 100 });
+    exit(state, "a", 1);
+    expect(nextDeadline(state)).toBeNull();
+  });
+});
+
+describe("runner_connected with an inventory", () => {
+  it("lets a listed script with the current fence continue", () => {
+    const state = emptyState();
+    connect(state, "r1");
+    start(state, "a");
+    disconnect(state);
+    const decision = connect(state, "r1", [{ ticket: "a", fence: 1, stored: "none" }], T0 + 50);
+    expect(decision).toEqual({
+      changes: [],
+      effects: [{ type: "resume", decisions: [{ ticket: "a", fence: 1, action: "continue" }] }],
+    });
+    expect(script(state, "a")).toMatchObject({ state: "running", fence: 1, runnerId: "r1", startedAt: T0 });
+  });
+
+  it("re-dispatches with a new fence a running script that the same runner does not list", () => {
+    const state = emptyState();
+    connect(state, "r1");
+    start(state, "a");
+    disconnect(state);
+    const decision = connect(state, "r1", [], T0 + 50);
+    expect(decision).toEqual({
+      changes: [{ type: "dispatched", ticket: "a", fence: 2, runnerId: "r1", startedAt: T0 + 50 }],
+      effects: [
+        { type: "resume", decisions: [] },
+        { type: "dispatch", ticket: "a", fence: 2 },
+        { type: "notify", ticket: "a" },
+      ],
+    });
+    expect(script(state, "a")).toMatchObject({ state: "running", fence: 2 });
+    expect(mutexView(state)).toEqual({ holders: [["a", "exclusive"]], waiting: [] });
+  });
+
+  it("cancels the stale dispatch and re-dispatches when the same runner lists an older fence", () => {
+    const state = restoreState([row("a", { queueSeq: 1, granted: true, state: "running", fence: 3, runnerId: "r1", startedAt: T0 })], {
+      nextFence: 4,
+      nextQueueSeq: 2,
+    });
+    const decision = connect(state, "r1", [{ ticket: "a", fence: 2, stored: "none" }], T0 + 1);
+    expect(decision.effects).toEqual([
+      { type: "resume", decisions: [{ ticket: "a", fence: 2, action: "cancel" }] },
+      { type: "dispatch", ticket: "a", fence: 4 },
+      { type: "notify", ticket: "a" },
+    ]);
+  });
+
+  it("completes as lost a running script that a different runner does not list, with exit code -46", () => {
+    const state = emptyState();
+    connect(state, "r1");
+    start(state, "a");
+    disconnect(state);
+    const decision = connect(state, "r2", [], T0 + 50);
+    expect(decision).toEqual({
+      changes: [
+        {
+          type: "log",
+          ticket: "a",
+          text: "The runner reconnected without this script (it was restarted); the script's result is unknown.",
+          at: T0 + 50,
+        },
+        { type: "completed", ticket: "a", reason: { kind: "lost" }, at: T0 + 50 },
+      ],
+      effects: [
+        { type: "resume", decisions: [] },
+        { type: "notify", ticket: "a" },
+      ],
+    });
+    expect(exitCodeFor({ kind: "lost" })).toBe(-46);
+    expect(state.scripts.has("a")).toBe(false);
+    expect(state.mutexes.size).toBe(0);
+    expect(state.runner).toEqual({ runnerId: "r2" });
+  });
+
+  it("releases a lost script's mutex to the next waiter", () => {
+    const state = emptyState();
+    connect(state, "r1");
+    start(state, "a");
+    start(state, "b");
+    start(state, "c");
+    disconnect(state);
+    const decision = connect(state, "r2", [], T0 + 50);
+    expect(completions(decision)).toEqual([["a", "lost"]]);
+    expect(grants(decision)).toEqual(["b"]);
+    expect(mutexView(state)).toEqual({ holders: [["b", "exclusive"]], waiting: ["c"] });
+    expect(script(state, "b")).toMatchObject({ state: "running", runnerId: "r2" });
+  });
+
+  it("dispatches the waiter that a lost script releases exactly once", () => {
+    const state = emptyState();
+    connect(state, "r1");
+    start(state, "a");
+    start(state, "b", { taskId: "T-b" });
+    disconnect(state);
+    const decision = connect(state, "r2", [], T0 + 50);
+    expect(decision).toEqual({
+      changes: [
+        {
+          type: "log",
+          ticket: "a",
+          text: "The runner reconnected without this script (it was restarted); the script's result is unknown.",
+          at: T0 + 50,
+        },
+        { type: "completed", ticket: "a", reason: { kind: "lost" }, at: T0 + 50 },
+        { type: "granted", ticket: "b" },
+        { type: "dispatched", ticket: "b", fence: 2, runnerId: "r2", startedAt: T0 + 50 },
+      ],
+      effects: [
+        { type: "resume", decisions: [] },
+        { type: "notify", ticket: "a" },
+        { type: "dispatch", ticket: "b", fence: 2 },
+        { type: "notify", ticket: "b" },
+      ],
+    });
+    expect(script(state, "b").fence).toBe(2);
+    expect(state.nextFence).toBe(3);
+  });
+
+  it("continues a script that a different runner lists with the current fence", () => {
+    const state = emptyState();
+    connect(state, "r1");
+    start(state, "a");
+    const decision = connect(state, "r2", [{ ticket: "a", fence: 1, stored: "none" }]);
+    expect(decision).toEqual({ changes: [], effects: [{ type: "resume", decisions: [{ ticket: "a", fence: 1, action: "continue" }] }] });
+    expect(script(state, "a").state).toBe("running");
+  });
+
+  it("tells the runner to forget, abandon or cancel scripts the core no longer tracks, by what storage knows", () => {
+    const state = emptyState();
+    const decision = connect(state, "r1", [
+      { ticket: "done", fence: 4, stored: "completed" },
+      { ticket: "dropped", fence: 5, stored: "abandoned" },
+      { ticket: "stranger", fence: 6, stored: "none" },
+    ]);
+    expect(decision).toEqual({
+      changes: [],
+      effects: [
+        {
+          type: "resume",
+          decisions: [
+            { ticket: "done", fence: 4, action: "forget" },
+            { ticket: "dropped", fence: 5, action: "abandon" },
+            { ticket: "stranger", fence: 6, action: "cancel" },
+          ],
+        },
+      ],
+    });
+  });
+
+  it("cancels a listed script that the core has granted but never dispatched, then dispatches it afresh", () => {
+    const state = emptyState();
+    start(state, "a");
+    const decision = connect(state, "r1", [{ ticket: "a", fence: 7, stored: "none" }]);
+    expect(decision.effects).toEqual([
+      { type: "resume", decisions: [{ ticket: "a", fence: 7, action: "cancel" }] },
+      { type: "dispatch", ticket: "a", fence: 1 },
+      { type: "notify", ticket: "a" },
+    ]);
+  });
+
+  it("cancels a listed script that still waits for its mutex and leaves it waiting", () => {
+    const state = emptyState();
+    start(state, "a");
+    start(state, "b");
+    const decision = connect(state, "r1", [{ ticket: "b", fence: 9, stored: "none" }]);
+    expect(decision.effects[0]).toEqual({ type: "resume", decisions: [{ ticket: "b", fence: 9, action: "cancel" }] });
+    expect(dispatches(decision)).toEqual([["a", 1]]);
+    expect(script(state, "b")).toMatchObject({ state: "pending", granted: false });
+  });
+
+  it("handles a mixed inventory: continues, re-dispatches, loses and dispatches in one step", () => {
+    const state = restoreState(
+      [
+        row("kept", { queueSeq: 1, mutexName: "one", granted: true, state: "running", fence: 1, runnerId: "r1", startedAt: T0 }),
+        row("missed", { queueSeq: 2, mutexName: "two", granted: true, state: "running", fence: 2, runnerId: "r1", startedAt: T0 }),
+        row("old", { queueSeq: 3, mutexName: "three", granted: true, state: "running", fence: 3, runnerId: "r0", startedAt: T0 }),
+        row("ready", { queueSeq: 4, mutexName: "four", granted: true }),
+      ],
+      { nextFence: 4, nextQueueSeq: 5 },
+    );
+    const decision = connect(state, "r1", [{ ticket: "kept", fence: 1, stored: "none" }], T0 + 9);
+    expect(decision.effects[0]).toEqual({ type: "resume", decisions: [{ ticket: "kept", fence: 1, action: "continue" }] });
+    expect(dispatches(decision)).toEqual([
+      ["missed", 4],
+      ["ready", 5],
+    ]);
+    expect(completions(decision)).toEqual([["old", "lost"]]);
+    expect(state.mutexes.has("three")).toBe(false);
+    expect([...state.scripts.keys()].sort()).toEqual(["kept", "missed", "ready"]);
+  });
+});
+
+describe("restoreState", () => {
+  const rows = [
+    row("n1", { queueSeq: 1, mutexName: "N", granted: true, taskId: "T-n1" }),
+    row("h1", { queueSeq: 2, mode: "shared", granted: true, state: "running", fence: 3, runnerId: "r1", startedAt: T0 }),
+    row("h2", { queueSeq: 4, mode: "shared", granted: true, state: "running", fence: 4, runnerId: "r1", startedAt: T0 }),
+    row("w1", { queueSeq: 5, mode: "exclusive", mutexDeadline: T0 + 5000 }),
+    row("n2", { queueSeq: 6, mutexName: "N", mode: "shared" }),
+    row("w2", { queueSeq: 7, mode: "shared" }),
+    row("n3", { queueSeq: 8, mutexName: "N", mode: "exclusive" }),
+    row("w3", { queueSeq: 9, mode: "shared", mutexDeadline: T0 + 3000 }),
+  ];
+
+  it.each([1, 2, 3, 4, 5, 6, 7, 8])("rebuilds holders and FIFO queues from rows given in shuffled order (seed %i)", (seed) => {
+    const state = restoreState(shuffled(rows, prng(seed)), { nextFence: 5, nextQueueSeq: 10 });
+    expect(mutexView(state, MUTEX)).toEqual({ holders: [["h1", "shared"], ["h2", "shared"]], waiting: ["w1", "w2", "w3"] });
+    expect(state.mutexes.get(MUTEX)?.queue).toEqual([
+      { ticket: "w1", mode: "exclusive" },
+      { ticket: "w2", mode: "shared" },
+      { ticket: "w3", mode: "shared" },
+    ]);
+    expect(mutexView(state, "N")).toEqual({ holders: [["n1", "exclusive"]], waiting: ["n2", "n3"] });
+    expect([...state.mutexes.keys()].sort()).toEqual(["N", MUTEX]);
+    expect(state.scripts.size).toBe(8);
+    expect(state.runner).toBeNull();
+    expect(state.nextFence).toBe(5);
+    expect(state.nextQueueSeq).toBe(10);
+    expect(nextDeadline(state)).toBe(T0 + 3000);
+  });
+
+  it("restores an empty machine from no rows", () => {
+    const state = restoreState([], { nextFence: 12, nextQueueSeq: 30 });
+    expect(state.scripts.size).toBe(0);
+    expect(state.mutexes.size).toBe(0);
+    expect(state.nextFence).toBe(12);
+    expect(state.nextQueueSeq).toBe(30);
+  });
+
+  it("continues from the restored counters and queues", () => {
+    const state = restoreState(shuffled(rows, prng(42)), { nextFence: 5, nextQueueSeq: 10 });
+    const started = start(state, "late", { mode: "shared" }, T0 + 1);
+    expect(started.changes[0]).toMatchObject({ type: "insert", script: { ticket: "late", queueSeq: 10 } });
+    expect(mutexView(state)?.waiting).toEqual(["w1", "w2", "w3", "late"]);
+
+    const connected = connect(state, "r1", [
+      { ticket: "h1", fence: 3, stored: "none" },
+      { ticket: "h2", fence: 4, stored: "none" },
+    ]);
+    expect(dispatches(connected)).toEqual([["n1", 5]]);
+
+    expect(grants(exit(state, "h1", 3))).toEqual([]);
+    const released = exit(state, "h2", 4);
+    expect(grants(released)).toEqual(["w1"]);
+    expect(dispatches(released)).toEqual([["w1", 6]]);
+    expect(grants(exit(state, "w1", 6))).toEqual(["w2", "w3", "late"]);
+  });
+});
+
+// ------------------------------------------------------------------ randomized properties
+
+const NAMES = ["A", "B", "C"] as const;
+
+/** What the property checker remembers across one random run. */
+interface History {
+  /** Tickets ever granted. */
+  granted: Set<string>;
+  /** The greatest queueSeq granted so far, per mutex name. */
+  lastGrantedSeq: Map<string, number>;
+  /** The greatest fence dispatched so far. */
+  lastFence: number;
+  /** queueSeq and mutex name of every script ever inserted. */
+  inserted: Map<string, { queueSeq: number; mutexName: string }>;
+  /** Tickets that completed. */
+  completed: Set<string>;
+}
+
+/** Every way the state or a decision breaks the rules; empty when all hold. */
+function violations(state: MachineState, event: MachineEvent, decision: Decision, history: History): string[] {
+  const problems: string[] = [];
+
+  // Walk the changes in order, as storage would apply them.
+  const dispatchedNow = new Set<string>();
+  for (const change of decision.changes) {
+    switch (change.type) {
+      case "insert":
+        history.inserted.set(change.script.ticket, { queueSeq: change.script.queueSeq, mutexName: change.script.mutexName });
+        break;
+      case "granted": {
+        const info = history.inserted.get(change.ticket);
+        if (!info) {
+          problems.push(`granted unknown ticket ${change.ticket}`);
+          break;
+        }
+        if (history.granted.has(change.ticket)) problems.push(`${change.ticket} granted twice`);
+        const last = history.lastGrantedSeq.get(info.mutexName) ?? 0;
+        if (info.queueSeq <= last) problems.push(`${change.ticket} (seq ${info.queueSeq}) granted after seq ${last} on ${info.mutexName}: not FIFO`);
+        history.lastGrantedSeq.set(info.mutexName, Math.max(last, info.queueSeq));
+        history.granted.add(change.ticket);
+        break;
+      }
+      case "dispatched":
+        if (change.fence <= history.lastFence) problems.push(`fence ${change.fence} for ${change.ticket} does not increase past ${history.lastFence}`);
+        history.lastFence = Math.max(history.lastFence, change.fence);
+        if (dispatchedNow.has(change.ticket)) problems.push(`${change.ticket} dispatched twice in one decision`);
+        dispatchedNow.add(change.ticket);
+        if (!history.granted.has(change.ticket)) problems.push(`${change.ticket} dispatched without a grant`);
+        break;
+      case "completed":
+        if (history.completed.has(change.ticket)) problems.push(`${change.ticket} completed twice`);
+        history.completed.add(change.ticket);
+        if (change.reason.kind === "mutex_timeout" && history.granted.has(change.ticket)) {
+          problems.push(`${change.ticket} timed out waiting for a mutex it had been granted`);
+        }
+        break;
+      case "log":
+        break;
+    }
+  }
+  if (state.nextFence <= history.lastFence) problems.push(`nextFence ${state.nextFence} not past ${history.lastFence}`);
+
+  // Dispatch effects match the dispatched changes one for one.
+  const effectDispatches = dispatches(decision).map(([t, f]) => `${t}@${f}`);
+  const changeDispatches = decision.changes.flatMap((c) => (c.type === "dispatched" ? [`${c.ticket}@${c.fence}`] : []));
+  if (JSON.stringify(effectDispatches) !== JSON.stringify(changeDispatches)) {
+    problems.push(`dispatch effects ${effectDispatches} differ from dispatched changes ${changeDispatches}`);
+  }
+  if (event.type === "exited" && decision.changes.length > 0) {
+    const completedTicket = completions(decision)[0]?.[0];
+    if (completedTicket !== event.ticket) problems.push(`an exit of ${event.ticket} completed ${completedTicket}`);
+  }
+
+  for (const [name, mutex] of state.mutexes) {
+    if (mutex.name !== name) problems.push(`mutex keyed ${name} is named ${mutex.name}`);
+    if (isIdle(mutex)) problems.push(`idle mutex ${name} kept in state`);
+    const modes = [...mutex.holders.values()];
+    if (modes.includes("exclusive") && modes.length > 1) problems.push(`${name} has an exclusive holder alongside others: ${[...mutex.holders.keys()]}`);
+    const head = mutex.queue[0];
+    if (head && compatible(mutex, head.mode)) problems.push(`${name}: head waiter ${head.ticket} is compatible with the holders but waits`);
+    let previousSeq = 0;
+    for (const waiter of mutex.queue) {
+      const waiting = state.scripts.get(waiter.ticket);
+      if (!waiting) {
+        problems.push(`${name}: waiter ${waiter.ticket} is not an active script`);
+        continue;
+      }
+      if (waiting.granted || waiting.mutexName !== name || waiting.mode !== waiter.mode) problems.push(`${name}: waiter ${waiter.ticket} disagrees with its script`);
+      if (waiting.queueSeq <= previousSeq) problems.push(`${name}: queue not in arrival order at ${waiter.ticket}`);
+      previousSeq = waiting.queueSeq;
+      if (waiting.queueSeq <= (history.lastGrantedSeq.get(name) ?? 0)) problems.push(`${name}: ${waiter.ticket} was overtaken by a later arrival`);
+    }
+    for (const [ticket, mode] of mutex.holders) {
+      const holder = state.scripts.get(ticket);
+      if (!holder || !holder.granted || holder.mutexName !== name || holder.mode !== mode) problems.push(`${name}: holder ${ticket} disagrees with its script`);
+    }
+  }
+
+  for (const active of state.scripts.values()) {
+    const mutex = state.mutexes.get(active.mutexName);
+    const holds = mutex?.holders.has(active.ticket) ?? false;
+    const waits = mutex?.queue.filter((w) => w.ticket === active.ticket).length ?? 0;
+    if (active.granted ? !holds || waits !== 0 : holds || waits !== 1) problems.push(`${active.ticket} is neither exactly a holder nor exactly a waiter`);
+    if (active.state === "running" && (!active.granted || active.fence === null || active.runnerId === null)) problems.push(`${active.ticket} runs without a grant or fence`);
+    if (state.runner && active.state === "pending" && active.granted) problems.push(`${active.ticket} is granted but not dispatched while a runner is connected`);
+    if (event.type === "tick" && !active.granted && active.mutexDeadline !== null && active.mutexDeadline <= event.now) {
+      problems.push(`${active.ticket} outlived its deadline`);
+    }
+    if (history.completed.has(active.ticket)) problems.push(`${active.ticket} completed but still active`);
+  }
+  if (!state.runner && dispatchedNow.size > 0) problems.push("dispatched while no runner is connected");
+  const deadline = nextDeadline(state);
+  if (event.type === "tick" && deadline !== null && deadline <= event.now) problems.push(`nextDeadline ${deadline} already passed`);
+  return problems;
+}
+
+/** Runs one random sequence of events and returns the first broken rule, if any. */
+function randomRun(seed: number, steps: number, options: { restarts: boolean }): string | null {
+  const random = prng(seed);
+  const pick = <T>(items: readonly T[]): T => items[Math.floor(random() * items.length)]!;
+  const state = emptyState();
+  const history: History = { granted: new Set(), lastGrantedSeq: new Map(), lastFence: 0, inserted: new Map(), completed: new Set() };
+  let now = T0;
+  let runnerNumber = 1;
+  let ticketNumber = 0;
+  const trace: string[] = [];
+
+  const apply = (event: MachineEvent): string | null => {
+    trace.push(JSON.stringify(event));
+    const problems = violations(state, event, handle(state, event), history);
+    return problems.length ? `seed ${seed}, step ${trace.length}: ${problems.join("; ")}\n  events:\n  ${trace.join("\n  ")}` : null;
+  };
+
+  if (random() < 0.6) {
+    const failure = apply({ type: "runner_connected", runnerId: `r${runnerNumber}`, inventory: [], now });
+    if (failure) return failure;
+  }
+  for (let step = 0; step < steps; step++) {
+    const roll = random();
+    let event: MachineEvent;
+    const active = [...state.scripts.values()];
+    if (roll < 0.4 || active.length === 0) {
+      now += Math.floor(random() * 5);
+      event = {
+        type: "start",
+        now,
+        script: {
+          ticket: `t${++ticketNumber}`,
+          mode: random() < 0.5 ? "exclusive" : "shared",
+          mutexName: pick(NAMES),
+          taskId: random() < 0.3 ? `task-${ticketNumber}` : null,
+          mutexTimeoutMs: random() < 0.5 ? 0 : 1 + Math.floor(random() * 60),
+        },
+      };
+    } else if (roll < 0.7) {
+      const target = pick(active);
+      const current = target.fence ?? 1;
+      const fence = random() < 0.85 ? current : Math.max(1, current - 1 - Math.floor(random() * 2));
+      event = { type: "exited", ticket: target.ticket, fence, reason: { kind: "exited", code: Math.floor(random() * 3) }, now };
+    } else if (roll < 0.88) {
+      now += Math.floor(random() * 40);
+      event = { type: "tick", now };
+    } else if (state.runner) {
+      event = { type: "runner_disconnected", now };
+    } else {
+      const restart = options.restarts && random() < 0.5;
+      if (restart) runnerNumber++;
+      const runnerId = `r${runnerNumber}`;
+      // A restarted runner knows nothing; a reconnecting one lists what it runs, sometimes missing a dispatch.
+      const inventory: InventoryEntry[] = restart
+        ? []
+        : active
+            .filter((s) => s.state === "running" && s.runnerId === runnerId && (!options.restarts || random() < 0.8))
+            .map((s) => ({ ticket: s.ticket, fence: s.fence!, stored: "none" as const }));
+      event = { type: "runner_connected", runnerId, inventory, now };
+    }
+    const failure = apply(event);
+    if (failure) return failure;
+  }
+  return null;
+}
+
+describe("randomized event sequences", () => {
+  it("keep the mutex and fencing rules after every start, exit, tick and reconnect (500 seeded runs)", () => {
+    for (let seed = 1; seed <= 500; seed++) {
+      const failure = randomRun(seed, 60, { restarts: false });
+      expect(failure, failure ?? "").toBeNull();
+    }
+  });
+
+  it("keep the mutex and fencing rules when runners restart and miss dispatches (500 seeded runs)", () => {
+    for (let seed = 1001; seed <= 1500; seed++) {
+      const failure = randomRun(seed, 60, { restarts: true });
+      expect(failure, failure ?? "").toBeNull();
+    }
+  });
+
+  it("can detect a broken rule (the checker is not vacuous)", () => {
+    // Hand the checker a state where a shared waiter sits behind nothing: it must complain.
+    const state = emptyState();
+    start(state, "s1", { mode: "shared" });
+    const history: History = { granted: new Set(["s1"]), lastGrantedSeq: new Map([[MUTEX, 1]]), lastFence: 0, inserted: new Map(), completed: new Set() };
+    state.mutexes.get(MUTEX)!.queue.push({ ticket: "ghost", mode: "shared" });
+    const problems = violations(state, { type: "tick", now: T0 }, { changes: [], effects: [] }, history);
+    expect(problems).toContain(`${MUTEX}: head waiter ghost is compatible with the holders but waits`);
+    expect(problems).toContain(`${MUTEX}: waiter ghost is not an active script`);
+  });
+});
