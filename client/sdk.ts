@@ -33,6 +33,7 @@ export type ScriptEvent = { type: "log"; line: LogLine } | { type: "status"; sta
 
 /** The answer of `registerMachine`. */
 export interface RegisteredMachine {
+  /** The machine the token belongs to. */
   machineId: string;
   /** The machine's new runner token; the previous one no longer works. */
   runnerToken: string;
@@ -42,6 +43,7 @@ export interface RegisteredMachine {
 export interface StartedScript {
   /** True when this call created the script (201); false when the ticket already existed (200). */
   created: boolean;
+  /** The script's status as the start call returned it. */
   status: ScriptStatus;
 }
 
@@ -51,6 +53,7 @@ export interface GetStatusOptions {
   logSequence?: number;
   /** Most log lines to return (1–10,000). */
   limit?: number;
+  /** Aborts the request. */
   signal?: AbortSignal;
 }
 
@@ -106,7 +109,9 @@ export interface ExecuteScriptOptions {
 
 /** The outcome of `executeScript`. */
 export interface ExecutedScript {
+  /** The script's ticket (the given one, or the one generated for it). */
   ticket: string;
+  /** False when the ticket already existed and this call followed the earlier script. */
   created: boolean;
   /** The script's exit code (negative codes are Tendril's, see shared/exit-codes.ts). */
   exitCode: number;
@@ -159,7 +164,8 @@ export class TendrilClient {
     }
     this.url = `${parsed.origin}${parsed.pathname}`.replace(/\/+$/, "");
     this.serverToken = options.serverToken;
-    this.fetchImpl = options.fetch ?? globalThis.fetch;
+    // Wrapped so that the global fetch is called unbound (some runtimes insist) and looked up per call.
+    this.fetchImpl = options.fetch ?? ((input, init) => globalThis.fetch(input, init));
   }
 
   /** Registers a machine (creating it when new) and issues a fresh runner token, revoking the previous one. */
@@ -208,8 +214,9 @@ export class TendrilClient {
   async *streamScript(machineId: string, ticket: string, options: FollowOptions = {}): AsyncGenerator<ScriptEvent> {
     let next = options.logSequence ?? 0;
     let idleDelayMs: number = DEFAULTS.pollInitialDelayMs;
+    const path = `${scriptPath(machineId, ticket)}/stream`;
     for (;;) {
-      const response = await this.send("GET", `${scriptPath(machineId, ticket)}/stream`, {
+      const response = await this.send("GET", path, {
         query: { logSequence: next },
         signal: options.signal,
         accept: "text/event-stream",
@@ -220,7 +227,7 @@ export class TendrilClient {
         throw new TendrilProtocolError(`the script stream answered with ${contentType || "no content type"}, not an event stream`);
       }
       let progressed = false;
-      for await (const event of readServerSentEvents(response.body)) {
+      for await (const event of readServerSentEvents(response.body, `${this.url}${path}`, options.signal)) {
         if (event.event === "log") {
           const line = parseJson(LogLineSchema, parseEventData(event.data), "log event");
           // After a resume the server may repeat a line; each line is delivered once.
@@ -241,6 +248,7 @@ export class TendrilClient {
           };
           return;
         }
+        if (event.event === "error") break; // reopening reports the problem with its real HTTP status
         // Other event types are not part of the contract yet; skipping them keeps old clients working.
       }
       // Ended early (a proxy's timeout, a redeploy): resume at once if it was useful, else back off so a
@@ -468,9 +476,12 @@ function parseJson<T>(schema: z.ZodType<T>, value: unknown, what: string): T {
   throw new TendrilProtocolError(`the control plane sent a malformed ${what} (${where}: ${issue?.message ?? "invalid"})`);
 }
 
-/** Worth retrying while polling: the control plane is unreachable or answered with a server error. */
+/**
+ * Worth retrying while polling: the control plane is unreachable (restarting) or a proxy in front of it
+ * says so (502/503/504). A 500 is a bug in the control plane, and waiting would only hide it.
+ */
 function isTransient(error: unknown): boolean {
-  return error instanceof TendrilNetworkError || (error instanceof TendrilApiError && error.status >= 500);
+  return error instanceof TendrilNetworkError || (error instanceof TendrilApiError && [502, 503, 504].includes(error.status));
 }
 
 /** Runs `action` once when `signal` aborts (at once if it already has); returns a function that detaches it. */
@@ -512,13 +523,25 @@ interface ServerSentEvent {
 }
 
 /** Reads Server-Sent Events from a response body, however the bytes are split into chunks. */
-async function* readServerSentEvents(body: ReadableStream<Uint8Array>): AsyncGenerator<ServerSentEvent> {
+async function* readServerSentEvents(
+  body: ReadableStream<Uint8Array>,
+  url: string,
+  signal: AbortSignal | undefined,
+): AsyncGenerator<ServerSentEvent> {
   const reader = body.getReader();
   const decoder = new TextDecoder(); // streaming mode below keeps a UTF-8 character split across chunks intact
   const parser = new ServerSentEventParser();
   try {
     for (;;) {
-      const { done, value } = await reader.read();
+      let chunk: Awaited<ReturnType<typeof reader.read>>;
+      try {
+        chunk = await reader.read();
+      } catch (error) {
+        // A connection that breaks mid-stream surfaces as a bare `TypeError: terminated`; name the URL.
+        if (signal?.aborted) throw error;
+        throw new TendrilNetworkError(url, error);
+      }
+      const { done, value } = chunk;
       const events = done ? parser.push(decoder.decode(), true) : parser.push(decoder.decode(value, { stream: true }), false);
       yield* events;
       if (done) return;

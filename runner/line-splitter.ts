@@ -6,7 +6,7 @@
  * - Bytes are decoded as UTF-8 with a StringDecoder, so a character split across chunks is never broken;
  *   invalid bytes become U+FFFD.
  * - A line longer than `MAX_LINE_BYTES` is cut into pieces of at most that many bytes (each piece becomes its
- *   own line; a character is never cut in half, so a piece can be up to 3 bytes shorter). This bounds the memory
+ *   own line; a cut never falls inside a character, so a piece can be up to 3 bytes shorter). This bounds the memory
  *   one endless line can take and keeps every line well inside one protocol frame. Shorter lines are never
  *   split or merged.
  * - `end()` returns the last line when the stream did not end with `\n`.
@@ -19,13 +19,16 @@ export const MAX_LINE_BYTES = 1024 * 1024;
 const NEWLINE = 0x0a;
 const CARRIAGE_RETURN = 0x0d;
 
+/** True for a UTF-8 continuation byte (10xxxxxx). */
+const isContinuation = (byte: number | undefined): boolean => byte !== undefined && (byte & 0xc0) === 0x80;
+
 /** Splits one stream's chunks into lines; one instance per stream. */
 export class LineSplitter {
   private readonly decoder = new StringDecoder("utf8");
   /** Bytes of the current line not yet decoded. */
   private pending: Buffer[] = [];
   private pendingBytes = 0;
-  /** True once a piece of the current over-long line was emitted: the decoder may still hold part of a character. */
+  /** True once a piece of the current over-long line was emitted. */
   private started = false;
 
   constructor(private readonly maxLineBytes: number = MAX_LINE_BYTES) {
@@ -63,16 +66,25 @@ export class LineSplitter {
     while (this.pendingBytes > this.maxLineBytes + 1) lines.push(this.cutPiece());
   }
 
-  /** Decodes the first `maxLineBytes` pending bytes as one piece of an over-long line. */
+  /** Decodes the first (at most `maxLineBytes`) pending bytes as one piece of an over-long line. */
   private cutPiece(): string {
     const all = Buffer.concat(this.pending, this.pendingBytes);
-    const piece = all.subarray(0, this.maxLineBytes);
-    const rest = all.subarray(this.maxLineBytes);
+    const cut = this.cutPoint(all);
+    const piece = all.subarray(0, cut);
+    const rest = all.subarray(cut);
     this.pending = [rest];
     this.pendingBytes = rest.length;
     this.started = true;
-    // `write` holds back a trailing partial character; it is completed by the next piece.
     return this.decoder.write(piece);
+  }
+
+  /** Where to cut an over-long line: at the limit, moved back to the start of the character it would split. */
+  private cutPoint(bytes: Buffer): number {
+    let cut = this.maxLineBytes;
+    // UTF-8 continuation bytes are 10xxxxxx; a character has at most three of them.
+    while (cut > this.maxLineBytes - 3 && isContinuation(bytes[cut])) cut--;
+    // Not valid UTF-8 here anyway: cut at the limit (the decoder carries the pieces over).
+    return isContinuation(bytes[cut]) ? this.maxLineBytes : cut;
   }
 
   private finishLine(): string[] {
@@ -80,8 +92,9 @@ export class LineSplitter {
     if (all.length > 0 && all[all.length - 1] === CARRIAGE_RETURN) all = all.subarray(0, all.length - 1);
     const lines: string[] = [];
     if (all.length > this.maxLineBytes) {
-      lines.push(this.decoder.write(all.subarray(0, this.maxLineBytes)));
-      all = all.subarray(this.maxLineBytes);
+      const cut = this.cutPoint(all);
+      lines.push(this.decoder.write(all.subarray(0, cut)));
+      all = all.subarray(cut);
     }
     lines.push(this.decoder.write(all) + this.decoder.end());
     this.pending = [];

@@ -1,5 +1,6 @@
 /** The runner's one typed options object and its defaults. */
 import { readFileSync } from "node:fs";
+import { isMachineId } from "../shared/ids.js";
 
 /** Where the runner writes its own diagnostics (never script output). */
 export interface Logger {
@@ -37,6 +38,9 @@ export interface RunnerOptions {
   version: string;
   /** Diagnostics sink. */
   logger: Logger;
+  /** Called once, with one clear sentence, when the control plane ends this runner for good (close code 4000
+   *  Replaced or 4001 TokenRevoked); the runner has stopped by then. `RunnerHandle.stopped` tells the same. */
+  onFatal?: (message: string) => void;
 }
 
 /** The options a caller must always give. */
@@ -78,8 +82,23 @@ export const RUNNER_DEFAULTS: Omit<RunnerOptions, keyof RequiredRunnerOptions> =
   logger: stderrLogger,
 };
 
-/** Fills the defaults; a field given as `undefined` keeps its default. */
+/** Fills the defaults (a field given as `undefined` keeps its default) and refuses options that cannot work. */
 export function resolveRunnerOptions(input: RunnerInput): RunnerOptions {
   const given = Object.fromEntries(Object.entries(input).filter(([, value]) => value !== undefined));
-  return { ...RUNNER_DEFAULTS, ...given, url: input.url, machineId: input.machineId, token: input.token, workDir: input.workDir };
+  const options: RunnerOptions = { ...RUNNER_DEFAULTS, ...given, url: input.url, machineId: input.machineId, token: input.token, workDir: input.workDir };
+  const problems = [
+    isMachineId(options.machineId) ? undefined : `machineId ${JSON.stringify(options.machineId)} must be 1-64 characters of A-Z, a-z, 0-9, '.', '_' or '-'`,
+    /^https?:\/\//i.test(options.url) ? undefined : `url ${JSON.stringify(options.url)} must start with http:// or https://`,
+    options.token.length > 0 ? undefined : "token must not be empty",
+    options.workDir.length > 0 ? undefined : "workDir must not be empty",
+    // The hello schema takes 1-64 characters; a longer version would get every connection closed as a bad frame.
+    options.version.length >= 1 && options.version.length <= 64 ? undefined : "version must be 1-64 characters",
+    ...(["killGraceMs", "heartbeatMs", "deadAfterMs", "pipeDrainMs", "reconnectBaseMs", "reconnectMaxMs"] as const).map((name) =>
+      Number.isFinite(options[name]) && options[name] >= 0 ? undefined : `${name} must be a number >= 0`,
+    ),
+    options.heartbeatMs > 0 ? undefined : "heartbeatMs must be > 0",
+    options.deadAfterMs > options.heartbeatMs ? undefined : "deadAfterMs must be longer than heartbeatMs",
+  ].filter((problem) => problem !== undefined);
+  if (problems.length > 0) throw new Error(`Invalid runner options: ${problems.join("; ")}.`);
+  return options;
 }

@@ -65,12 +65,14 @@ export async function spawnScript(request: SpawnRequest, onOutput: OutputHandler
   } catch (error) {
     return failed(`Could not start ${request.shell} (${shellPath}): ${describeError(error)}`);
   }
-  // With `reject: false` the promise resolves even on failure; nothing here reads it.
+  // With `reject: false` the promise resolves even on failure; nothing here needs its result.
   subprocess.catch(() => undefined);
-  const problem = await spawnProblem(subprocess);
-  if (problem !== undefined || subprocess.pid === undefined) {
-    return failed(`Could not start ${request.shell} (${shellPath}) in ${request.cwd}: ${describeError(problem ?? "no process id")}`);
+  // Node sets the pid synchronously exactly when the spawn succeeded (exec errors are reported by uv_spawn itself).
+  if (subprocess.pid === undefined) {
+    const problem = await spawnError(subprocess);
+    return failed(`Could not start ${request.shell} (${shellPath}) in ${request.cwd}: ${describeError(problem)}`);
   }
+  // Attach the output listeners in this same tick: execa resumes unread pipes on the next one.
   return { ok: true, process: new ScriptProcess(subprocess, subprocess.pid, onOutput, options) };
 }
 
@@ -112,20 +114,11 @@ function shellArguments(shell: ShellName, scriptPath: string): string[] {
   }
 }
 
-/** Resolves to the spawn error, or `undefined` once the process is running. */
-function spawnProblem(subprocess: ReturnType<typeof startProcess>): Promise<unknown> {
-  return new Promise((resolve) => {
-    const onSpawn = () => {
-      subprocess.off("error", onError);
-      resolve(undefined);
-    };
-    const onError = (error: unknown) => {
-      subprocess.off("spawn", onSpawn);
-      resolve(error);
-    };
-    subprocess.once("spawn", onSpawn);
-    subprocess.once("error", onError);
-  });
+/** The error of a spawn that failed: Node's `error` event, or execa's result when it failed before spawning. */
+async function spawnError(subprocess: ReturnType<typeof startProcess>): Promise<unknown> {
+  const fromEvent = new Promise<unknown>((resolve) => subprocess.once("error", resolve));
+  const fromResult = subprocess.then((result) => result.cause ?? result.message);
+  return Promise.race([fromEvent, fromResult]);
 }
 
 /** The runner's environment minus its secrets, plus the request's variables, plus `TENDRIL_TICKET`. */
@@ -259,7 +252,8 @@ export class ScriptProcess {
 
   /** Best-effort SIGKILL to the process group without waiting; returns the signals sent. */
   killNow(): string[] {
-    if (this.options.disableKill || this.released) return [];
+    // After the outcome was reported the group id may belong to someone else one day: leave it alone.
+    if (this.options.disableKill || this.released || this.reported) return [];
     return signalGroup(this.pid, "SIGKILL") ? ["SIGKILL"] : [];
   }
 

@@ -1,8 +1,8 @@
 /**
  * Per-ticket workspaces on disk: `<workDir>/work/t-<ticket>/` is the script's working directory and holds the
  * request's files; the script itself is `<workDir>/scripts/t-<ticket>.sh` (`.ps1` for pwsh), outside the
- * working directory so a file in the request cannot replace it. The `t-` prefix matters: `.` and `..` are
- * valid tickets.
+ * working directory so a file in the request cannot replace it. The `t-` prefix keeps every name an ordinary
+ * file name whatever the ticket rules allow: `.` and `..` would name folders, a leading `-` reads as an option.
  */
 import { mkdir, rm, writeFile } from "node:fs/promises";
 import { basename, join } from "node:path";

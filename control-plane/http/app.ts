@@ -192,13 +192,13 @@ function sseBody(stub: MachineStub, machineId: string, ticket: string, first: St
 
 function machineIdParam(c: Ctx): string {
   const machineId = c.req.param("machineId") ?? "";
-  if (!isMachineId(machineId)) throw invalid("machineId must be 1-64 characters of A-Z, a-z, 0-9, '.', '_' or '-'.");
+  if (!isMachineId(machineId)) throw invalid("machineId must be 1-64 characters of A-Z, a-z, 0-9, '.', '_' or '-' (and not '.' or '..').");
   return machineId;
 }
 
 function ticketParam(c: Ctx): string {
   const ticket = c.req.param("ticket") ?? "";
-  if (!isTicket(ticket)) throw invalid("ticket must be 1-128 characters of A-Z, a-z, 0-9, '.', '_' or '-'.");
+  if (!isTicket(ticket)) throw invalid("ticket must be 1-128 characters of A-Z, a-z, 0-9, '.', '_' or '-' (and not '.' or '..').");
   return ticket;
 }
 

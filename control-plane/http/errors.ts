@@ -28,12 +28,8 @@ export function invalid(message: string): ApiError {
  * Over the limit: 413 `too_large`; not UTF-8 or not JSON: 400 `invalid_request`.
  */
 export async function readJsonBody(c: Context, maxBytes: number, optional = false): Promise<unknown> {
-  const declared = c.req.header("content-length");
-  if (declared !== undefined && /^\d+$/.test(declared) && Number(declared) > maxBytes) {
-    throw new ApiError(413, "too_large", `The request body is larger than ${maxBytes} bytes.`);
-  }
-  const bytes = await c.req.arrayBuffer();
-  if (bytes.byteLength > maxBytes) throw new ApiError(413, "too_large", `The request body is larger than ${maxBytes} bytes.`);
+  const bytes = await readBounded(c.req.raw, maxBytes);
+  if (bytes === null) throw new ApiError(413, "too_large", `The request body is larger than ${maxBytes} bytes.`);
   if (bytes.byteLength === 0) {
     if (optional) return undefined;
     throw invalid("The request needs a JSON body.");
@@ -50,4 +46,37 @@ export async function readJsonBody(c: Context, maxBytes: number, optional = fals
   } catch {
     throw invalid("The request body is not valid JSON.");
   }
+}
+
+/** Past this much, an oversized body is no longer drained and the connection may be reset. */
+const DRAIN_LIMIT = 64 * 1024 * 1024;
+
+/**
+ * Reads the body, or returns null when it is larger than `maxBytes`. An oversized body is still read to
+ * its end (up to DRAIN_LIMIT) and discarded, so that the client gets the 413 instead of a reset
+ * connection while it is still sending.
+ */
+async function readBounded(request: Request, maxBytes: number): Promise<Uint8Array | null> {
+  if (!request.body) return new Uint8Array(0);
+  const reader = request.body.getReader();
+  const chunks: Uint8Array[] = [];
+  let total = 0;
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    total += value.byteLength;
+    if (total > DRAIN_LIMIT) {
+      await reader.cancel();
+      return null;
+    }
+    if (total <= maxBytes) chunks.push(value);
+  }
+  if (total > maxBytes) return null;
+  const out = new Uint8Array(total);
+  let at = 0;
+  for (const chunk of chunks) {
+    out.set(chunk, at);
+    at += chunk.byteLength;
+  }
+  return out;
 }

@@ -5,7 +5,6 @@
 import { existsSync, mkdirSync, readFileSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
-import { Miniflare } from "miniflare";
 
 /** Options for a local control plane. */
 export interface LocalControlPlaneOptions {
@@ -53,6 +52,8 @@ export async function startLocalControlPlane(options: LocalControlPlaneOptions):
   if (!existsSync(scriptPath)) throw new Error(`${scriptPath} is missing; run \`npm run build\` first`);
   const persist = resolve(options.stateDir, "durable-objects");
   mkdirSync(persist, { recursive: true });
+  // Loaded here, not at the top: every other `tendril` command would otherwise pay for loading Miniflare.
+  const { Miniflare } = await import("miniflare");
   const mf = new Miniflare({
     modules: true,
     scriptPath,

@@ -3,7 +3,7 @@
  * whole group, so workerd children go too), and the test can check that nothing is left.
  */
 import { spawn, type ChildProcess } from "node:child_process";
-import { readFileSync, readdirSync } from "node:fs";
+import { readFileSync, readdirSync, readlinkSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 import { dirname, join } from "node:path";
 import { waitFor } from "./wait.js";
@@ -35,6 +35,21 @@ export function pidsInGroup(pgid: number): number[] {
       if (Number(fields[2]) === pgid && fields[0] !== "Z") pids.push(Number(entry));
     } catch {
       // gone meanwhile
+    }
+  }
+  return pids;
+}
+
+/** Every live pid whose working directory is inside `dir` (scripts run in their workspace). */
+export function pidsWorkingIn(dir: string): number[] {
+  const pids: number[] = [];
+  for (const entry of readdirSync("/proc")) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      const cwd = readlinkSync(`/proc/${entry}/cwd`);
+      if ((cwd === dir || cwd.startsWith(`${dir}/`)) && isAlive(Number(entry))) pids.push(Number(entry));
+    } catch {
+      // gone meanwhile, or not ours to read
     }
   }
   return pids;

@@ -165,7 +165,7 @@ describe("StartScriptRequest rejections", () => {
     ["a ticket with a non-ASCII letter", "tï"],
     ["a 129-character ticket", "t".repeat(129)],
   ])("rejects %s", (_name, ticket) => {
-    expect(invalid(body({ ticket }))).toBe("ticket: must be 1-128 characters of A-Z, a-z, 0-9, '.', '_' or '-'.");
+    expect(invalid(body({ ticket }))).toBe("ticket: must be 1-128 characters of A-Z, a-z, 0-9, '.', '_' or '-' (and not '.' or '..').");
   });
 
   it("rejects a numeric ticket", () => {

@@ -1,0 +1,485 @@
+/**
+ * Coordination: what the runner does with each control message, and what it reports for each script.
+ * The socket lives in connection.ts, processes in process-manager.ts, output numbering in output-spool.ts and
+ * files on disk in workspace.ts; this module only ties them together.
+ */
+import { randomUUID } from "node:crypto";
+import { mkdir } from "node:fs/promises";
+import { join } from "node:path";
+import type { ScriptPayload } from "../shared/api.js";
+import { PROTOCOL_VERSION, type ControlMessage, type Outcome, type RunnerMessage } from "../shared/protocol.js";
+import { Connection, type EndReason, type SocketFactory } from "./connection.js";
+import { LineSplitter } from "./line-splitter.js";
+import { resolveRunnerOptions, type RunnerInput, type RunnerOptions } from "./options.js";
+import { OutputSpool } from "./output-spool.js";
+import { spawnScript, type ScriptProcess, type StreamName } from "./process-manager.js";
+import { Workspaces } from "./workspace.js";
+
+/** The capabilities this runner advertises in `hello`. */
+export const RUNNER_CAPABILITIES = ["script.v1"];
+
+/** Why a runner stopped. */
+export type RunnerStop = { kind: "stopped" } | EndReason;
+
+/** A running runner. */
+export interface RunnerHandle {
+  /** Random per runner process; the control plane tells a restarted runner from a reconnected one by it. */
+  readonly runnerId: string;
+  /** True while the handshake with the control plane is complete. */
+  readonly connected: boolean;
+  /** Closes the socket with 1000 and stops tracking every script; their processes keep running. */
+  stop(): Promise<void>;
+  /** Resolves once the runner stopped: `stopped` after `stop()`, or why the control plane ended it (4000/4001). */
+  readonly stopped: Promise<RunnerStop>;
+}
+
+/** Seams for tests; production code passes nothing. */
+export interface RunnerDependencies {
+  /** Opens the WebSocket; default `ws`. */
+  socketFactory?: SocketFactory;
+  /** The environment scripts inherit (secrets removed); default `process.env`. */
+  environment?: NodeJS.ProcessEnv;
+}
+
+/** Starts a runner: it connects in the background and keeps reconnecting until stopped. */
+export async function startRunner(input: RunnerInput, dependencies: RunnerDependencies = {}): Promise<RunnerHandle> {
+  const options = resolveRunnerOptions(input);
+  await mkdir(join(options.workDir, "work"), { recursive: true, mode: 0o700 });
+  await mkdir(join(options.workDir, "scripts"), { recursive: true, mode: 0o700 });
+  if (options.disableKill) {
+    options.logger.warn(
+      "UNSAFE: process kill is disabled (TENDRIL_UNSAFE_DISABLE_PROCESS_KILL). Cancel and abandon will not stop any process; use this only in tests.",
+    );
+  }
+  const runner = new Runner(options, dependencies);
+  runner.start();
+  return {
+    runnerId: runner.runnerId,
+    get connected() {
+      return runner.connected;
+    },
+    stop: () => runner.stop(),
+    stopped: runner.stopped,
+  };
+}
+
+/** Where a script is in its life on this runner. */
+type Phase = "starting" | "running" | "exited";
+
+/** One dispatched (ticket, fence) this runner tracks until the control plane acknowledges its exit. */
+interface TrackedScript {
+  readonly key: string;
+  readonly ticket: string;
+  readonly fence: number;
+  readonly spool: OutputSpool;
+  readonly splitters: Record<StreamName, LineSplitter>;
+  phase: Phase;
+  process?: ScriptProcess;
+  startedSent: boolean;
+  exit?: { lineCount: number; outcome: Outcome };
+  cancelRequested: boolean;
+  cancel?: Promise<string[]>;
+  /** Abandoned, forgotten, or the runner stopped: nothing more is reported. */
+  dropped: boolean;
+  /** Abandoned with `killProcess` before the process existed. */
+  killOnStart: boolean;
+}
+
+/** Longest `failed` outcome message the protocol accepts. */
+const MAX_FAILURE_MESSAGE = 4096;
+
+function scriptKey(ticket: string, fence: number): string {
+  return `${fence}:${ticket}`;
+}
+
+class Runner {
+  readonly runnerId = randomUUID();
+  readonly stopped: Promise<RunnerStop>;
+  private resolveStopped: (stop: RunnerStop) => void = () => undefined;
+  private readonly connection: Connection;
+  private readonly workspaces: Workspaces;
+  private readonly scripts = new Map<string, TrackedScript>();
+  /** Tickets whose workspace the control plane asked to delete while they still ran. */
+  private readonly deleteAfterExit = new Set<string>();
+  private halted = false;
+
+  constructor(
+    private readonly options: RunnerOptions,
+    private readonly dependencies: RunnerDependencies,
+  ) {
+    this.stopped = new Promise((resolve) => {
+      this.resolveStopped = resolve;
+    });
+    this.workspaces = new Workspaces(options.workDir);
+    this.connection = new Connection(
+      { ...options, ...(dependencies.socketFactory ? { socketFactory: dependencies.socketFactory } : {}) },
+      {
+        opened: () => this.sendHello(),
+        message: (message) => this.handle(message),
+        lost: () => this.options.logger.warn("Lost the connection to the control plane; scripts keep running."),
+        ended: (reason) => this.halt(reason),
+      },
+    );
+  }
+
+  get connected(): boolean {
+    return this.connection.welcomed;
+  }
+
+  start(): void {
+    this.options.logger.info(
+      `Runner ${this.runnerId} (version ${this.options.version}) for machine ${this.options.machineId} connecting to ${this.options.url}.`,
+    );
+    this.connection.start();
+  }
+
+  async stop(): Promise<void> {
+    if (this.halted) return;
+    await this.connection.stop();
+    this.halt({ kind: "stopped" });
+  }
+
+  /** Stops tracking everything without killing any process. */
+  private halt(reason: RunnerStop): void {
+    if (this.halted) return;
+    this.halted = true;
+    for (const script of this.scripts.values()) this.drop(script);
+    this.resolveStopped(reason);
+    if (reason.kind !== "stopped") this.options.onFatal?.(reason.message);
+  }
+
+  private send(message: RunnerMessage): boolean {
+    return this.connection.send(message);
+  }
+
+  private sendHello(): void {
+    const inventory = [...this.scripts.values()].map((script) => ({
+      ticket: script.ticket,
+      fence: script.fence,
+      nextSequence: script.spool.firstUnacknowledged,
+      exited: script.phase === "exited",
+    }));
+    this.send({
+      type: "hello",
+      protocol: PROTOCOL_VERSION,
+      runnerId: this.runnerId,
+      version: this.options.version,
+      capabilities: RUNNER_CAPABILITIES,
+      inventory,
+    });
+  }
+
+  private handle(message: ControlMessage): void {
+    if (this.halted) return;
+    switch (message.type) {
+      case "welcome":
+        return this.onWelcome(message.resume);
+      case "dispatch":
+        return this.onDispatch(message.ticket, message.fence, message.script);
+      case "ack":
+        this.find(message)?.spool.ack(message.nextSequence);
+        return;
+      case "exit_ack":
+        return this.onExitAck(message.ticket, message.fence);
+      case "cancel":
+        return this.onCancel(message.ticket, message.fence);
+      case "abandon":
+        return this.onAbandon(message.ticket, message.fence, message.killProcess);
+      case "delete_workspace":
+        return this.onDeleteWorkspace(message.ticket);
+      default: {
+        const unreachable: never = message;
+        throw new Error(`unhandled control message ${JSON.stringify(unreachable)}`);
+      }
+    }
+  }
+
+  private find(ref: { ticket: string; fence: number }): TrackedScript | undefined {
+    const script = this.scripts.get(scriptKey(ref.ticket, ref.fence));
+    if (script === undefined) this.options.logger.info(`Ignoring a message for ${ref.ticket} (fence ${ref.fence}): this runner does not track it.`);
+    return script;
+  }
+
+  private onWelcome(resume: Extract<ControlMessage, { type: "welcome" }>["resume"]): void {
+    const answers = new Map(resume.map((entry) => [scriptKey(entry.ticket, entry.fence), entry]));
+    for (const script of [...this.scripts.values()]) {
+      const entry = answers.get(script.key);
+      if (entry === undefined) {
+        this.options.logger.warn(`The welcome said nothing about ${script.ticket} (fence ${script.fence}); continuing it.`);
+        this.resume(script, script.spool.firstUnacknowledged);
+        continue;
+      }
+      switch (entry.action) {
+        case "continue":
+          this.resume(script, entry.nextSequence);
+          break;
+        case "cancel":
+          // A stale fence or a ticket the control plane no longer has: nothing it reports would be used.
+          this.options.logger.info(`The control plane no longer runs ${script.ticket} (fence ${script.fence}); killing its process tree.`);
+          this.killAndForget(script);
+          break;
+        case "abandon":
+          this.options.logger.info(`The control plane abandoned ${script.ticket} (fence ${script.fence}); releasing it.`);
+          this.forget(script);
+          break;
+        case "forget":
+          this.options.logger.info(`The control plane no longer knows ${script.ticket} (fence ${script.fence}); dropping it.`);
+          this.forget(script);
+          break;
+        default: {
+          const unreachable: never = entry.action;
+          throw new Error(`unknown resume action ${String(unreachable)}`);
+        }
+      }
+    }
+  }
+
+  /** Sends again what the control plane is missing of a script: `started`, output from `nextSequence`, `exit`. */
+  private resume(script: TrackedScript, nextSequence: number): void {
+    if (script.process !== undefined && !script.startedSent) this.sendStarted(script);
+    script.spool.resendFrom(nextSequence);
+    this.sendExit(script);
+  }
+
+  private onDispatch(ticket: string, fence: number, payload: ScriptPayload): void {
+    const key = scriptKey(ticket, fence);
+    if (this.scripts.has(key)) return; // A redelivered dispatch: it already runs once.
+    const script: TrackedScript = {
+      key,
+      ticket,
+      fence,
+      spool: new OutputSpool({
+        send: (batch) => this.send({ type: "output", ticket, fence, sequence: batch.sequence, lines: batch.lines }),
+      }),
+      splitters: { stdout: new LineSplitter(), stderr: new LineSplitter() },
+      phase: "starting",
+      startedSent: false,
+      cancelRequested: false,
+      dropped: false,
+      killOnStart: false,
+    };
+    this.scripts.set(key, script);
+    const busy = [...this.scripts.values()].find((other) => other.ticket === ticket && other !== script && other.phase !== "exited");
+    if (busy !== undefined) {
+      // Both would share one workspace folder.
+      this.fail(script, `The ticket ${ticket} is still running on this machine under fence ${busy.fence}.`);
+      return;
+    }
+    this.run(script, payload).catch((error: unknown) => {
+      this.options.logger.error(`Running ${ticket} (fence ${fence}) failed inside the runner: ${describe(error)}`);
+      if (!script.dropped && script.phase !== "exited") this.fail(script, `The runner failed while running the script: ${describe(error)}`);
+    });
+  }
+
+  private async run(script: TrackedScript, payload: ScriptPayload): Promise<void> {
+    let workspace;
+    try {
+      workspace = await this.workspaces.create(script.ticket, payload);
+    } catch (error) {
+      if (!script.dropped) this.fail(script, `Could not prepare the workspace for ${script.ticket}: ${describe(error)}`);
+      return;
+    }
+    if (script.dropped) return;
+    if (script.cancelRequested) {
+      script.spool.append("debug", "Cancelled before the process started.");
+      this.finish(script, { kind: "cancelled", signals: [] });
+      return;
+    }
+    const spawned = await spawnScript(
+      {
+        ticket: script.ticket,
+        shell: payload.shell,
+        scriptPath: workspace.scriptPath,
+        cwd: workspace.dir,
+        arguments: payload.arguments,
+        environment: payload.environment,
+      },
+      (stream, chunk) => this.onOutput(script, stream, chunk),
+      { pipeDrainMs: this.options.pipeDrainMs, disableKill: this.options.disableKill, baseEnvironment: this.dependencies.environment },
+    );
+    if (!spawned.ok) {
+      if (!script.dropped) this.fail(script, spawned.outcome.message);
+      return;
+    }
+    const child = spawned.process;
+    if (script.dropped) {
+      if (script.killOnStart) this.killNow(script, child);
+      child.release();
+      return;
+    }
+    script.process = child;
+    script.phase = "running";
+    this.options.logger.info(`Started ${script.ticket} (fence ${script.fence}) with ${payload.shell}: pid ${child.pid}.`);
+    this.sendStarted(script);
+    if (script.cancelRequested) this.startCancel(script);
+
+    const own = await child.wait();
+    if (own === undefined || script.dropped) return;
+    for (const stream of ["stdout", "stderr"] as const) {
+      for (const text of script.splitters[stream].end()) script.spool.append(stream, text);
+    }
+    const signals = script.cancel === undefined ? undefined : await script.cancel;
+    if (script.dropped) return;
+    this.finish(script, this.cancelOutcome(script, own, signals));
+  }
+
+  /** The outcome to report and the debug line that explains a cancel. */
+  private cancelOutcome(script: TrackedScript, own: Outcome, signals: string[] | undefined): Outcome {
+    if (signals === undefined) return own;
+    if (signals.length === 0) {
+      if (!this.options.disableKill) script.spool.append("debug", "Cancel requested, but the process had already exited; its own exit code stands.");
+      return own;
+    }
+    const [first, ...rest] = signals;
+    const then = rest.length > 0 ? `, then ${rest.join(", then ")} after ${this.options.killGraceMs} ms` : "";
+    script.spool.append("debug", `Cancelled: sent ${first} to the process group${then}.`);
+    return { kind: "cancelled", signals };
+  }
+
+  private onOutput(script: TrackedScript, stream: StreamName, chunk: Buffer): void {
+    if (script.dropped) return;
+    for (const text of script.splitters[stream].push(chunk)) script.spool.append(stream, text);
+  }
+
+  /** The script could not run: one debug line with the reason, then a `failed` exit. */
+  private fail(script: TrackedScript, reason: string): void {
+    // The protocol caps the message; a longer one would make the exit frame invalid.
+    const message = reason.length > MAX_FAILURE_MESSAGE ? `${reason.slice(0, MAX_FAILURE_MESSAGE - 1)}…` : reason;
+    this.options.logger.warn(`${script.ticket} (fence ${script.fence}) could not run: ${message}`);
+    script.spool.append("debug", message);
+    this.finish(script, { kind: "failed", message });
+  }
+
+  /** Records the exit and sends it once all output went out; it is kept until `exit_ack`. */
+  private finish(script: TrackedScript, outcome: Outcome): void {
+    script.spool.flush();
+    script.exit = { lineCount: script.spool.nextSequence, outcome };
+    script.phase = "exited";
+    this.options.logger.info(`${script.ticket} (fence ${script.fence}) ended: ${describeOutcome(outcome)}.`);
+    this.sendExit(script);
+    if (this.deleteAfterExit.delete(script.ticket)) this.removeWorkspace(script.ticket);
+  }
+
+  private sendStarted(script: TrackedScript): void {
+    if (script.process === undefined) return;
+    script.startedSent = this.send({ type: "started", ticket: script.ticket, fence: script.fence, pid: script.process.pid });
+  }
+
+  private sendExit(script: TrackedScript): void {
+    // Never before all of its output: the control plane refuses an exit with lines missing.
+    if (script.exit === undefined || !script.spool.allSent) return;
+    this.send({ type: "exit", ticket: script.ticket, fence: script.fence, ...script.exit });
+  }
+
+  private onExitAck(ticket: string, fence: number): void {
+    const script = this.find({ ticket, fence });
+    if (script === undefined) return;
+    if (script.exit === undefined) {
+      this.options.logger.warn(`Ignoring exit_ack for ${ticket} (fence ${fence}): it has not exited.`);
+      return;
+    }
+    script.spool.dispose();
+    this.scripts.delete(script.key);
+  }
+
+  private onCancel(ticket: string, fence: number): void {
+    const script = this.find({ ticket, fence });
+    if (script === undefined || script.phase === "exited" || script.cancelRequested) return;
+    script.cancelRequested = true;
+    this.options.logger.info(`Cancelling ${ticket} (fence ${fence}).`);
+    if (this.options.disableKill) {
+      script.spool.append("debug", "Cancel requested, but process kill is disabled on this runner (UNSAFE); the process keeps running.");
+    }
+    this.startCancel(script);
+  }
+
+  private startCancel(script: TrackedScript): void {
+    if (script.process === undefined || script.cancel !== undefined) return;
+    script.cancel = script.process.killTree(this.options.killGraceMs).catch((error: unknown) => {
+      this.options.logger.error(`Could not signal the process group of ${script.ticket}: ${describe(error)}`);
+      return [];
+    });
+  }
+
+  private onAbandon(ticket: string, fence: number, killProcess: boolean): void {
+    const script = this.find({ ticket, fence });
+    if (script === undefined) return;
+    this.options.logger.info(`The control plane abandoned ${ticket} (fence ${fence})${killProcess ? "; killing its process group" : ""}.`);
+    if (killProcess) {
+      if (script.process !== undefined) this.killNow(script, script.process);
+      else script.killOnStart = true;
+    }
+    this.forget(script);
+  }
+
+  private killNow(script: TrackedScript, child: ScriptProcess): void {
+    try {
+      child.killNow();
+    } catch (error) {
+      this.options.logger.error(`Could not kill the process group of ${script.ticket}: ${describe(error)}`);
+    }
+  }
+
+  /** Stops tracking a script and stops its process tree in the background (SIGTERM, SIGKILL after the grace). */
+  private killAndForget(script: TrackedScript): void {
+    const child = script.process;
+    script.killOnStart = true;
+    script.dropped = true;
+    script.spool.dispose();
+    this.scripts.delete(script.key);
+    if (child === undefined) return; // Still starting: `run` kills it as soon as it exists.
+    child
+      .killTree(this.options.killGraceMs)
+      .catch((error: unknown) => this.options.logger.error(`Could not signal the process group of ${script.ticket}: ${describe(error)}`))
+      .finally(() => child.release());
+  }
+
+  /** Stops tracking a script for good, without killing its process. */
+  private forget(script: TrackedScript): void {
+    this.drop(script);
+    this.scripts.delete(script.key);
+  }
+
+  private drop(script: TrackedScript): void {
+    script.dropped = true;
+    script.process?.release();
+    script.spool.dispose();
+  }
+
+  private onDeleteWorkspace(ticket: string): void {
+    const running = [...this.scripts.values()].some((script) => script.ticket === ticket && script.phase !== "exited");
+    if (running) {
+      // Deleting the folder under a running script would break it; do it when it ends.
+      this.deleteAfterExit.add(ticket);
+      return;
+    }
+    this.removeWorkspace(ticket);
+  }
+
+  private removeWorkspace(ticket: string): void {
+    this.workspaces.remove(ticket).catch((error: unknown) => {
+      this.options.logger.error(`Could not delete the workspace of ${ticket}: ${describe(error)}`);
+    });
+  }
+}
+
+function describeOutcome(outcome: Outcome): string {
+  switch (outcome.kind) {
+    case "exited":
+      return `exited with code ${outcome.code}`;
+    case "signaled":
+      return `killed by ${outcome.signal}`;
+    case "failed":
+      return `failed: ${outcome.message}`;
+    case "cancelled":
+      return outcome.signals.length > 0 ? `cancelled (${outcome.signals.join(", ")})` : "cancelled";
+    default: {
+      const unreachable: never = outcome;
+      throw new Error(`unknown outcome ${JSON.stringify(unreachable)}`);
+    }
+  }
+}
+
+function describe(error: unknown): string {
+  return error instanceof Error ? error.message : String(error);
+}

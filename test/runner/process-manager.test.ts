@@ -1,0 +1,332 @@
+import { mkdtemp, readdir, rm, stat } from "node:fs/promises";
+import { readFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import type { ScriptPayload } from "../../shared/api.js";
+import type { Outcome } from "../../shared/protocol.js";
+import { spawnScript, type ProcessManagerOptions, type ScriptProcess, type SpawnResult } from "../../runner/process-manager.js";
+import { Workspaces } from "../../runner/workspace.js";
+
+let workDir: string;
+let workspaces: Workspaces;
+/** Process groups a test started; each test also stops its own, this is the safety net. */
+const startedGroups = new Set<number>();
+
+beforeEach(async () => {
+  workDir = await mkdtemp(join(tmpdir(), "tendril-pm-"));
+  workspaces = new Workspaces(workDir);
+});
+
+afterEach(async () => {
+  for (const pid of startedGroups) killGroup(pid);
+  startedGroups.clear();
+  await rm(workDir, { recursive: true, force: true });
+});
+
+function killGroup(pid: number): void {
+  try {
+    process.kill(-pid, "SIGKILL");
+  } catch {
+    // Already gone.
+  }
+}
+
+function killPid(pid: number): void {
+  try {
+    process.kill(pid, "SIGKILL");
+  } catch {
+    // Already gone.
+  }
+}
+
+/** True while the process exists and is not a zombie. */
+function isAlive(pid: number): boolean {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    // The state follows the command name in parentheses.
+    return stat.slice(stat.lastIndexOf(")") + 2, stat.lastIndexOf(")") + 3) !== "Z";
+  } catch {
+    return false;
+  }
+}
+
+async function waitFor(condition: () => boolean, what: string, timeoutMs = 5_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!condition()) {
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 10));
+  }
+}
+
+async function within<T>(promise: Promise<T>, what: string, timeoutMs = 5_000): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`timed out after ${timeoutMs} ms waiting for ${what}`)), timeoutMs);
+  });
+  try {
+    return await Promise.race([promise, timeout]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+const OPTIONS: ProcessManagerOptions = {
+  pipeDrainMs: 300,
+  disableKill: false,
+  baseEnvironment: { PATH: process.env.PATH, HOME: process.env.HOME, TENDRIL_RUNNER_TOKEN: "secret-token", KEEP_ME: "kept" },
+};
+
+function payload(scriptBody: string, extra: Partial<ScriptPayload> = {}): ScriptPayload {
+  return { scriptBody, shell: "bash", arguments: [], environment: {}, files: [], ...extra };
+}
+
+interface Started {
+  result: SpawnResult;
+  output: { stdout: string; stderr: string };
+}
+
+/** Writes the workspace and spawns the script, collecting its output. */
+async function start(ticket: string, script: ScriptPayload, options: ProcessManagerOptions = OPTIONS): Promise<Started> {
+  const workspace = await workspaces.create(ticket, script);
+  const output = { stdout: "", stderr: "" };
+  const result = await spawnScript(
+    {
+      ticket,
+      shell: script.shell,
+      scriptPath: workspace.scriptPath,
+      cwd: workspace.dir,
+      arguments: script.arguments,
+      environment: script.environment,
+    },
+    (stream, chunk) => {
+      output[stream] += chunk.toString("utf8");
+    },
+    options,
+  );
+  if (result.ok) startedGroups.add(result.process.pid);
+  return { result, output };
+}
+
+function processOf(started: Started): ScriptProcess {
+  if (!started.result.ok) throw new Error(`spawn failed: ${started.result.outcome.message}`);
+  return started.result.process;
+}
+
+/** Runs a script to its end; returns its outcome and output. */
+async function run(ticket: string, script: ScriptPayload, options: ProcessManagerOptions = OPTIONS) {
+  const started = await start(ticket, script, options);
+  const child = processOf(started);
+  const outcome = await within(child.wait(), "the outcome");
+  return { outcome, ...started.output, pid: child.pid };
+}
+
+describe("process manager", () => {
+  it("reports the exit code and the stdout and stderr of a script", async () => {
+    const result = await run("t1", payload("echo out; echo err >&2; exit 3"));
+    expect(result.outcome).toEqual({ kind: "exited", code: 3 });
+    expect(result.stdout).toBe("out\n");
+    expect(result.stderr).toBe("err\n");
+  });
+
+  it("reports a script killed by a signal with the signal's name and number", async () => {
+    const result = await run("t1", payload("kill -KILL $$"));
+    expect(result.outcome).toEqual({ kind: "signaled", signal: "SIGKILL", number: 9 });
+  });
+
+  it("runs the script with sh too", async () => {
+    const result = await run("t1", payload('echo "sh says $0" | grep -c scripts', { shell: "sh" }));
+    expect(result.outcome).toEqual({ kind: "exited", code: 0 });
+    expect(result.stdout).toBe("1\n");
+  });
+
+  it("passes the arguments to the script verbatim, without a shell in between", async () => {
+    const args = ["plain", "with space", "it's \"quoted\"", "$HOME", "", "*"];
+    const result = await run("t1", payload('printf "<%s>\\n" "$@"', { arguments: args }));
+    expect(result.stdout).toBe(args.map((arg) => `<${arg}>\n`).join(""));
+  });
+
+  it("gives the script the runner's environment without the runner token, plus the request's variables and TENDRIL_TICKET", async () => {
+    const script = payload('echo "token=${TENDRIL_RUNNER_TOKEN-unset} keep=$KEEP_ME mine=$MINE ticket=$TENDRIL_TICKET"', {
+      environment: { MINE: "value with spaces", KEEP_ME: "overridden" },
+    });
+    const result = await run("ticket-7", script);
+    expect(result.stdout).toBe("token=unset keep=overridden mine=value with spaces ticket=ticket-7\n");
+  });
+
+  it("runs in the ticket's workspace with the request's files decoded", async () => {
+    const files = [
+      { name: "config.json", contents: Buffer.from('{"a":1}').toString("base64") },
+      { name: "binary.dat", contents: Buffer.from([0, 1, 2, 255]).toString("base64") },
+    ];
+    const result = await run("t1", payload('pwd; cat config.json; echo; od -An -tu1 binary.dat | tr -s " "', { files }));
+    expect(result.stdout).toBe(`${join(workDir, "work", "t-t1")}\n{"a":1}\n 0 1 2 255\n`);
+  });
+
+  it("gives tickets made of dots or starting with a dash their own workspaces inside the work directory", async () => {
+    const dots = await run("...", payload("pwd"));
+    const dash = await run("-rf", payload("pwd"));
+    const hidden = await run(".hidden", payload("pwd"));
+    expect(dots.stdout).toBe(`${join(workDir, "work", "t-...")}\n`);
+    expect(dash.stdout).toBe(`${join(workDir, "work", "t--rf")}\n`);
+    expect(hidden.stdout).toBe(`${join(workDir, "work", "t-.hidden")}\n`);
+    await workspaces.remove("...");
+    await workspaces.remove("...");
+    expect((await readdir(join(workDir, "work"))).sort()).toEqual(["t--rf", "t-.hidden"]);
+    expect((await readdir(join(workDir, "scripts"))).sort()).toEqual(["t--rf.sh", "t-.hidden.sh"]);
+  });
+
+  it("starts each script in its own process group", async () => {
+    const result = await run("t1", payload("cut -d' ' -f5 /proc/$$/stat"));
+    expect(result.stdout).toBe(`${result.pid}\n`);
+  });
+
+  it("fails without spawning when the shell is not on the PATH", async () => {
+    const emptyDir = await mkdtemp(join(tmpdir(), "tendril-empty-"));
+    try {
+      const options = { ...OPTIONS, baseEnvironment: { PATH: emptyDir } };
+      const pwsh = await start("t1", payload("Write-Output hi", { shell: "pwsh" }), options);
+      expect(pwsh.result).toEqual({ ok: false, outcome: { kind: "failed", message: 'The shell "pwsh" was not found on this machine\'s PATH.' } });
+      const bash = await start("t2", payload("echo hi"), options);
+      expect(bash.result).toEqual({ ok: false, outcome: { kind: "failed", message: 'The shell "bash" was not found on this machine\'s PATH.' } });
+    } finally {
+      await rm(emptyDir, { recursive: true, force: true });
+    }
+  });
+
+  it("reports a spawn error as a failed outcome with a clear message", async () => {
+    const workspace = await workspaces.create("t1", payload("echo hi"));
+    const result = await spawnScript(
+      {
+        ticket: "t1",
+        shell: "bash",
+        scriptPath: workspace.scriptPath,
+        cwd: join(workDir, "missing-folder"),
+        arguments: [],
+        environment: {},
+      },
+      () => undefined,
+      OPTIONS,
+    );
+    expect(result.ok).toBe(false);
+    if (result.ok) return;
+    expect(result.outcome.kind).toBe("failed");
+    expect(result.outcome.message).toMatch(/^Could not start bash .* in .*missing-folder: .*ENOENT/);
+  });
+
+  it("reports the exit after pipeDrainMs when a grandchild keeps the pipes open", async () => {
+    const started = await start("t1", payload("sleep 600 & echo $!; exit 4"));
+    const child = processOf(started);
+    const begin = Date.now();
+    const outcome = await within(child.wait(), "the outcome despite the open pipes", 3_000);
+    const elapsed = Date.now() - begin;
+    const grandchild = Number(started.output.stdout.trim());
+    try {
+      expect(outcome).toEqual({ kind: "exited", code: 4 });
+      expect(elapsed).toBeGreaterThanOrEqual(250);
+      expect(isAlive(grandchild)).toBe(true);
+    } finally {
+      killPid(grandchild);
+      killGroup(child.pid);
+    }
+    await waitFor(() => !isAlive(grandchild), "the grandchild to die");
+  });
+
+  it("cancels with SIGTERM to the whole process group, grandchildren included", async () => {
+    const started = await start("t1", payload("sleep 600 & echo $!; wait"));
+    const child = processOf(started);
+    await waitFor(() => started.output.stdout.includes("\n"), "the grandchild's pid");
+    const grandchild = Number(started.output.stdout.trim());
+    const signals = await within(child.killTree(5_000), "the kill");
+    expect(signals).toEqual(["SIGTERM"]);
+    expect(await within(child.wait(), "the outcome")).toEqual({ kind: "signaled", signal: "SIGTERM", number: 15 });
+    await waitFor(() => !isAlive(grandchild), "the grandchild to die");
+  });
+
+  it("escalates to SIGKILL when the script ignores SIGTERM for the grace period", async () => {
+    const started = await start("t1", payload("trap '' TERM; echo ready; while :; do sleep 0.05; done"));
+    const child = processOf(started);
+    await waitFor(() => started.output.stdout.includes("ready"), "the trap to be set");
+    const begin = Date.now();
+    const signals = await within(child.killTree(300), "the kill");
+    expect(signals).toEqual(["SIGTERM", "SIGKILL"]);
+    expect(Date.now() - begin).toBeGreaterThanOrEqual(250);
+    const outcome: Outcome | undefined = await within(child.wait(), "the outcome");
+    expect(outcome).toEqual({ kind: "signaled", signal: "SIGKILL", number: 9 });
+  });
+
+  it("kills once: a second killTree gets the first one's answer", async () => {
+    const started = await start("t1", payload("echo ready; sleep 600"));
+    const child = processOf(started);
+    await waitFor(() => started.output.stdout.includes("ready"), "the script to start");
+    const [first, second] = await within(Promise.all([child.killTree(5_000), child.killTree(5_000)]), "the kills");
+    expect(first).toEqual(["SIGTERM"]);
+    expect(second).toBe(first);
+    await within(child.wait(), "the outcome");
+  });
+
+  it("sends no signal to a process that already exited", async () => {
+    const started = await start("t1", payload("exit 0"));
+    const child = processOf(started);
+    await within(child.wait(), "the outcome");
+    expect(await child.killTree(100)).toEqual([]);
+    expect(child.killNow()).toEqual([]);
+  });
+
+  it("kills nothing when kill is disabled", async () => {
+    const started = await start("t1", payload("echo ready; sleep 600"), { ...OPTIONS, disableKill: true });
+    const child = processOf(started);
+    try {
+      await waitFor(() => started.output.stdout.includes("ready"), "the script to start");
+      expect(await within(child.killTree(100), "the kill")).toEqual([]);
+      expect(child.killNow()).toEqual([]);
+      expect(isAlive(child.pid)).toBe(true);
+    } finally {
+      killGroup(child.pid);
+    }
+    expect(await within(child.wait(), "the outcome")).toEqual({ kind: "signaled", signal: "SIGKILL", number: 9 });
+  });
+
+  it("kills the process group at once with killNow", async () => {
+    const started = await start("t1", payload("trap '' TERM; echo ready; sleep 600"));
+    const child = processOf(started);
+    await waitFor(() => started.output.stdout.includes("ready"), "the script to start");
+    expect(child.killNow()).toEqual(["SIGKILL"]);
+    expect(await within(child.wait(), "the outcome")).toEqual({ kind: "signaled", signal: "SIGKILL", number: 9 });
+  });
+
+  it("releases a process without killing it and reports nothing more for it", async () => {
+    const started = await start("t1", payload("echo ready; sleep 600"));
+    const child = processOf(started);
+    try {
+      await waitFor(() => started.output.stdout.includes("ready"), "the script to start");
+      child.release();
+      expect(await within(child.wait(), "the release")).toBeUndefined();
+      expect(isAlive(child.pid)).toBe(true);
+      expect(await child.killTree(100)).toEqual([]);
+    } finally {
+      killGroup(child.pid);
+    }
+    await waitFor(() => !isAlive(child.pid), "the released process to die");
+  });
+});
+
+describe("workspaces", () => {
+  it("removes a workspace and its script file, and removing again is harmless", async () => {
+    const workspace = await workspaces.create("t1", payload("echo hi", { files: [{ name: "a.txt", contents: "aGk=" }] }));
+    expect((await stat(workspace.dir)).isDirectory()).toBe(true);
+    await workspaces.remove("t1");
+    await workspaces.remove("t1");
+    expect(await readdir(join(workDir, "work"))).toEqual([]);
+    expect(await readdir(join(workDir, "scripts"))).toEqual([]);
+  });
+
+  it("refuses a string that is not a ticket", async () => {
+    await expect(workspaces.create("../etc", payload("echo hi"))).rejects.toThrow(/not a valid ticket/);
+    await expect(workspaces.remove("a/b")).rejects.toThrow(/not a valid ticket/);
+  });
+
+  it("writes pwsh scripts as .ps1 files", () => {
+    expect(workspaces.paths("t1", "pwsh").scriptPath).toBe(join(workDir, "scripts", "t-t1.ps1"));
+  });
+});

@@ -1,0 +1,532 @@
+/**
+ * The SDK against a small real HTTP server (node:http on 127.0.0.1, port 0) that plays the control
+ * plane's part: this checks how the SDK builds requests and reads answers, not the control plane.
+ */
+import { createServer, type IncomingHttpHeaders, type Server, type ServerResponse } from "node:http";
+import type { AddressInfo } from "node:net";
+import { afterEach, describe, expect, it } from "vitest";
+import type { LogLine, ScriptStatus } from "../../shared/api.js";
+import { TendrilApiError, TendrilNetworkError, TendrilProtocolError } from "../../client/errors.js";
+import { TendrilClient, type ScriptEvent } from "../../client/sdk.js";
+
+/** One request as the fake control plane saw it. */
+interface SeenRequest {
+  method: string;
+  /** Path and query exactly as sent (still URL-encoded). */
+  url: string;
+  headers: IncomingHttpHeaders;
+  body: string;
+}
+
+type Handler = (request: SeenRequest, response: ServerResponse) => void | Promise<void>;
+
+interface FakeControlPlane {
+  url: string;
+  requests: SeenRequest[];
+  close(): Promise<void>;
+}
+
+const servers: Server[] = [];
+
+afterEach(async () => {
+  for (const server of servers.splice(0)) {
+    server.closeAllConnections();
+    await new Promise((resolve) => server.close(resolve));
+  }
+});
+
+async function fakeControlPlane(handler: Handler): Promise<FakeControlPlane> {
+  const requests: SeenRequest[] = [];
+  const server = createServer((req, res) => {
+    const chunks: Buffer[] = [];
+    req.on("data", (chunk: Buffer) => chunks.push(chunk));
+    req.on("end", () => {
+      const seen = { method: req.method ?? "", url: req.url ?? "", headers: req.headers, body: Buffer.concat(chunks).toString() };
+      requests.push(seen);
+      Promise.resolve(handler(seen, res)).catch((error: unknown) => {
+        res.statusCode = 500;
+        res.end(String(error));
+      });
+    });
+  });
+  servers.push(server);
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  const { port } = server.address() as AddressInfo;
+  return {
+    url: `http://127.0.0.1:${port}`,
+    requests,
+    close: () =>
+      new Promise((resolve) => {
+        server.closeAllConnections();
+        server.close(() => resolve());
+      }),
+  };
+}
+
+function json(response: ServerResponse, status: number, body: unknown): void {
+  response.writeHead(status, { "content-type": "application/json" });
+  response.end(JSON.stringify(body));
+}
+
+function openEventStream(response: ServerResponse): void {
+  response.writeHead(200, { "content-type": "text/event-stream; charset=utf-8", "cache-control": "no-cache" });
+  response.flushHeaders();
+}
+
+function logLine(sequence: number, text: string, source: LogLine["source"] = "stdout"): LogLine {
+  return { sequence, source, text, occurred: "2026-01-01T00:00:00.000Z" };
+}
+
+function status(overrides: Partial<ScriptStatus> = {}): ScriptStatus {
+  return { ticket: "t1", state: "running", exitCode: null, logs: [], nextLogSequence: 0, hasMoreLogs: false, ...overrides };
+}
+
+function logEvent(line: LogLine): string {
+  return `event: log\ndata: ${JSON.stringify(line)}\n\n`;
+}
+
+function statusEvent(exitCode: number, nextLogSequence: number): string {
+  const { logs: _logs, ...rest } = status({ state: "complete", exitCode, nextLogSequence });
+  return `event: status\ndata: ${JSON.stringify(rest)}\n\n`;
+}
+
+async function collect(events: AsyncIterable<ScriptEvent>): Promise<ScriptEvent[]> {
+  const seen: ScriptEvent[] = [];
+  for await (const event of events) seen.push(event);
+  return seen;
+}
+
+/** `logSequence` of a request, as a number. */
+function logSequenceOf(request: SeenRequest | undefined): number | undefined {
+  const raw = new URL(request?.url ?? "/", "http://x").searchParams.get("logSequence");
+  return raw === null ? undefined : Number(raw);
+}
+
+/** A fetch that hands the body over one byte per chunk, so every possible split point is exercised. */
+const byteByByteFetch: typeof fetch = async (input, init) => {
+  const response = await fetch(input, init);
+  const bytes = new Uint8Array(await response.arrayBuffer());
+  let offset = 0;
+  const body = new ReadableStream<Uint8Array>({
+    pull(controller) {
+      if (offset < bytes.length) controller.enqueue(bytes.slice(offset, ++offset));
+      else controller.close();
+    },
+  });
+  return new Response(body, { status: response.status, headers: response.headers });
+};
+
+const token = "server-token-1";
+
+describe("TendrilClient requests", () => {
+  it("sends the server token as a bearer token and returns the new runner token", async () => {
+    const server = await fakeControlPlane((_request, response) => json(response, 201, { machineId: "web-01", runnerToken: "rt-1" }));
+    const client = new TendrilClient({ url: server.url, serverToken: token });
+
+    expect(await client.registerMachine("web-01")).toEqual({ machineId: "web-01", runnerToken: "rt-1" });
+    expect(server.requests[0]).toMatchObject({ method: "POST", url: "/api/v1/machines/web-01/runner-token" });
+    expect(server.requests[0]?.headers.authorization).toBe(`Bearer ${token}`);
+  });
+
+  it("reports a 201 start as created and a 200 start of the same ticket as not created", async () => {
+    let calls = 0;
+    const server = await fakeControlPlane((_request, response) => json(response, ++calls === 1 ? 201 : 200, status({ state: "pending" })));
+    const client = new TendrilClient({ url: server.url, serverToken: token });
+    const request = { ticket: "t1", scriptBody: "echo hello", environment: { A: "1" } };
+
+    const first = await client.startScript("web-01", request);
+    const second = await client.startScript("web-01", request);
+
+    expect(first.created).toBe(true);
+    expect(second.created).toBe(false);
+    expect(first.status.state).toBe("pending");
+    expect(server.requests[0]).toMatchObject({ method: "POST", url: "/api/v1/machines/web-01/scripts" });
+    expect(server.requests[0]?.headers["content-type"]).toBe("application/json");
+    expect(JSON.parse(server.requests[0]?.body ?? "")).toEqual(request);
+  });
+
+  it("calls each route with its method, URL-encoded ids, query and body", async () => {
+    const server = await fakeControlPlane((request, response) => {
+      if (request.url.endsWith("/stream?logSequence=0")) {
+        openEventStream(response);
+        response.end(statusEvent(0, 0));
+      } else if (request.method === "GET" && request.url.startsWith("/api/v1/machines/we%20b%2F01?")) {
+        json(response, 200, {});
+      } else if (request.url === "/api/v1/machines/we%20b%2F01") {
+        json(response, 200, { machineId: "we b/01", runner: {}, mutexes: [], abandoned: [] });
+      } else {
+        json(response, 200, status());
+      }
+    });
+    const client = new TendrilClient({ url: `${server.url}/`, serverToken: token });
+    const machine = "we b/01";
+    const ticket = "t?1#&";
+
+    await client.getMachine(machine);
+    await client.getStatus(machine, ticket, { logSequence: 5, limit: 10 });
+    await client.getStatus(machine, ticket);
+    await client.completeScript(machine, ticket, { logSequence: 7 });
+    await client.cancelScript(machine, ticket, { abandonAfterMs: 120_000 });
+    await client.cancelScript(machine, ticket);
+    await client.abandonScript(machine, ticket, { killProcess: true });
+    await collect(client.streamScript(machine, ticket));
+
+    const script = "/api/v1/machines/we%20b%2F01/scripts/t%3F1%23%26";
+    expect(server.requests.map((r) => [r.method, r.url, r.body])).toEqual([
+      ["GET", "/api/v1/machines/we%20b%2F01", ""],
+      ["GET", `${script}?logSequence=5&limit=10`, ""],
+      ["GET", script, ""],
+      ["DELETE", `${script}?logSequence=7`, ""],
+      ["POST", `${script}/cancel`, '{"abandonAfterMs":120000}'],
+      ["POST", `${script}/cancel`, "{}"],
+      ["POST", `${script}/abandon`, '{"killProcess":true}'],
+      ["GET", `${script}/stream?logSequence=0`, ""],
+    ]);
+    expect(server.requests.at(-1)?.headers.accept).toBe("text/event-stream");
+  });
+
+  it("refuses ids that a URL parser would resolve as dot segments, without sending anything", async () => {
+    const server = await fakeControlPlane((_request, response) => json(response, 200, {}));
+    const client = new TendrilClient({ url: server.url, serverToken: token });
+
+    await expect(client.getMachine("..")).rejects.toThrow(/invalid machine id "\.\."/);
+    await expect(client.getStatus("web-01", ".")).rejects.toThrow(/invalid ticket "\."/);
+    expect(server.requests).toHaveLength(0);
+  });
+
+  it("unwraps the machine list", async () => {
+    const machines = [{ machineId: "a", runner: { connected: false }, mutexes: [], abandoned: [] }];
+    const server = await fakeControlPlane((_request, response) => json(response, 200, { machines }));
+    const client = new TendrilClient({ url: server.url, serverToken: token });
+
+    expect(await client.listMachines()).toEqual(machines);
+    expect(server.requests[0]).toMatchObject({ method: "GET", url: "/api/v1/machines" });
+  });
+
+  it("rejects a URL that is not http or https", () => {
+    expect(() => new TendrilClient({ url: "ftp://example.com", serverToken: token })).toThrow(/must start with http/);
+    expect(() => new TendrilClient({ url: "not a url", serverToken: token })).toThrow(/invalid control plane URL/);
+  });
+});
+
+describe("TendrilClient errors", () => {
+  it("turns the contract's error body into a TendrilApiError with status, code and message", async () => {
+    const server = await fakeControlPlane((_request, response) =>
+      json(response, 404, { error: { code: "unknown_machine", message: "Machine web-01 is not registered." } }),
+    );
+    const client = new TendrilClient({ url: server.url, serverToken: token });
+
+    const error = await client.getMachine("web-01").catch((caught: unknown) => caught);
+    expect(error).toBeInstanceOf(TendrilApiError);
+    expect(error).toMatchObject({ status: 404, code: "unknown_machine", message: "Machine web-01 is not registered." });
+  });
+
+  it("keeps the status and an excerpt of an error answer that is not the contract's shape", async () => {
+    const server = await fakeControlPlane((_request, response) => {
+      response.writeHead(502, { "content-type": "text/html" });
+      response.end("<html>\n  Bad gateway\n</html>");
+    });
+    const client = new TendrilClient({ url: server.url, serverToken: token });
+
+    const error = await client.listMachines().catch((caught: unknown) => caught);
+    expect(error).toBeInstanceOf(TendrilApiError);
+    expect(error).toMatchObject({ status: 502, code: "http_502" });
+    expect((error as Error).message).toBe("GET /api/v1/machines failed with HTTP 502 Bad Gateway: <html> Bad gateway </html>");
+  });
+
+  it("names the URL when the control plane cannot be reached", async () => {
+    const server = await fakeControlPlane(() => undefined);
+    await server.close(); // the port is now (almost certainly) refused
+    const client = new TendrilClient({ url: server.url, serverToken: token });
+
+    const error = await client.listMachines().catch((caught: unknown) => caught);
+    expect(error).toBeInstanceOf(TendrilNetworkError);
+    expect((error as Error).message).toMatch(
+      new RegExp(`^could not reach the control plane at ${server.url}/api/v1/machines: .*ECONNREFUSED`),
+    );
+  });
+
+  it("reports an answer that is not JSON as a protocol error", async () => {
+    const server = await fakeControlPlane((_request, response) => {
+      response.writeHead(200, { "content-type": "application/json" });
+      response.end("{oops");
+    });
+    const client = new TendrilClient({ url: server.url, serverToken: token });
+
+    await expect(client.getStatus("web-01", "t1")).rejects.toBeInstanceOf(TendrilProtocolError);
+  });
+});
+
+describe("TendrilClient.streamScript", () => {
+  it("parses log and status events split at every byte, ignoring comments and unknown events", async () => {
+    const server = await fakeControlPlane((_request, response) => {
+      openEventStream(response);
+      response.end(
+        [
+          ": keep-alive\n\n",
+          logEvent(logLine(0, "héllo ✓ wörld")),
+          // CRLF line endings and a data field without the optional space are both valid.
+          `event: log\r\ndata:${JSON.stringify(logLine(1, "warn", "stderr"))}\r\n\r\n`,
+          "event: progress\ndata: {}\n\n",
+          `event: log\rdata: ${JSON.stringify(logLine(2, "waiting for t0", "debug"))}\r\r`,
+          ":another comment\n",
+          statusEvent(3, 3),
+        ].join(""),
+      );
+    });
+    const client = new TendrilClient({ url: server.url, serverToken: token, fetch: byteByByteFetch });
+
+    const events = await collect(client.streamScript("web-01", "t1"));
+
+    expect(events).toEqual([
+      { type: "log", line: logLine(0, "héllo ✓ wörld") },
+      { type: "log", line: logLine(1, "warn", "stderr") },
+      { type: "log", line: logLine(2, "waiting for t0", "debug") },
+      { type: "status", status: status({ state: "complete", exitCode: 3, nextLogSequence: 3 }) },
+    ]);
+  });
+
+  it("resumes a stream that ends without a status event from the next log sequence, without repeating lines", async () => {
+    const server = await fakeControlPlane((request, response) => {
+      openEventStream(response);
+      if (logSequenceOf(request) === 0) {
+        response.end(logEvent(logLine(0, "a")) + logEvent(logLine(1, "b")));
+      } else {
+        // A server may repeat what the client already has; the SDK delivers each line once.
+        response.end(logEvent(logLine(1, "b")) + logEvent(logLine(2, "c")) + statusEvent(0, 3));
+      }
+    });
+    const client = new TendrilClient({ url: server.url, serverToken: token });
+
+    const events = await collect(client.streamScript("web-01", "t1"));
+
+    expect(events.map((event) => (event.type === "log" ? event.line.text : `exit ${event.status.exitCode}`))).toEqual([
+      "a",
+      "b",
+      "c",
+      "exit 0",
+    ]);
+    expect(server.requests.map(logSequenceOf)).toEqual([0, 2]);
+  });
+
+  it("starts from the requested log sequence", async () => {
+    const server = await fakeControlPlane((_request, response) => {
+      openEventStream(response);
+      response.end(logEvent(logLine(4, "e")) + statusEvent(0, 5));
+    });
+    const client = new TendrilClient({ url: server.url, serverToken: token });
+
+    const events = await collect(client.streamScript("web-01", "t1", { logSequence: 4 }));
+
+    expect(events).toHaveLength(2);
+    expect(logSequenceOf(server.requests[0])).toBe(4);
+  });
+
+  it("reopens after an error event and surfaces the HTTP error the reopened stream answers with", async () => {
+    const server = await fakeControlPlane((_request, response) => {
+      if (server.requests.length === 1) {
+        openEventStream(response);
+        response.end(logEvent(logLine(0, "a")) + `event: error\ndata: {"error":{"code":"unknown_script","message":"gone"}}\n\n`);
+      } else {
+        json(response, 404, { error: { code: "unknown_script", message: "Script t1 is not known." } });
+      }
+    });
+    const client = new TendrilClient({ url: server.url, serverToken: token });
+    const seen: ScriptEvent[] = [];
+
+    const error = await (async () => {
+      for await (const event of client.streamScript("web-01", "t1")) seen.push(event);
+    })().catch((caught: unknown) => caught);
+
+    expect(seen).toHaveLength(1);
+    expect(error).toMatchObject({ status: 404, code: "unknown_script" });
+    expect(logSequenceOf(server.requests[1])).toBe(1);
+  });
+
+  it("rejects an answer that is not an event stream", async () => {
+    const server = await fakeControlPlane((_request, response) => json(response, 200, status()));
+    const client = new TendrilClient({ url: server.url, serverToken: token });
+
+    await expect(collect(client.streamScript("web-01", "t1"))).rejects.toThrow(/not an event stream/);
+  });
+
+  it("rejects a malformed log event with a protocol error", async () => {
+    const server = await fakeControlPlane((_request, response) => {
+      openEventStream(response);
+      response.end(`event: log\ndata: {"sequence":"zero"}\n\n`);
+    });
+    const client = new TendrilClient({ url: server.url, serverToken: token });
+
+    await expect(collect(client.streamScript("web-01", "t1"))).rejects.toThrow(/malformed log event \(sequence:/);
+  });
+
+  it("closes the connection when the consumer stops reading", async () => {
+    let closed: () => void = () => undefined;
+    const connectionClosed = new Promise<void>((resolve) => (closed = resolve));
+    const server = await fakeControlPlane((_request, response) => {
+      response.on("close", closed);
+      openEventStream(response);
+      response.write(logEvent(logLine(0, "a"))); // and the stream stays open
+    });
+    const client = new TendrilClient({ url: server.url, serverToken: token });
+
+    for await (const event of client.streamScript("web-01", "t1")) {
+      expect(event.type).toBe("log");
+      break;
+    }
+
+    await connectionClosed; // the test's timeout is the deadline
+    expect(server.requests).toHaveLength(1);
+  });
+});
+
+describe("TendrilClient.followScript", () => {
+  it("falls back to polling when the stream breaks, continuing after the last delivered line", async () => {
+    const server = await fakeControlPlane((request, response) => {
+      if (request.url.includes("/stream")) {
+        openEventStream(response);
+        response.write(logEvent(logLine(0, "from the stream")), () => response.destroy());
+        return;
+      }
+      const from = logSequenceOf(request);
+      if (from === 1) {
+        // A long log comes in pages; the next page is fetched at once.
+        json(response, 200, status({ logs: [logLine(1, "page 1")], nextLogSequence: 2, hasMoreLogs: true }));
+      } else if (from === 2) {
+        json(response, 200, status({ logs: [logLine(2, "page 2")], nextLogSequence: 3 }));
+      } else {
+        json(response, 200, status({ state: "complete", exitCode: 7, logs: [logLine(3, "last")], nextLogSequence: 4 }));
+      }
+    });
+    const client = new TendrilClient({ url: server.url, serverToken: token });
+    const fallbacks: unknown[] = [];
+
+    const events = await collect(client.followScript("web-01", "t1", { onFallback: (error) => fallbacks.push(error) }));
+
+    expect(events.map((event) => (event.type === "log" ? event.line.text : `exit ${event.status.exitCode}`))).toEqual([
+      "from the stream",
+      "page 1",
+      "page 2",
+      "last",
+      "exit 7",
+    ]);
+    expect(fallbacks).toHaveLength(1);
+    expect(fallbacks[0]).toBeInstanceOf(TendrilNetworkError);
+    expect((fallbacks[0] as Error).message).toContain(`${server.url}/api/v1/machines/web-01/scripts/t1/stream`);
+    expect(server.requests.slice(1).map(logSequenceOf)).toEqual([1, 2, 3]);
+    expect(events.at(-1)).toEqual({ type: "status", status: status({ state: "complete", exitCode: 7, nextLogSequence: 4 }) });
+  });
+
+  it("falls back to polling when the stream route answers with an error, and surfaces polling's own errors", async () => {
+    const server = await fakeControlPlane((_request, response) =>
+      json(response, 401, { error: { code: "unauthorized", message: "Wrong server token." } }),
+    );
+    const client = new TendrilClient({ url: server.url, serverToken: "wrong" });
+
+    await expect(collect(client.followScript("web-01", "t1"))).rejects.toMatchObject({ status: 401, code: "unauthorized" });
+    expect(server.requests.map((request) => request.url)).toEqual([
+      "/api/v1/machines/web-01/scripts/t1/stream?logSequence=0",
+      "/api/v1/machines/web-01/scripts/t1?logSequence=0",
+    ]);
+  });
+
+  it("stops following with the signal's reason when its signal aborts", async () => {
+    const server = await fakeControlPlane((_request, response) => {
+      openEventStream(response);
+      response.write(": open\n\n");
+    });
+    const client = new TendrilClient({ url: server.url, serverToken: token });
+    const controller = new AbortController();
+
+    const reason = new Error("stop now");
+
+    const following = collect(client.followScript("web-01", "t1", { signal: controller.signal }));
+    controller.abort(reason);
+
+    await expect(following).rejects.toBe(reason);
+  });
+});
+
+describe("TendrilClient.executeScript", () => {
+  it("starts with a generated ticket, delivers every line once, deletes the completed script and returns its exit code", async () => {
+    const server = await fakeControlPlane((request, response) => {
+      if (request.method === "POST") json(response, 201, status({ state: "pending" }));
+      else if (request.url.includes("/stream")) {
+        openEventStream(response);
+        response.end(logEvent(logLine(0, "hello")) + statusEvent(0, 1));
+      } else if (request.method === "DELETE") {
+        json(response, 200, status({ state: "complete", exitCode: 0, logs: [logLine(0, "hello")], nextLogSequence: 1 }));
+      }
+    });
+    const client = new TendrilClient({ url: server.url, serverToken: token });
+    const lines: string[] = [];
+
+    const outcome = await client.executeScript("web-01", { scriptBody: "echo hello" }, { onLog: (line) => lines.push(line.text) });
+
+    expect(outcome).toMatchObject({ created: true, exitCode: 0 });
+    expect(outcome.ticket).toMatch(/^[0-9a-f-]{36}$/);
+    expect(lines).toEqual(["hello"]);
+    expect(JSON.parse(server.requests[0]?.body ?? "")).toEqual({ scriptBody: "echo hello", ticket: outcome.ticket });
+    expect(server.requests.map((r) => r.method)).toEqual(["POST", "GET", "DELETE"]);
+    expect(server.requests[2]?.url).toBe(`/api/v1/machines/web-01/scripts/${outcome.ticket}?logSequence=1`);
+  });
+
+  it("cancels when the cancel signal aborts and abandons when the abandon signal aborts", async () => {
+    let stream: ServerResponse | undefined;
+    const server = await fakeControlPlane((request, response) => {
+      if (request.url.endsWith("/scripts")) json(response, 201, status({ state: "running" }));
+      else if (request.url.includes("/stream")) {
+        stream = response;
+        openEventStream(response);
+        response.write(logEvent(logLine(0, "working")));
+      } else if (request.url.endsWith("/cancel")) {
+        json(response, 200, status());
+        stream?.write(logEvent(logLine(1, "sent SIGTERM to the process group", "debug")));
+      } else if (request.url.endsWith("/abandon")) {
+        json(response, 200, status({ state: "complete", exitCode: -48 }));
+        stream?.end(statusEvent(-48, 2));
+      } else if (request.method === "DELETE") {
+        json(response, 200, status({ state: "complete", exitCode: -48, nextLogSequence: 2 }));
+      }
+    });
+    const client = new TendrilClient({ url: server.url, serverToken: token });
+    const cancel = new AbortController();
+    const abandon = new AbortController();
+
+    const outcome = await client.executeScript(
+      "web-01",
+      { ticket: "deploy-1", scriptBody: "sleep 1000" },
+      {
+        cancelSignal: cancel.signal,
+        abandonSignal: abandon.signal,
+        abandonAfterMs: 5_000,
+        killProcessOnAbandon: true,
+        // Each escalation follows what the previous one made visible, like a person pressing Ctrl-C.
+        onLog: (line) => (line.sequence === 0 ? cancel.abort() : abandon.abort()),
+      },
+    );
+
+    expect(outcome).toEqual({ ticket: "deploy-1", created: true, exitCode: -48 });
+    const escalations = server.requests.filter((r) => r.url.endsWith("/cancel") || r.url.endsWith("/abandon"));
+    expect(escalations.map((r) => [r.url, JSON.parse(r.body)])).toEqual([
+      ["/api/v1/machines/web-01/scripts/deploy-1/cancel", { abandonAfterMs: 5_000 }],
+      ["/api/v1/machines/web-01/scripts/deploy-1/abandon", { killProcess: true }],
+    ]);
+  });
+
+  it("returns the result with the delete error when deleting the completed script fails", async () => {
+    const server = await fakeControlPlane((request, response) => {
+      if (request.method === "POST") json(response, 200, status({ state: "complete", exitCode: 2 }));
+      else if (request.url.includes("/stream")) {
+        openEventStream(response);
+        response.end(statusEvent(2, 0));
+      } else json(response, 409, { error: { code: "not_complete", message: "Not complete." } });
+    });
+    const client = new TendrilClient({ url: server.url, serverToken: token });
+
+    const outcome = await client.executeScript("web-01", { ticket: "t1", scriptBody: "exit 2" });
+
+    expect(outcome).toMatchObject({ ticket: "t1", created: false, exitCode: 2 });
+    expect(outcome.deleteError).toMatchObject({ code: "not_complete" });
+  });
+});
