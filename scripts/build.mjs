@@ -19,14 +19,22 @@ await Promise.all([
     sourcemap: true,
     logLevel: "warning",
   }),
+  // One bundle (split at the CLI's lazy imports) so that a command starts without resolving and compiling
+  // hundreds of small dependency modules; Miniflare stays external (it is large and loaded only by the
+  // commands that run the control plane).
   build({
-    entryPoints: [join(root, "client/cli/main.ts")],
-    outfile: join(root, "dist/cli.js"),
+    entryPoints: { cli: join(root, "client/cli/main.ts") },
+    outdir: join(root, "dist"),
+    entryNames: "[name]",
+    chunkNames: "chunks/[name]-[hash]",
     bundle: true,
+    splitting: true,
     format: "esm",
     platform: "node",
     target: "node20",
-    packages: "external",
+    external: ["miniflare", "bufferutil", "utf-8-validate"],
+    // Bundled CommonJS dependencies call require() for Node built-ins.
+    banner: { js: 'import { createRequire as __tendrilCreateRequire } from "node:module"; const require = __tendrilCreateRequire(import.meta.url);' },
     sourcemap: true,
     logLevel: "warning",
   }),

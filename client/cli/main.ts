@@ -489,13 +489,8 @@ async function runRunner(flags: RunnerFlags): Promise<number> {
   if (!/^https?:\/\//i.test(url)) throw new Error(`invalid --url ${JSON.stringify(url)}: it must start with http:// or https://`);
   if (!isMachineId(machineId)) throw new Error(`invalid machine id ${JSON.stringify(machineId)}: ${MACHINE_ID_RULE}`);
 
+  // The runner itself prints the UNSAFE warning when kill is disabled.
   const disableKill = env.TENDRIL_UNSAFE_DISABLE_PROCESS_KILL === "1";
-  if (disableKill) {
-    process.stderr.write(
-      "WARNING: TENDRIL_UNSAFE_DISABLE_PROCESS_KILL=1 — UNSAFE: this runner kills no process at all " +
-        "(cancel and abandon --kill-process leave scripts running). Use it only in tests.\n",
-    );
-  }
 
   let reportFatal: (message: string) => void = () => undefined;
   const fatal = new Promise<string>((resolveFatal) => (reportFatal = resolveFatal));
