@@ -7,6 +7,9 @@ import { randomUUID } from "node:crypto";
 import { z } from "zod";
 import type { LogLine, MachineView, ScriptStatus, StartScriptInput } from "../shared/api.js";
 import { TendrilApiError, TendrilNetworkError, TendrilProtocolError } from "./errors.js";
+import { ScriptEscalation, type EscalationEvent, type ExecutionOutcome } from "./escalation.js";
+
+export { ABANDON_CAPABILITY, type EscalationEvent, type ExecutionOutcome } from "./escalation.js";
 
 /** Timing defaults of the SDK. */
 export const DEFAULTS = {
@@ -16,6 +19,12 @@ export const DEFAULTS = {
   pollMaxDelayMs: 2_000,
   /** How long following keeps retrying an unreachable control plane (e.g. while it restarts) before giving up. */
   unreachableRetryMs: 30_000,
+  /**
+   * `executeScript`: once its `signal` has sent the cancel, how long the script may take to complete
+   * before it is abandoned (when the runner supports abandon). Longer than the runner's default grace
+   * between SIGTERM and SIGKILL (10 s), so that a cancel that works always gets to finish first.
+   */
+  abandonAfterCancelMs: 30_000,
 } as const;
 
 /** How to reach the control plane. */
@@ -91,15 +100,31 @@ export interface ExecuteScriptOptions {
   onLog?: (line: LogLine) => void;
   /** Called once the start call has been answered. */
   onStarted?: (started: { ticket: string; created: boolean }) => void;
-  /** Aborting it cancels the script (once). */
-  cancelSignal?: AbortSignal;
-  /** Sent with the cancel: the control plane abandons the script if it is still running this long after. */
+  /**
+   * Aborting it stops the script: the cancel is sent (once), and if the script is still not complete
+   * `abandonAfterCancelMs` later, it is abandoned — only when the machine's runner advertises
+   * `script.abandon` (else `onEscalation` gets `abandon_unavailable` and the script is still followed).
+   * The call still resolves only once the script is complete.
+   */
+  signal?: AbortSignal;
+  /**
+   * After the cancel, how long to wait for the script to complete before abandoning it (default
+   * `DEFAULTS.abandonAfterCancelMs`, 30 s); `Infinity` never abandons by itself. The client does this,
+   * so it needs this call to keep running; see `abandonAfterMs` for the control plane's own deadline.
+   */
+  abandonAfterCancelMs?: number;
+  /**
+   * Sent with the cancel (`{"abandonAfterMs": N}`): the control plane itself abandons the script if it
+   * is still not complete N ms after the cancel, even if this process has gone away.
+   */
   abandonAfterMs?: number;
-  /** Aborting it abandons the script (once): the mutex is released even if the process will not die. */
+  /** Aborting it abandons the script at once (once), whatever the runner advertises; no cancel is sent first. */
   abandonSignal?: AbortSignal;
-  /** Sent with the abandon: also try to kill the process tree. */
+  /** Sent with every abandon: also ask the runner for a best-effort kill of the process tree. */
   killProcessOnAbandon?: boolean;
-  /** Reports a cancel or abandon call that failed (the script is still followed). */
+  /** Reports each escalation step: cancel sent, abandon sent, abandon not available. */
+  onEscalation?: (event: EscalationEvent) => void;
+  /** Reports a cancel, machine read or abandon call that failed (the script is still followed). */
   onEscalationError?: (action: "cancel" | "abandon", error: unknown) => void;
   /** Reports that live streaming failed and status polling took over. */
   onFallback?: (error: unknown) => void;
@@ -107,7 +132,7 @@ export interface ExecuteScriptOptions {
   keep?: boolean;
 }
 
-/** The outcome of `executeScript`. */
+/** The result of `executeScript`. */
 export interface ExecutedScript {
   /** The script's ticket (the given one, or the one generated for it). */
   ticket: string;
@@ -115,6 +140,10 @@ export interface ExecutedScript {
   created: boolean;
   /** The script's exit code (negative codes are Tendril's, see shared/exit-codes.ts). */
   exitCode: number;
+  /** How it ended: by itself (`completed`), after this call's cancel (`cancelled`), or `abandoned` (-48). */
+  outcome: ExecutionOutcome;
+  /** The final status (`complete`); its log lines all went to `onLog`, so `logs` is empty. */
+  status: ScriptStatus;
   /** Set when the script completed but deleting it failed; the result above is still valid. */
   deleteError?: unknown;
 }
@@ -347,56 +376,71 @@ export class TendrilClient {
 
   /**
    * Runs a script start to finish: starts it (generating a ticket when none is given), follows its
-   * output, escalates on the given signals (cancel, then abandon), and deletes it once complete.
+   * output, stops it when asked (cancel, then abandon — see `ExecuteScriptOptions.signal`), and deletes
+   * it once complete.
    */
   async executeScript(
     machineId: string,
     request: StartScriptInput,
     options: ExecuteScriptOptions = {},
   ): Promise<ExecutedScript> {
+    const abandonAfterCancelMs = options.abandonAfterCancelMs ?? DEFAULTS.abandonAfterCancelMs;
+    if (Number.isNaN(abandonAfterCancelMs) || abandonAfterCancelMs < 0) {
+      throw new RangeError(`abandonAfterCancelMs must be a non-negative number of milliseconds (or Infinity), not ${abandonAfterCancelMs}`);
+    }
     // A ticket chosen here makes the start call safe to retry and lets a cancel name the script even
     // while the start call is still in flight.
     const ticket = request.ticket ?? randomUUID();
     const started = await this.startScript(machineId, { ...request, ticket });
     options.onStarted?.({ ticket, created: started.created });
 
-    const detach = [
-      onAbort(options.cancelSignal, () => {
-        const cancel = options.abandonAfterMs === undefined ? {} : { abandonAfterMs: options.abandonAfterMs };
-        this.cancelScript(machineId, ticket, cancel).catch((error: unknown) =>
-          options.onEscalationError?.("cancel", error),
-        );
-      }),
-      onAbort(options.abandonSignal, () => {
-        const abandon = options.killProcessOnAbandon === undefined ? {} : { killProcess: options.killProcessOnAbandon };
-        this.abandonScript(machineId, ticket, abandon).catch((error: unknown) =>
-          options.onEscalationError?.("abandon", error),
-        );
-      }),
-    ];
+    const cancelOptions = options.abandonAfterMs === undefined ? {} : { abandonAfterMs: options.abandonAfterMs };
+    const abandonOptions = options.killProcessOnAbandon === undefined ? {} : { killProcess: options.killProcessOnAbandon };
+    const escalation = new ScriptEscalation(
+      {
+        cancel: () => this.cancelScript(machineId, ticket, cancelOptions),
+        abandon: () => this.abandonScript(machineId, ticket, abandonOptions),
+        runner: async () => (await this.getMachine(machineId)).runner,
+      },
+      {
+        signal: options.signal,
+        abandonSignal: options.abandonSignal,
+        abandonAfterCancelMs,
+        onEvent: options.onEscalation,
+        onError: options.onEscalationError,
+      },
+    );
+    let next = 0;
+    let final: ScriptStatus | undefined;
     try {
-      let next = 0;
-      let exitCode: number | null = null;
       const followOptions = options.onFallback ? { onFallback: options.onFallback } : {};
       for await (const event of this.followScript(machineId, ticket, followOptions)) {
         if (event.type === "log") {
           next = event.line.sequence + 1;
           options.onLog?.(event.line);
         } else {
-          exitCode = event.status.exitCode;
+          final = event.status;
         }
       }
-      if (exitCode === null) throw new TendrilProtocolError(`script ${ticket} completed without an exit code`);
-      if (options.keep) return { ticket, created: started.created, exitCode };
-      try {
-        const final = await this.completeScript(machineId, ticket, { logSequence: next });
-        for (const line of final.logs) if (line.sequence >= next) options.onLog?.(line);
-        return { ticket, created: started.created, exitCode: final.exitCode ?? exitCode };
-      } catch (deleteError) {
-        return { ticket, created: started.created, exitCode, deleteError };
-      }
     } finally {
-      for (const undo of detach) undo();
+      // Complete (or following failed): nothing is left to cancel or abandon, and no timer may linger.
+      await escalation.stop();
+    }
+    if (final?.exitCode == null) throw new TendrilProtocolError(`script ${ticket} completed without an exit code`);
+    const result = (status: ScriptStatus, exitCode: number) => ({
+      ticket,
+      created: started.created,
+      exitCode,
+      outcome: escalation.outcome(exitCode),
+      status: { ...status, logs: [] },
+    });
+    if (options.keep) return result(final, final.exitCode);
+    try {
+      const deleted = await this.completeScript(machineId, ticket, { logSequence: next });
+      for (const line of deleted.logs) if (line.sequence >= next) options.onLog?.(line);
+      return result(deleted, deleted.exitCode ?? final.exitCode);
+    } catch (deleteError) {
+      return { ...result(final, final.exitCode), deleteError };
     }
   }
 
@@ -482,17 +526,6 @@ function parseJson<T>(schema: z.ZodType<T>, value: unknown, what: string): T {
  */
 function isTransient(error: unknown): boolean {
   return error instanceof TendrilNetworkError || (error instanceof TendrilApiError && [502, 503, 504].includes(error.status));
-}
-
-/** Runs `action` once when `signal` aborts (at once if it already has); returns a function that detaches it. */
-function onAbort(signal: AbortSignal | undefined, action: () => void): () => void {
-  if (!signal) return () => undefined;
-  if (signal.aborted) {
-    action();
-    return () => undefined;
-  }
-  signal.addEventListener("abort", action, { once: true });
-  return () => signal.removeEventListener("abort", action);
 }
 
 /** Waits `ms`, or rejects with the signal's reason as soon as it aborts. */

@@ -1,7 +1,7 @@
 /**
- * OS processes only: spawn a script in its own process group, report its output chunks and how it ended,
- * kill its whole tree, or stop tracking it without killing it. Nothing here knows about the protocol's
- * transport or sequence numbers.
+ * OS processes only: spawn a script in its own process group (marked, and in its own cgroup where possible),
+ * report its output chunks and how it ended, kill its whole tree (containment.ts finds every process of it), or
+ * stop tracking it without killing it. Nothing here knows about the protocol's transport or sequence numbers.
  */
 import { access, stat } from "node:fs/promises";
 import { constants as fsConstants } from "node:fs";
@@ -10,6 +10,18 @@ import { delimiter, join } from "node:path";
 import type { Readable } from "node:stream";
 import { execa } from "execa";
 import type { Outcome } from "../shared/protocol.js";
+import {
+  ProcessTree,
+  SCRIPT_MARKER_VARIABLE,
+  enterCgroupCommand,
+  isProcessGone,
+  newScriptMarker,
+  readProcessStat,
+  signalGroup,
+  type CgroupTree,
+  type ContainmentOptions,
+  type StopResult,
+} from "./containment.js";
 import type { ShellName } from "./workspace.js";
 
 /** Variables of the runner's own environment that never reach a script: they are the runner's secrets. */
@@ -44,6 +56,10 @@ export interface ProcessManagerOptions {
   disableKill: boolean;
   /** The environment scripts inherit (secrets removed) and the PATH the shell is looked up on; default `process.env`. */
   baseEnvironment?: NodeJS.ProcessEnv;
+  /** Where each script gets its own cgroup; without it, processes that left the group are found by marker only. */
+  cgroups?: CgroupTree;
+  /** Timings of a tree kill; default `CONTAINMENT_DEFAULTS`. */
+  containment?: ContainmentOptions;
 }
 
 /** Receives a process's output as it arrives. */
@@ -59,30 +75,47 @@ export async function spawnScript(request: SpawnRequest, onOutput: OutputHandler
   if (shellPath === undefined) {
     return failed(`The shell "${request.shell}" was not found on this machine's PATH.`);
   }
+  const marker = newScriptMarker();
+  const args = [...shellArguments(request.shell, request.scriptPath), ...request.arguments];
+  let cgroup = options.cgroups?.create(`s-${marker}`);
+  // The shell moves itself into its cgroup before it runs a line of the script.
+  const command = (cgroup && enterCgroupCommand(cgroup.procsFile, shellPath, args)) ?? { file: shellPath, args };
   let subprocess: ReturnType<typeof startProcess>;
   try {
-    subprocess = startProcess(shellPath, request, scriptEnvironment(base, request.environment, request.ticket));
+    subprocess = startProcess(command.file, command.args, request.cwd, scriptEnvironment(base, request.environment, request.ticket, marker));
   } catch (error) {
+    cgroup?.release();
     return failed(`Could not start ${request.shell} (${shellPath}): ${describeError(error)}`);
   }
   // With `reject: false` the promise resolves even on failure; nothing here needs its result.
   subprocess.catch(() => undefined);
   // Node sets the pid synchronously exactly when the spawn succeeded (exec errors are reported by uv_spawn itself).
   if (subprocess.pid === undefined) {
+    cgroup?.release();
     const problem = await spawnError(subprocess);
     return failed(`Could not start ${request.shell} (${shellPath}) in ${request.cwd}: ${describeError(problem)}`);
   }
+  const pid = subprocess.pid;
+  // Also from here: it tells whether the move worked (the shell's own attempt stays silent).
+  if (cgroup !== undefined && !cgroup.adopt(pid)) cgroup = undefined;
+  const tree = new ProcessTree({
+    leaderPid: pid,
+    marker,
+    disableKill: options.disableKill,
+    ...(cgroup === undefined ? {} : { cgroup }),
+    ...(options.containment === undefined ? {} : { options: options.containment }),
+  });
   // Attach the output listeners in this same tick: execa resumes unread pipes on the next one.
-  return { ok: true, process: new ScriptProcess(subprocess, subprocess.pid, onOutput, options) };
+  return { ok: true, process: new ScriptProcess(subprocess, pid, tree, onOutput, options) };
 }
 
 function failed(message: string): SpawnResult {
   return { ok: false, outcome: { kind: "failed", message } };
 }
 
-function startProcess(shellPath: string, request: SpawnRequest, env: Record<string, string>) {
-  return execa(shellPath, [...shellArguments(request.shell, request.scriptPath), ...request.arguments], {
-    cwd: request.cwd,
+function startProcess(file: string, args: string[], cwd: string, env: Record<string, string>) {
+  return execa(file, args, {
+    cwd,
     env,
     extendEnv: false,
     // Its own process group, so the whole tree can be signalled at once (and our Ctrl-C does not reach it).
@@ -121,11 +154,12 @@ async function spawnError(subprocess: ReturnType<typeof startProcess>): Promise<
   return Promise.race([fromEvent, fromResult]);
 }
 
-/** The runner's environment minus its secrets, plus the request's variables, plus `TENDRIL_TICKET`. */
+/** The runner's environment minus its secrets, plus the request's variables, `TENDRIL_TICKET` and the marker. */
 export function scriptEnvironment(
   base: NodeJS.ProcessEnv,
   requested: Readonly<Record<string, string>>,
   ticket: string,
+  marker: string,
 ): Record<string, string> {
   // No prototype: a variable named `__proto__` is then an ordinary key.
   const env: Record<string, string> = Object.create(null);
@@ -134,6 +168,8 @@ export function scriptEnvironment(
   }
   for (const [name, value] of Object.entries(requested)) env[name] = value;
   env.TENDRIL_TICKET = ticket;
+  // Last, so a request cannot choose it: the marker is how cancel finds processes that left the group.
+  env[SCRIPT_MARKER_VARIABLE] = marker;
   return env;
 }
 
@@ -150,17 +186,6 @@ export async function findExecutable(name: string, pathValue: string | undefined
     }
   }
   return undefined;
-}
-
-/** Sends a signal to a whole process group; false when the group is already gone (ESRCH). */
-export function signalGroup(pid: number, signal: NodeJS.Signals): boolean {
-  try {
-    process.kill(-pid, signal);
-    return true;
-  } catch (error) {
-    if (errorCode(error) === "ESRCH") return false;
-    throw error;
-  }
 }
 
 /** The outcome Node reports for an exit: a code, or the signal that ended it. */
@@ -183,28 +208,43 @@ function deferred<T>(): Deferred<T> {
   return { promise, resolve };
 }
 
+/** What a tree kill did. */
+export interface TreeKill {
+  /** The signals sent while the script still ran: none when it had exited by itself (its own exit code stands). */
+  signals: string[];
+  /** How many processes that had left the process group were signalled too. */
+  escaped: number;
+  /** Pids that survived every SIGKILL round; empty when the whole tree is gone. */
+  survivors: number[];
+  /** When the script had exited by itself: the kill of what it left behind, still under way. */
+  leftovers?: Promise<StopResult>;
+}
+
 /** A running script process: its pid, its end, and the ways to stop it or let it go. */
 export class ScriptProcess {
   private readonly streams: Pipe[];
   private readonly exitSeen = deferred<void>();
   private readonly ended = deferred<Outcome | undefined>();
   private readonly timers = new Set<NodeJS.Timeout>();
+  /** Aborts a tree kill in progress when the process is released. */
+  private readonly releasing = new AbortController();
   private exitOutcome: Outcome | undefined;
-  private killing: Promise<string[]> | undefined;
+  private killing: Promise<TreeKill> | undefined;
   private released = false;
   private reported = false;
+  /** When the process started (clock ticks after boot); with the pid it names this process for good. */
+  readonly startTime: number | undefined;
   private readonly onExit = (code: number | null, signal: NodeJS.Signals | null) => this.handleExit(code, signal);
-  private readonly onError = () => {
-    // Spawn errors were handled before this object existed; later ones (a failed kill) change nothing.
-  };
 
   constructor(
     private readonly subprocess: ReturnType<typeof startProcess>,
     /** The process id, which is also the id of its process group. */
     readonly pid: number,
+    private readonly tree: ProcessTree,
     onOutput: OutputHandler,
     private readonly options: ProcessManagerOptions,
   ) {
+    this.startTime = readProcessStat(pid)?.startTime;
     this.streams = (["stdout", "stderr"] as const).map((name) => {
       const entry: Pipe = {
         name,
@@ -216,18 +256,22 @@ export class ScriptProcess {
             entry.closed = true;
             this.maybeReport();
           },
-          error: () => {
-            // A pipe error ends that pipe; `close` follows and the outcome still comes from the exit.
-          },
         },
       };
       entry.stream.on("data", entry.listeners.data);
       entry.stream.on("close", entry.listeners.close);
-      entry.stream.on("error", entry.listeners.error);
+      // A pipe error ends that pipe; `close` follows and the outcome still comes from the exit.
+      entry.stream.on("error", ignore);
       return entry;
     });
     subprocess.on("exit", this.onExit);
-    subprocess.on("error", this.onError);
+    // Spawn errors were handled before this object existed; later ones (a failed kill) change nothing.
+    subprocess.on("error", ignore);
+  }
+
+  /** The value of `TENDRIL_SCRIPT_MARKER` in this script's environment. */
+  get marker(): string {
+    return this.tree.marker;
   }
 
   /** True once the process itself has exited (its pipes may still be draining). */
@@ -241,55 +285,60 @@ export class ScriptProcess {
   }
 
   /**
-   * SIGTERM to the process group, then SIGKILL to the group if the process has not exited after `graceMs`.
-   * Resolves with the signals actually sent (none when it had exited, or kills are disabled). Runs once;
-   * later calls get the same answer.
+   * Stops the whole tree: SIGTERM to the process group and to every process that left it, SIGKILL to whatever
+   * is left after `graceMs`, until none is left (containment.ts). Resolves once no process of the script
+   * survives (or it gave up). When the process had already exited, nothing counts as sent and what it left
+   * behind is killed in the background (`leftovers`). Runs once; later calls get the same answer.
    */
-  killTree(graceMs: number): Promise<string[]> {
+  killTree(graceMs: number): Promise<TreeKill> {
     this.killing ??= this.runKillTree(graceMs);
     return this.killing;
   }
 
-  /** Best-effort SIGKILL to the process group without waiting; returns the signals sent. */
+  /**
+   * Best-effort SIGKILL to the whole tree without waiting; returns the signals sent to the process group at once
+   * (the sweep for processes that left it goes on in the background).
+   */
   killNow(): string[] {
-    // After the outcome was reported the group id may belong to someone else one day: leave it alone.
-    if (this.options.disableKill || this.released || this.reported) return [];
-    return signalGroup(this.pid, "SIGKILL") ? ["SIGKILL"] : [];
+    if (this.options.disableKill) return [];
+    // After the exit the group id may one day belong to someone else: the marker and the cgroup still find leftovers.
+    const group = !this.hasExited && !this.reported && !this.released;
+    const sent = group && signalGroup(this.pid, "SIGKILL") ? ["SIGKILL"] : [];
+    this.tree.killNow(group).catch(ignore);
+    return sent;
   }
 
-  /** Stops tracking the process without killing it: listeners removed, pipes destroyed, timers cleared, unref'd. */
+  /**
+   * Stops tracking the process without killing it: listeners and timers removed, a tree kill in progress ended,
+   * unref'd. Its pipes stay open and are drained into nothing, so a process that writes again neither dies of
+   * SIGPIPE nor blocks on a full pipe.
+   */
   release(): void {
     if (this.released) return;
     this.released = true;
+    this.releasing.abort();
     this.detach();
     this.subprocess.unref();
     this.exitSeen.resolve();
+    this.tree.dispose();
     if (!this.reported) {
       this.reported = true;
       this.ended.resolve(undefined);
     }
   }
 
-  private async runKillTree(graceMs: number): Promise<string[]> {
-    if (this.options.disableKill || this.hasExited || this.released) return [];
-    const sent: string[] = [];
-    if (!signalGroup(this.pid, "SIGTERM")) return sent;
-    sent.push("SIGTERM");
-    const exited = await this.waitForExit(graceMs);
-    if (exited || this.released) return sent;
-    if (signalGroup(this.pid, "SIGKILL")) sent.push("SIGKILL");
-    return sent;
-  }
-
-  /** True when the process exits within `ms`. */
-  private async waitForExit(ms: number): Promise<boolean> {
-    let timer: NodeJS.Timeout | undefined;
-    const timeout = new Promise<void>((resolve) => {
-      timer = this.startTimer(ms, resolve);
-    });
-    await Promise.race([this.exitSeen.promise, timeout]);
-    if (timer !== undefined) this.stopTimer(timer);
-    return this.hasExited;
+  private async runKillTree(graceMs: number): Promise<TreeKill> {
+    const nothing: TreeKill = { signals: [], escaped: 0, survivors: [] };
+    if (this.options.disableKill || this.released) return nothing;
+    // A zombie has exited too, even before Node reaps it and reports the exit.
+    if (this.hasExited || isProcessGone(this.pid, this.startTime)) {
+      const leftovers = this.tree.stop({ graceMs, includeGroup: false, abort: this.releasing.signal });
+      leftovers.finally(() => this.tree.dispose()).catch(ignore);
+      return { ...nothing, leftovers };
+    }
+    const result = await this.tree.stop({ graceMs, includeGroup: true, abort: this.releasing.signal });
+    this.tree.dispose();
+    return { signals: result.signals, escaped: result.escaped, survivors: result.survivors };
   }
 
   private handleExit(code: number | null, signal: NodeJS.Signals | null): void {
@@ -312,18 +361,24 @@ export class ScriptProcess {
     if (this.reported || this.released || this.exitOutcome === undefined) return;
     this.reported = true;
     this.detach();
+    this.tree.dispose();
     this.ended.resolve(this.exitOutcome);
   }
 
-  /** Removes our listeners, destroys the pipes and clears the timers. */
+  /**
+   * Removes our listeners and clears the timers. The pipes are not destroyed: a process still holding them (a
+   * released script, a grandchild after the exit) would die of SIGPIPE on its next write. They are drained into
+   * nothing instead until they close, holding no reference to this object, and unref'd so they keep no one alive.
+   */
   private detach(): void {
     for (const timer of this.timers) clearTimeout(timer);
     this.timers.clear();
     for (const { stream, listeners } of this.streams) {
       stream.off("data", listeners.data);
       stream.off("close", listeners.close);
-      // Keep swallowing errors: destroying a pipe can still emit one.
-      stream.destroy();
+      // With no `data` listener a flowing stream drops what it reads.
+      stream.resume();
+      unrefStream(stream);
     }
     this.subprocess.off("exit", this.onExit);
   }
@@ -335,11 +390,6 @@ export class ScriptProcess {
     }, ms);
     this.timers.add(timer);
     return timer;
-  }
-
-  private stopTimer(timer: NodeJS.Timeout): void {
-    clearTimeout(timer);
-    this.timers.delete(timer);
   }
 }
 
@@ -354,12 +404,19 @@ interface Pipe {
 interface StreamListeners {
   data: (chunk: Buffer | string) => void;
   close: () => void;
-  error: () => void;
 }
 
-function errorCode(error: unknown): string | undefined {
-  if (typeof error === "object" && error !== null && "code" in error && typeof error.code === "string") return error.code;
-  return undefined;
+/** Swallows an event or a rejection; module-level so that a listener left behind retains nothing. */
+function ignore(): void {
+  // Nothing to do.
+}
+
+/** A pipe to a child is a socket: unref'd, it keeps the runner's event loop alive no more. */
+function unrefStream(stream: Readable): void {
+  const candidate: unknown = stream;
+  if (typeof candidate === "object" && candidate !== null && "unref" in candidate && typeof candidate.unref === "function") {
+    candidate.unref();
+  }
 }
 
 function describeError(error: unknown): string {

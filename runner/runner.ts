@@ -1,22 +1,25 @@
 /**
  * Coordination: what the runner does with each control message, and what it reports for each script.
- * The socket lives in connection.ts, processes in process-manager.ts, output numbering in output-spool.ts and
- * files on disk in workspace.ts; this module only ties them together.
+ * The socket lives in connection.ts, processes in process-manager.ts (killing a whole tree in containment.ts),
+ * abandoned processes in abandoned-watch.ts, output numbering in output-spool.ts and files on disk in
+ * workspace.ts; this module only ties them together.
  */
 import { randomUUID } from "node:crypto";
 import { mkdir } from "node:fs/promises";
 import { join } from "node:path";
 import type { ScriptPayload } from "../shared/api.js";
-import { PROTOCOL_VERSION, type ControlMessage, type Outcome, type RunnerMessage } from "../shared/protocol.js";
+import { CAPABILITIES, PROTOCOL_VERSION, type ControlMessage, type Outcome, type RunnerMessage } from "../shared/protocol.js";
+import { AbandonedWatch, WATCH_DEFAULTS, type WatchedProcess } from "./abandoned-watch.js";
 import { Connection, type EndReason, type SocketFactory } from "./connection.js";
+import { CgroupTree, type StopResult } from "./containment.js";
 import { LineSplitter } from "./line-splitter.js";
 import { resolveRunnerOptions, type RunnerInput, type RunnerOptions } from "./options.js";
 import { OutputSpool } from "./output-spool.js";
-import { spawnScript, type ScriptProcess, type StreamName } from "./process-manager.js";
+import { spawnScript, type ScriptProcess, type StreamName, type TreeKill } from "./process-manager.js";
 import { Workspaces } from "./workspace.js";
 
 /** The capabilities this runner advertises in `hello`. */
-export const RUNNER_CAPABILITIES = ["script.v1"];
+export const RUNNER_CAPABILITIES: string[] = [...CAPABILITIES];
 
 /** Why a runner stopped. */
 export type RunnerStop = { kind: "stopped" } | EndReason;
@@ -39,6 +42,10 @@ export interface RunnerDependencies {
   socketFactory?: SocketFactory;
   /** The environment scripts inherit (secrets removed); default `process.env`. */
   environment?: NodeJS.ProcessEnv;
+  /** Where scripts get their own cgroups; `null`: none (marker sweep only); default: detected at start. */
+  cgroups?: CgroupTree | null;
+  /** How often abandoned processes are looked at; default `WATCH_DEFAULTS.pollMs`. */
+  watchPollMs?: number;
 }
 
 /** Starts a runner: it connects in the background and keeps reconnecting until stopped. */
@@ -51,7 +58,8 @@ export async function startRunner(input: RunnerInput, dependencies: RunnerDepend
       "UNSAFE: process kill is disabled (TENDRIL_UNSAFE_DISABLE_PROCESS_KILL). Cancel and abandon will not stop any process; use this only in tests.",
     );
   }
-  const runner = new Runner(options, dependencies);
+  const cgroups = dependencies.cgroups === undefined ? detectCgroups(options) : dependencies.cgroups ?? undefined;
+  const runner = new Runner(options, dependencies, cgroups);
   runner.start();
   return {
     runnerId: runner.runnerId,
@@ -61,6 +69,18 @@ export async function startRunner(input: RunnerInput, dependencies: RunnerDepend
     stop: () => runner.stop(),
     stopped: runner.stopped,
   };
+}
+
+/** Finds where scripts get cgroups of their own; says once, in the log, whether they do. */
+function detectCgroups(options: RunnerOptions): CgroupTree | undefined {
+  const fallback = "cancel finds processes that left a script's process group by their TENDRIL_SCRIPT_MARKER only";
+  const tree = CgroupTree.detect((reason) => options.logger.info(`cgroups are not used from now on: ${reason}; ${fallback}.`));
+  if (typeof tree === "string") {
+    options.logger.info(`Scripts run without cgroups of their own: ${tree}; ${fallback}.`);
+    return undefined;
+  }
+  options.logger.info(`Each script runs in a cgroup of its own under ${tree.base}; cancel kills every process in it.`);
+  return tree;
 }
 
 /** Where a script is in its life on this runner. */
@@ -78,12 +98,16 @@ interface TrackedScript {
   startedSent: boolean;
   exit?: { lineCount: number; outcome: Outcome };
   cancelRequested: boolean;
-  cancel?: Promise<string[]>;
+  cancel?: Promise<TreeKill>;
   /** Abandoned, forgotten, or the runner stopped: nothing more is reported. */
   dropped: boolean;
-  /** Abandoned with `killProcess` before the process existed. */
+  /** Abandoned, or cancelled by a welcome, before the process existed: kill it as soon as it does. */
   killOnStart: boolean;
+  /** Abandoned: once it has a process, that process is watched until it is gone. */
+  abandoned: boolean;
 }
+
+type Welcome = Extract<ControlMessage, { type: "welcome" }>;
 
 /** Longest `failed` outcome message the protocol accepts. */
 const MAX_FAILURE_MESSAGE = 4096;
@@ -99,14 +123,22 @@ class Runner {
   private readonly connection: Connection;
   private readonly workspaces: Workspaces;
   private readonly scripts = new Map<string, TrackedScript>();
-  /** Tickets whose workspace the control plane asked to delete while they still ran. */
+  /** Tickets whose workspace the control plane asked to delete while a process of theirs still ran. */
   private readonly deleteAfterExit = new Set<string>();
+  /** Abandoned processes, watched until they are gone. */
+  private readonly watch: AbandonedWatch;
   private halted = false;
 
   constructor(
     private readonly options: RunnerOptions,
     private readonly dependencies: RunnerDependencies,
+    private readonly cgroups: CgroupTree | undefined,
   ) {
+    this.watch = new AbandonedWatch({
+      pollMs: dependencies.watchPollMs ?? WATCH_DEFAULTS.pollMs,
+      report: (process) => this.send({ type: "abandoned_exit", ...process }),
+      gone: (process) => this.onAbandonedGone(process),
+    });
     this.stopped = new Promise((resolve) => {
       this.resolveStopped = resolve;
     });
@@ -144,6 +176,8 @@ class Runner {
     if (this.halted) return;
     this.halted = true;
     for (const script of this.scripts.values()) this.drop(script);
+    this.watch.stop();
+    this.cgroups?.tidy();
     this.resolveStopped(reason);
     if (reason.kind !== "stopped") this.options.onFatal?.(reason.message);
   }
@@ -173,7 +207,7 @@ class Runner {
     if (this.halted) return;
     switch (message.type) {
       case "welcome":
-        return this.onWelcome(message.resume);
+        return this.onWelcome(message.resume, message.watch);
       case "dispatch":
         return this.onDispatch(message.ticket, message.fence, message.script);
       case "ack":
@@ -200,7 +234,7 @@ class Runner {
     return script;
   }
 
-  private onWelcome(resume: Extract<ControlMessage, { type: "welcome" }>["resume"]): void {
+  private onWelcome(resume: Welcome["resume"], watch: Welcome["watch"]): void {
     const answers = new Map(resume.map((entry) => [scriptKey(entry.ticket, entry.fence), entry]));
     for (const script of [...this.scripts.values()]) {
       const entry = answers.get(script.key);
@@ -220,7 +254,7 @@ class Runner {
           break;
         case "abandon":
           this.options.logger.info(`The control plane abandoned ${script.ticket} (fence ${script.fence}); releasing it.`);
-          this.forget(script);
+          this.abandon(script);
           break;
         case "forget":
           this.options.logger.info(`The control plane no longer knows ${script.ticket} (fence ${script.fence}); dropping it.`);
@@ -232,6 +266,10 @@ class Runner {
         }
       }
     }
+    // A restarted runner learns here of abandoned processes it never knew; reports the last connection could
+    // not deliver go out now.
+    for (const process of watch) this.watch.add(process);
+    this.watch.flush();
   }
 
   /** Sends again what the control plane is missing of a script: `started`, output from `nextSequence`, `exit`. */
@@ -257,6 +295,7 @@ class Runner {
       cancelRequested: false,
       dropped: false,
       killOnStart: false,
+      abandoned: false,
     };
     this.scripts.set(key, script);
     const busy = [...this.scripts.values()].find((other) => other.ticket === ticket && other !== script && other.phase !== "exited");
@@ -295,7 +334,12 @@ class Runner {
         environment: payload.environment,
       },
       (stream, chunk) => this.onOutput(script, stream, chunk),
-      { pipeDrainMs: this.options.pipeDrainMs, disableKill: this.options.disableKill, baseEnvironment: this.dependencies.environment },
+      {
+        pipeDrainMs: this.options.pipeDrainMs,
+        disableKill: this.options.disableKill,
+        baseEnvironment: this.dependencies.environment,
+        ...(this.cgroups === undefined ? {} : { cgroups: this.cgroups }),
+      },
     );
     if (!spawned.ok) {
       if (!script.dropped) this.fail(script, spawned.outcome.message);
@@ -305,6 +349,7 @@ class Runner {
     if (script.dropped) {
       if (script.killOnStart) this.killNow(script, child);
       child.release();
+      if (script.abandoned) this.watchAbandoned(script, child);
       return;
     }
     script.process = child;
@@ -318,22 +363,25 @@ class Runner {
     for (const stream of ["stdout", "stderr"] as const) {
       for (const text of script.splitters[stream].end()) script.spool.append(stream, text);
     }
-    const signals = script.cancel === undefined ? undefined : await script.cancel;
+    // Cancel is done only when no process of the script survives: the exit waits for the whole tree.
+    const kill = script.cancel === undefined ? undefined : await script.cancel;
     if (script.dropped) return;
-    this.finish(script, this.cancelOutcome(script, own, signals));
+    this.finish(script, this.cancelOutcome(script, own, kill));
   }
 
-  /** The outcome to report and the debug line that explains a cancel. */
-  private cancelOutcome(script: TrackedScript, own: Outcome, signals: string[] | undefined): Outcome {
-    if (signals === undefined) return own;
-    if (signals.length === 0) {
+  /** The outcome to report and the debug lines that explain a cancel. */
+  private cancelOutcome(script: TrackedScript, own: Outcome, kill: TreeKill | undefined): Outcome {
+    if (kill === undefined) return own;
+    if (kill.signals.length === 0) {
       if (!this.options.disableKill) script.spool.append("debug", "Cancel requested, but the process had already exited; its own exit code stands.");
       return own;
     }
-    const [first, ...rest] = signals;
+    const [first, ...rest] = kill.signals;
+    const escaped = kill.escaped === 0 ? "" : ` and to ${plural(kill.escaped, "process", "processes")} that had left it`;
     const then = rest.length > 0 ? `, then ${rest.join(", then ")} after ${this.options.killGraceMs} ms` : "";
-    script.spool.append("debug", `Cancelled: sent ${first} to the process group${then}.`);
-    return { kind: "cancelled", signals };
+    script.spool.append("debug", `Cancelled: sent ${first} to the process group${escaped}${then}.`);
+    if (kill.survivors.length > 0) script.spool.append("debug", survivorsSentence(kill.survivors));
+    return { kind: "cancelled", signals: kill.signals };
   }
 
   private onOutput(script: TrackedScript, stream: StreamName, chunk: Buffer): void {
@@ -357,7 +405,7 @@ class Runner {
     script.phase = "exited";
     this.options.logger.info(`${script.ticket} (fence ${script.fence}) ended: ${describeOutcome(outcome)}.`);
     this.sendExit(script);
-    if (this.deleteAfterExit.delete(script.ticket)) this.removeWorkspace(script.ticket);
+    this.deleteWorkspaceIfDue(script.ticket);
   }
 
   private sendStarted(script: TrackedScript): void {
@@ -384,7 +432,13 @@ class Runner {
 
   private onCancel(ticket: string, fence: number): void {
     const script = this.find({ ticket, fence });
-    if (script === undefined || script.phase === "exited" || script.cancelRequested) return;
+    if (script === undefined || script.cancelRequested) return;
+    if (script.phase === "exited") {
+      // Its exit (and own exit code) already went out; what it left running is still part of what to stop.
+      script.cancelRequested = true;
+      if (script.process !== undefined) this.killLeftovers(script, script.process);
+      return;
+    }
     script.cancelRequested = true;
     this.options.logger.info(`Cancelling ${ticket} (fence ${fence}).`);
     if (this.options.disableKill) {
@@ -394,29 +448,60 @@ class Runner {
   }
 
   private startCancel(script: TrackedScript): void {
-    if (script.process === undefined || script.cancel !== undefined) return;
-    script.cancel = script.process.killTree(this.options.killGraceMs).catch((error: unknown) => {
-      this.options.logger.error(`Could not signal the process group of ${script.ticket}: ${describe(error)}`);
-      return [];
-    });
+    const child = script.process;
+    if (child === undefined || script.cancel !== undefined) return;
+    script.cancel = child.killTree(this.options.killGraceMs).then(
+      (kill) => {
+        this.logKill(script, kill);
+        return kill;
+      },
+      (error: unknown): TreeKill => {
+        this.options.logger.error(`Could not signal the process tree of ${script.ticket}: ${describe(error)}`);
+        return { signals: [], escaped: 0, survivors: [] };
+      },
+    );
+  }
+
+  /** Kills, in the background, what a script that exited by itself left running. */
+  private killLeftovers(script: TrackedScript, child: ScriptProcess): void {
+    child
+      .killTree(this.options.killGraceMs)
+      .then((kill) => this.logKill(script, kill))
+      .catch((error: unknown) => this.options.logger.error(`Could not signal the process tree of ${script.ticket}: ${describe(error)}`));
+  }
+
+  /** Logs what a tree kill could not finish, and what the script left behind once that is dealt with. */
+  private logKill(script: TrackedScript, kill: TreeKill): void {
+    const name = `${script.ticket} (fence ${script.fence})`;
+    if (kill.survivors.length > 0) this.options.logger.error(`Cancelling ${name}: ${survivorsSentence(kill.survivors)}`);
+    kill.leftovers?.then(
+      (result: StopResult) => {
+        if (result.signals.length > 0) {
+          this.options.logger.info(`${name} had exited by itself; stopped ${plural(result.escaped, "process", "processes")} it left running.`);
+        }
+        if (result.survivors.length > 0) this.options.logger.error(`Cancelling ${name}: ${survivorsSentence(result.survivors)}`);
+      },
+      (error: unknown) => this.options.logger.error(`Could not stop what ${name} left running: ${describe(error)}`),
+    );
   }
 
   private onAbandon(ticket: string, fence: number, killProcess: boolean): void {
     const script = this.find({ ticket, fence });
     if (script === undefined) return;
-    this.options.logger.info(`The control plane abandoned ${ticket} (fence ${fence})${killProcess ? "; killing its process group" : ""}.`);
+    this.options.logger.info(`The control plane abandoned ${ticket} (fence ${fence})${killProcess ? "; killing its process tree" : ""}.`);
     if (killProcess) {
       if (script.process !== undefined) this.killNow(script, script.process);
       else script.killOnStart = true;
     }
-    this.forget(script);
+    this.abandon(script);
   }
 
+  /** Best-effort SIGKILL of the whole tree, without waiting. */
   private killNow(script: TrackedScript, child: ScriptProcess): void {
     try {
       child.killNow();
     } catch (error) {
-      this.options.logger.error(`Could not kill the process group of ${script.ticket}: ${describe(error)}`);
+      this.options.logger.error(`Could not kill the process tree of ${script.ticket}: ${describe(error)}`);
     }
   }
 
@@ -430,14 +515,37 @@ class Runner {
     if (child === undefined) return; // Still starting: `run` kills it as soon as it exists.
     child
       .killTree(this.options.killGraceMs)
-      .catch((error: unknown) => this.options.logger.error(`Could not signal the process group of ${script.ticket}: ${describe(error)}`))
-      .finally(() => child.release());
+      .then((kill) => this.logKill(script, kill))
+      .catch((error: unknown) => this.options.logger.error(`Could not signal the process tree of ${script.ticket}: ${describe(error)}`))
+      .finally(() => {
+        child.release();
+        this.deleteWorkspaceIfDue(script.ticket);
+      });
+  }
+
+  /** Stops tracking an abandoned script at once (nothing more is sent for it) and watches its process instead. */
+  private abandon(script: TrackedScript): void {
+    script.abandoned = true;
+    // Watched first: its workspace must outlive the process.
+    if (script.process !== undefined) this.watchAbandoned(script, script.process);
+    this.forget(script);
+  }
+
+  private watchAbandoned(script: TrackedScript, child: ScriptProcess): void {
+    this.watch.add({ ticket: script.ticket, fence: script.fence, pid: child.pid }, child.startTime);
+  }
+
+  private onAbandonedGone(process: WatchedProcess): void {
+    this.options.logger.info(`The abandoned process ${process.pid} of ${process.ticket} (fence ${process.fence}) is gone.`);
+    this.deleteWorkspaceIfDue(process.ticket);
+    this.cgroups?.tidy();
   }
 
   /** Stops tracking a script for good, without killing its process. */
   private forget(script: TrackedScript): void {
     this.drop(script);
     this.scripts.delete(script.key);
+    this.deleteWorkspaceIfDue(script.ticket);
   }
 
   private drop(script: TrackedScript): void {
@@ -446,13 +554,26 @@ class Runner {
     script.spool.dispose();
   }
 
+  /** True while a process of the ticket may still run: a tracked script, or an abandoned process being watched. */
+  private ticketInUse(ticket: string): boolean {
+    if (this.watch.isWatching(ticket)) return true;
+    for (const script of this.scripts.values()) if (script.ticket === ticket && script.phase !== "exited") return true;
+    return false;
+  }
+
   private onDeleteWorkspace(ticket: string): void {
-    const running = [...this.scripts.values()].some((script) => script.ticket === ticket && script.phase !== "exited");
-    if (running) {
-      // Deleting the folder under a running script would break it; do it when it ends.
+    if (this.ticketInUse(ticket)) {
+      // Deleting the folder under a running process would break it; do it when that process is gone.
       this.deleteAfterExit.add(ticket);
       return;
     }
+    this.removeWorkspace(ticket);
+  }
+
+  /** Deletes a workspace the control plane asked to delete once no process of its ticket runs any more. */
+  private deleteWorkspaceIfDue(ticket: string): void {
+    if (!this.deleteAfterExit.has(ticket) || this.ticketInUse(ticket)) return;
+    this.deleteAfterExit.delete(ticket);
     this.removeWorkspace(ticket);
   }
 
@@ -478,6 +599,14 @@ function describeOutcome(outcome: Outcome): string {
       throw new Error(`unknown outcome ${JSON.stringify(unreachable)}`);
     }
   }
+}
+
+function plural(count: number, one: string, many: string): string {
+  return `${count} ${count === 1 ? one : many}`;
+}
+
+function survivorsSentence(pids: number[]): string {
+  return `${plural(pids.length, "process", "processes")} of the script survived every SIGKILL (pid ${pids.join(", ")}); giving up on ${pids.length === 1 ? "it" : "them"}.`;
 }
 
 function describe(error: unknown): string {

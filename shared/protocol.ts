@@ -95,6 +95,8 @@ export const RunnerMessage = z.discriminatedUnion("type", [
     lineCount: Sequence,
     outcome: Outcome,
   }),
+  /** An abandoned process (one the control plane asked the runner to watch) has exited. */
+  z.strictObject({ type: z.literal("abandoned_exit"), ticket: Ticket, fence: Fence, pid: z.int().min(1) }),
 ]);
 /** Runner → control plane. */
 export type RunnerMessage = z.infer<typeof RunnerMessage>;
@@ -117,6 +119,8 @@ export const ControlMessage = z.discriminatedUnion("type", [
     resume: z.array(
       z.strictObject({ ticket: Ticket, fence: Fence, action: ResumeAction, nextSequence: Sequence }),
     ),
+    /** Abandoned processes that may still be running: report `abandoned_exit` when each is gone. */
+    watch: z.array(z.strictObject({ ticket: Ticket, fence: Fence, pid: z.int().min(1) })).max(10_000),
   }),
   z.strictObject({ type: z.literal("dispatch"), ticket: Ticket, fence: Fence, script: ScriptPayload }),
   z.strictObject({ type: z.literal("ack"), ticket: Ticket, fence: Fence, nextSequence: Sequence }),

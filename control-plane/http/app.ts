@@ -3,7 +3,7 @@
  * stateful; every decision about a machine is taken by its Durable Object.
  */
 import { Hono, type Context } from "hono";
-import { LIMITS, StartScriptRequest, describeZodError, parseQueryInt } from "../../shared/api.js";
+import { AbandonRequest, CancelRequest, LIMITS, StartScriptRequest, describeZodError, parseQueryInt } from "../../shared/api.js";
 import { isMachineId, isTicket } from "../../shared/ids.js";
 import { sha256Hex } from "../crypto.js";
 import type { Env } from "../env.js";
@@ -128,6 +128,26 @@ export function createApp(): Hono<AppEnv> {
     return respond(c, await machineStub(c, machineId).completeScript(machineId, ticket, logSequence));
   });
   app.all(SCRIPT, methodNotAllowed);
+
+  app.post(`${SCRIPT}/cancel`, async (c) => {
+    const machineId = machineIdParam(c);
+    const ticket = ticketParam(c);
+    const raw = await readJsonBody(c, 64 * 1024, true);
+    const body = CancelRequest.safeParse(raw === undefined ? {} : raw);
+    if (!body.success) throw invalid(describeZodError(body.error));
+    return respond(c, await machineStub(c, machineId).cancelScript(machineId, ticket, body.data.abandonAfterMs ?? null));
+  });
+  app.all(`${SCRIPT}/cancel`, methodNotAllowed);
+
+  app.post(`${SCRIPT}/abandon`, async (c) => {
+    const machineId = machineIdParam(c);
+    const ticket = ticketParam(c);
+    const raw = await readJsonBody(c, 64 * 1024, true);
+    const body = AbandonRequest.safeParse(raw === undefined ? {} : raw);
+    if (!body.success) throw invalid(describeZodError(body.error));
+    return respond(c, await machineStub(c, machineId).abandonScript(machineId, ticket, body.data.killProcess ?? false));
+  });
+  app.all(`${SCRIPT}/abandon`, methodNotAllowed);
 
   app.get(`${SCRIPT}/stream`, async (c) => {
     const machineId = machineIdParam(c);

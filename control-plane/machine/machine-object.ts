@@ -106,7 +106,7 @@ export class MachineObject extends DurableObject<Env> {
   /** Rebuilds the in-memory caches from storage and the live sockets. */
   private load(): void {
     this.machineId = db.getMeta(this.sql, "machine_id") ?? "";
-    this.state = restoreState(db.loadActiveScripts(this.sql), {
+    this.state = restoreState(this.machineId, db.loadActiveScripts(this.sql), {
       nextFence: Number(db.getMeta(this.sql, "next_fence") ?? "1"),
       nextQueueSeq: Number(db.getMeta(this.sql, "next_queue_seq") ?? "1"),
     });
@@ -171,7 +171,7 @@ export class MachineObject extends DurableObject<Env> {
         capabilities: info?.capabilities ?? [],
       },
       mutexes,
-      abandoned: [],
+      abandoned: db.listAbandoned(this.sql).map((row) => ({ ticket: row.ticket, pid: row.pid, abandonedAt: iso(row.abandoned_at) })),
     };
     if (withScripts) view.scripts = db.listScripts(this.sql, LIMITS.viewScripts).map(summary);
     return ok(view);
@@ -207,6 +207,25 @@ export class MachineObject extends DurableObject<Env> {
     const row = db.getScript(this.sql, input.ticket);
     if (!row) return unknownScript(input.ticket);
     return ok({ created, status: this.status(row, 0, LIMITS.logPageLines) });
+  }
+
+  /** Cancels a script: a pending one completes at once (-43); a running one is stopped by its runner. */
+  async cancelScript(machineId: string, ticket: string, abandonAfterMs: number | null): Promise<RpcResult<ScriptStatus>> {
+    if (!this.registered()) return unknownMachine(machineId);
+    if (!db.getScript(this.sql, ticket)) return unknownScript(ticket);
+    this.run({ type: "cancel", ticket, abandonAfterMs, now: Date.now() });
+    return ok(this.status(db.getScript(this.sql, ticket)!, 0, LIMITS.logPageLines));
+  }
+
+  /**
+   * Abandons a script: a running one completes at once with -48 and its mutex goes to the next waiter,
+   * even with no runner connected; the runner is told to stop tracking it (and to kill it only when asked).
+   */
+  async abandonScript(machineId: string, ticket: string, killProcess: boolean): Promise<RpcResult<ScriptStatus>> {
+    if (!this.registered()) return unknownMachine(machineId);
+    if (!db.getScript(this.sql, ticket)) return unknownScript(ticket);
+    this.run({ type: "abandon", ticket, killProcess, now: Date.now() });
+    return ok(this.status(db.getScript(this.sql, ticket)!, 0, LIMITS.logPageLines));
   }
 
   /** A script's status with one page of logs. */
@@ -322,6 +341,12 @@ export class MachineObject extends DurableObject<Env> {
         case "completed":
           db.markCompleted(this.sql, change.ticket, exitCodeFor(change.reason), change.reason, change.at);
           break;
+        case "cancel_requested":
+          db.markCancelRequested(this.sql, change.ticket, change.abandonDeadline);
+          break;
+        case "abandoned":
+          db.insertAbandoned(this.sql, change.ticket, change.fence, change.at);
+          break;
         case "log":
           db.appendLogs(this.sql, change.ticket, [{ source: "debug", text: change.text, occurred: iso(change.at) }], 0);
           break;
@@ -349,7 +374,16 @@ export class MachineObject extends DurableObject<Env> {
               ...d,
               nextSequence: d.action === "continue" ? (db.getScript(this.sql, d.ticket)?.runner_next ?? 0) : 0,
             })),
+            watch: db
+              .listAbandoned(this.sql)
+              .flatMap((row) => (row.pid === null ? [] : [{ ticket: row.ticket, fence: row.fence, pid: row.pid }])),
           });
+          break;
+        case "cancel":
+          this.send({ type: "cancel", ticket: effect.ticket, fence: effect.fence });
+          break;
+        case "abandon":
+          this.send({ type: "abandon", ticket: effect.ticket, fence: effect.fence, killProcess: effect.killProcess });
           break;
         case "notify":
           this.notify(effect.ticket);
@@ -379,7 +413,7 @@ export class MachineObject extends DurableObject<Env> {
     else void this.ctx.storage.setAlarm(due);
   }
 
-  /** Every deadline: mutex timeouts. Each due action is idempotent, so a repeated alarm is harmless. */
+  /** Every deadline: mutex timeouts and abandon-after-cancel. Each due action is idempotent, so a repeated alarm is harmless. */
   override async alarm(): Promise<void> {
     if (!this.registered()) return;
     this.alarmAt = null;
@@ -435,6 +469,9 @@ export class MachineObject extends DurableObject<Env> {
         return this.onOutput(ws, message);
       case "exit":
         return this.onExit(ws, message);
+      case "abandoned_exit":
+        // The abandoned process is gone: it no longer needs to be listed as possibly running.
+        return db.deleteAbandoned(this.sql, message.ticket, message.fence);
       default: {
         const unreachable: never = message;
         throw new Error(`unhandled runner message ${JSON.stringify(unreachable)}`);
@@ -502,6 +539,7 @@ export class MachineObject extends DurableObject<Env> {
 
   private onStarted(message: Extract<RunnerMessage, { type: "started" }>): void {
     if (this.currentDispatch(message.ticket, message.fence)) db.setPid(this.sql, message.ticket, message.pid);
+    else db.setAbandonedPid(this.sql, message.ticket, message.fence, message.pid);
   }
 
   private onOutput(ws: WebSocket, message: Extract<RunnerMessage, { type: "output" }>): void {

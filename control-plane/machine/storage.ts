@@ -42,6 +42,19 @@ const MIGRATIONS: string[][] = [
        PRIMARY KEY (ticket, first_seq)
      )`,
   ],
+  [
+    `ALTER TABLE scripts ADD COLUMN cancel_requested INTEGER NOT NULL DEFAULT 0`,
+    `ALTER TABLE scripts ADD COLUMN abandon_deadline INTEGER`,
+    // Abandoned dispatches whose process may still run; kept apart from scripts so that deleting the
+    // script does not hide a process that is still alive on the machine.
+    `CREATE TABLE abandoned (
+       ticket TEXT NOT NULL,
+       fence INTEGER NOT NULL,
+       pid INTEGER,
+       abandoned_at INTEGER NOT NULL,
+       PRIMARY KEY (ticket, fence)
+     )`,
+  ],
 ];
 
 /** Payloads are split into parts so that no row passes SQLite's 2 MB limit. */
@@ -109,6 +122,8 @@ export type ScriptRow = {
   reason: string | null;
   log_next: number;
   runner_next: number;
+  cancel_requested: number;
+  abandon_deadline: number | null;
 };
 
 /** One script row, or null. */
@@ -134,6 +149,8 @@ export function loadActiveScripts(sql: SqlStorage): ActiveScript[] {
       fence: row.fence,
       runnerId: row.runner_id,
       startedAt: row.started_at,
+      cancelRequested: row.cancel_requested === 1,
+      abandonDeadline: row.abandon_deadline,
     }));
 }
 
@@ -183,6 +200,39 @@ export function markDispatched(sql: SqlStorage, ticket: string, fence: number, r
   );
 }
 
+/** Records a cancel request and the abandon deadline it set. */
+export function markCancelRequested(sql: SqlStorage, ticket: string, abandonDeadline: number | null): void {
+  sql.exec("UPDATE scripts SET cancel_requested = 1, abandon_deadline = ? WHERE ticket = ?", abandonDeadline, ticket);
+}
+
+/** An abandoned process that may still be running. */
+export type AbandonedRow = { ticket: string; fence: number; pid: number | null; abandoned_at: number };
+
+/** Lists an abandoned dispatch, with the pid the runner reported for it (if any). */
+export function insertAbandoned(sql: SqlStorage, ticket: string, fence: number, at: number): void {
+  sql.exec(
+    "INSERT OR IGNORE INTO abandoned (ticket, fence, pid, abandoned_at) SELECT ticket, fence, pid, ? FROM scripts WHERE ticket = ? AND fence = ?",
+    at,
+    ticket,
+    fence,
+  );
+}
+
+/** Every abandoned process that may still be running, oldest first. */
+export function listAbandoned(sql: SqlStorage): AbandonedRow[] {
+  return sql.exec<AbandonedRow>("SELECT ticket, fence, pid, abandoned_at FROM abandoned ORDER BY abandoned_at, ticket").toArray();
+}
+
+/** Fills in the pid of an abandoned dispatch whose `started` report arrived after the abandon. */
+export function setAbandonedPid(sql: SqlStorage, ticket: string, fence: number, pid: number): void {
+  sql.exec("UPDATE abandoned SET pid = ? WHERE ticket = ? AND fence = ? AND pid IS NULL", pid, ticket, fence);
+}
+
+/** Removes an abandoned process once the runner reported that it exited. */
+export function deleteAbandoned(sql: SqlStorage, ticket: string, fence: number): void {
+  sql.exec("DELETE FROM abandoned WHERE ticket = ? AND fence = ?", ticket, fence);
+}
+
 /** Records the process id the runner reported. */
 export function setPid(sql: SqlStorage, ticket: string, pid: number): void {
   sql.exec("UPDATE scripts SET pid = ? WHERE ticket = ?", pid, ticket);
@@ -191,7 +241,7 @@ export function setPid(sql: SqlStorage, ticket: string, pid: number): void {
 /** Marks a script complete and drops its payload (it will never run again). */
 export function markCompleted(sql: SqlStorage, ticket: string, exitCode: number, reason: CompletionReason, at: number): void {
   sql.exec(
-    "UPDATE scripts SET state = 'complete', granted = 0, mutex_deadline = NULL, completed_at = ?, exit_code = ?, reason = ? WHERE ticket = ?",
+    "UPDATE scripts SET state = 'complete', granted = 0, mutex_deadline = NULL, abandon_deadline = NULL, completed_at = ?, exit_code = ?, reason = ? WHERE ticket = ?",
     at,
     exitCode,
     JSON.stringify(reason),

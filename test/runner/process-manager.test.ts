@@ -237,7 +237,7 @@ describe("process manager", () => {
     const child = processOf(started);
     await waitFor(() => started.output.stdout.includes("\n"), "the grandchild's pid");
     const grandchild = Number(started.output.stdout.trim());
-    const signals = await within(child.killTree(5_000), "the kill");
+    const { signals } = await within(child.killTree(5_000), "the kill");
     expect(signals).toEqual(["SIGTERM"]);
     expect(await within(child.wait(), "the outcome")).toEqual({ kind: "signaled", signal: "SIGTERM", number: 15 });
     await waitFor(() => !isAlive(grandchild), "the grandchild to die");
@@ -248,7 +248,7 @@ describe("process manager", () => {
     const child = processOf(started);
     await waitFor(() => started.output.stdout.includes("ready"), "the trap to be set");
     const begin = Date.now();
-    const signals = await within(child.killTree(300), "the kill");
+    const { signals } = await within(child.killTree(300), "the kill");
     expect(signals).toEqual(["SIGTERM", "SIGKILL"]);
     expect(Date.now() - begin).toBeGreaterThanOrEqual(250);
     const outcome: Outcome | undefined = await within(child.wait(), "the outcome");
@@ -260,7 +260,7 @@ describe("process manager", () => {
     const child = processOf(started);
     await waitFor(() => started.output.stdout.includes("ready"), "the script to start");
     const [first, second] = await within(Promise.all([child.killTree(5_000), child.killTree(5_000)]), "the kills");
-    expect(first).toEqual(["SIGTERM"]);
+    expect(first.signals).toEqual(["SIGTERM"]);
     expect(second).toBe(first);
     await within(child.wait(), "the outcome");
   });
@@ -269,7 +269,7 @@ describe("process manager", () => {
     const started = await start("t1", payload("exit 0"));
     const child = processOf(started);
     await within(child.wait(), "the outcome");
-    expect(await child.killTree(100)).toEqual([]);
+    expect((await child.killTree(100)).signals).toEqual([]);
     expect(child.killNow()).toEqual([]);
   });
 
@@ -278,7 +278,7 @@ describe("process manager", () => {
     const child = processOf(started);
     try {
       await waitFor(() => started.output.stdout.includes("ready"), "the script to start");
-      expect(await within(child.killTree(100), "the kill")).toEqual([]);
+      expect((await within(child.killTree(100), "the kill")).signals).toEqual([]);
       expect(child.killNow()).toEqual([]);
       expect(isAlive(child.pid)).toBe(true);
     } finally {
@@ -303,7 +303,7 @@ describe("process manager", () => {
       child.release();
       expect(await within(child.wait(), "the release")).toBeUndefined();
       expect(isAlive(child.pid)).toBe(true);
-      expect(await child.killTree(100)).toEqual([]);
+      expect((await child.killTree(100)).signals).toEqual([]);
     } finally {
       killGroup(child.pid);
     }

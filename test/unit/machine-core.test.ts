@@ -4,6 +4,7 @@
  */
 import { describe, expect, it } from "vitest";
 import {
+  abandonedLine,
   emptyState,
   handle,
   nextDeadline,
@@ -15,7 +16,7 @@ import {
   type MachineState,
   type NewScript,
 } from "../../control-plane/machine/core/machine-core.js";
-import { compatible, isIdle, type LockMode } from "../../control-plane/machine/core/mutex.js";
+import { compatible, isIdle, leaveMutex, type LockMode } from "../../control-plane/machine/core/mutex.js";
 import { exitCodeFor, type CompletionReason } from "../../shared/exit-codes.js";
 
 const T0 = 1_700_000_000_000;
@@ -117,8 +118,10 @@ function row(ticket: string, fields: Partial<ActiveScript> & { queueSeq: number 
     fence: null,
     runnerId: null,
     startedAt: null,
+    cancelRequested: false,
+    abandonDeadline: null,
     ...fields,
-  };
+  } as ActiveScript;
 }
 
 /** Deterministic PRNG (mulberry32) so every randomized run can be replayed from its seed. */
@@ -174,6 +177,8 @@ describe("start", () => {
             fence: null,
             runnerId: null,
             startedAt: null,
+            cancelRequested: false,
+            abandonDeadline: null,
           },
         },
         { type: "granted", ticket: "a" },
@@ -347,6 +352,7 @@ describe("runner_connected without an inventory", () => {
 
   it("dispatches by queueSeq, not by the order of the scripts map", () => {
     const state = restoreState(
+      "m1",
       [
         row("late", { queueSeq: 9, granted: true, mutexName: "one" }),
         row("early", { queueSeq: 2, granted: true, mutexName: "two" }),
@@ -735,6 +741,7 @@ describe("nextDeadline", () => {
 
   it("ignores a deadline left on a granted row restored from storage", () => {
     const state = restoreState(
+      "m1",
       [
         row("holder", { queueSeq: 1, granted: true, mutexDeadline: T0 + 10 }),
         row("waiter", { queueSeq: 2, mutexDeadline: T0 + 900 }),
@@ -798,7 +805,7 @@ describe("runner_connected with an inventory", () => {
   });
 
   it("cancels the stale dispatch and re-dispatches when the same runner lists an older fence", () => {
-    const state = restoreState([row("a", { queueSeq: 1, granted: true, state: "running", fence: 3, runnerId: "r1", startedAt: T0 })], {
+    const state = restoreState("m1", [row("a", { queueSeq: 1, granted: true, state: "running", fence: 3, runnerId: "r1", startedAt: T0 })], {
       nextFence: 4,
       nextQueueSeq: 2,
     });
@@ -935,6 +942,7 @@ describe("runner_connected with an inventory", () => {
 
   it("handles a mixed inventory: continues, re-dispatches, loses and dispatches in one step", () => {
     const state = restoreState(
+      "m1",
       [
         row("kept", { queueSeq: 1, mutexName: "one", granted: true, state: "running", fence: 1, runnerId: "r1", startedAt: T0 }),
         row("missed", { queueSeq: 2, mutexName: "two", granted: true, state: "running", fence: 2, runnerId: "r1", startedAt: T0 }),
@@ -968,7 +976,7 @@ describe("restoreState", () => {
   ];
 
   it.each([1, 2, 3, 4, 5, 6, 7, 8])("rebuilds holders and FIFO queues from rows given in shuffled order (seed %i)", (seed) => {
-    const state = restoreState(shuffled(rows, prng(seed)), { nextFence: 5, nextQueueSeq: 10 });
+    const state = restoreState("m1", shuffled(rows, prng(seed)), { nextFence: 5, nextQueueSeq: 10 });
     expect(mutexView(state, MUTEX)).toEqual({ holders: [["h1", "shared"], ["h2", "shared"]], waiting: ["w1", "w2", "w3"] });
     expect(state.mutexes.get(MUTEX)?.queue).toEqual([
       { ticket: "w1", mode: "exclusive" },
@@ -985,7 +993,7 @@ describe("restoreState", () => {
   });
 
   it("restores an empty machine from no rows", () => {
-    const state = restoreState([], { nextFence: 12, nextQueueSeq: 30 });
+    const state = restoreState("m1", [], { nextFence: 12, nextQueueSeq: 30 });
     expect(state.scripts.size).toBe(0);
     expect(state.mutexes.size).toBe(0);
     expect(state.nextFence).toBe(12);
@@ -993,7 +1001,7 @@ describe("restoreState", () => {
   });
 
   it("continues from the restored counters and queues", () => {
-    const state = restoreState(shuffled(rows, prng(42)), { nextFence: 5, nextQueueSeq: 10 });
+    const state = restoreState("m1", shuffled(rows, prng(42)), { nextFence: 5, nextQueueSeq: 10 });
     const started = start(state, "late", { mode: "shared" }, T0 + 1);
     expect(started.changes[0]).toMatchObject({ type: "insert", script: { ticket: "late", queueSeq: 10 } });
     expect(mutexView(state)?.waiting).toEqual(["w1", "w2", "w3", "late"]);
@@ -1028,18 +1036,55 @@ interface History {
   inserted: Map<string, { queueSeq: number; mutexName: string }>;
   /** Tickets that completed. */
   completed: Set<string>;
+  /** The reason kind each completed ticket completed with. */
+  reasons: Map<string, CompletionReason["kind"]>;
+  /** The fence of every abandoned dispatch: its process may live on and report with it. */
+  abandoned: Map<string, number>;
+  /** The active-script rows storage holds after applying every change so far. */
+  rows: Map<string, ActiveScript>;
 }
 
-/** Every way the state or a decision breaks the rules; empty when all hold. */
-function violations(state: MachineState, event: MachineEvent, decision: Decision, history: History): string[] {
+/** A history with nothing seen yet. */
+function newHistory(): History {
+  return { granted: new Set(), lastGrantedSeq: new Map(), lastFence: 0, inserted: new Map(), completed: new Set(), reasons: new Map(), abandoned: new Map(), rows: new Map() };
+}
+
+/** A deep copy of the state taken before an event, to judge the decision against. */
+function copyState(state: MachineState): MachineState {
+  return structuredClone(state);
+}
+
+/** The rules for abandoning one running script (by the abandon event or an overdue tick). */
+function abandonViolations(before: MachineState, state: MachineState, decision: Decision, target: ActiveScript, killProcess: boolean): string[] {
   const problems: string[] = [];
+  const ticket = target.ticket;
+  if (!completions(decision).some(([t, kind]) => t === ticket && kind === "abandoned")) problems.push(`abandoned ${ticket} did not complete as abandoned`);
+  const marks = decision.changes.filter((c) => c.type === "abandoned" && c.ticket === ticket);
+  if (JSON.stringify(marks.map((c) => (c.type === "abandoned" ? c.fence : null))) !== JSON.stringify([target.fence])) {
+    problems.push(`abandoned ${ticket} has abandoned changes ${JSON.stringify(marks)}, expected one with fence ${target.fence}`);
+  }
+  const effects = decision.effects.filter((e) => e.type === "abandon" && e.ticket === ticket);
+  const expectedEffects = before.runner ? [{ type: "abandon", ticket, fence: target.fence, killProcess }] : [];
+  if (JSON.stringify(effects) !== JSON.stringify(expectedEffects)) problems.push(`abandon effects for ${ticket} were ${JSON.stringify(effects)}`);
+  const lines = logs(decision).filter(([t, text]) => t === ticket && text === abandonedLine(state.machineId)).length;
+  if (lines !== 1) problems.push(`abandoned ${ticket} got the contract line ${lines} times`);
+  if (state.mutexes.get(target.mutexName)?.holders.has(ticket)) problems.push(`abandoned ${ticket} still holds ${target.mutexName}`);
+  return problems;
+}
+
+/** Every way the state or a decision breaks the rules; empty when all hold. `before` is the state the event met. */
+function violations(state: MachineState, event: MachineEvent, decision: Decision, history: History, before: MachineState | null = null): string[] {
+  const problems: string[] = [];
+  const completedBefore = new Set(history.completed);
 
   // Walk the changes in order, as storage would apply them.
   const dispatchedNow = new Set<string>();
   for (const change of decision.changes) {
+    const row = "ticket" in change ? history.rows.get(change.ticket) : undefined;
     switch (change.type) {
       case "insert":
         history.inserted.set(change.script.ticket, { queueSeq: change.script.queueSeq, mutexName: change.script.mutexName });
+        history.rows.set(change.script.ticket, { ...change.script });
         break;
       case "granted": {
         const info = history.inserted.get(change.ticket);
@@ -1048,10 +1093,12 @@ function violations(state: MachineState, event: MachineEvent, decision: Decision
           break;
         }
         if (history.granted.has(change.ticket)) problems.push(`${change.ticket} granted twice`);
+        if (history.completed.has(change.ticket)) problems.push(`${change.ticket} granted after it completed (${history.reasons.get(change.ticket)})`);
         const last = history.lastGrantedSeq.get(info.mutexName) ?? 0;
         if (info.queueSeq <= last) problems.push(`${change.ticket} (seq ${info.queueSeq}) granted after seq ${last} on ${info.mutexName}: not FIFO`);
         history.lastGrantedSeq.set(info.mutexName, Math.max(last, info.queueSeq));
         history.granted.add(change.ticket);
+        if (row) Object.assign(row, { granted: true, mutexDeadline: null });
         break;
       }
       case "dispatched":
@@ -1060,13 +1107,23 @@ function violations(state: MachineState, event: MachineEvent, decision: Decision
         if (dispatchedNow.has(change.ticket)) problems.push(`${change.ticket} dispatched twice in one decision`);
         dispatchedNow.add(change.ticket);
         if (!history.granted.has(change.ticket)) problems.push(`${change.ticket} dispatched without a grant`);
+        if (history.completed.has(change.ticket)) problems.push(`${change.ticket} dispatched again after it completed (${history.reasons.get(change.ticket)})`);
+        if (row) Object.assign(row, { state: "running", fence: change.fence, runnerId: change.runnerId, startedAt: change.startedAt });
         break;
       case "completed":
         if (history.completed.has(change.ticket)) problems.push(`${change.ticket} completed twice`);
         history.completed.add(change.ticket);
+        history.reasons.set(change.ticket, change.reason.kind);
+        history.rows.delete(change.ticket);
         if (change.reason.kind === "mutex_timeout" && history.granted.has(change.ticket)) {
           problems.push(`${change.ticket} timed out waiting for a mutex it had been granted`);
         }
+        break;
+      case "abandoned":
+        history.abandoned.set(change.ticket, change.fence);
+        break;
+      case "cancel_requested":
+        if (row) Object.assign(row, { cancelRequested: true, abandonDeadline: change.abandonDeadline });
         break;
       case "log":
         break;
@@ -1083,6 +1140,10 @@ function violations(state: MachineState, event: MachineEvent, decision: Decision
   if (event.type === "exited" && decision.changes.length > 0) {
     const completedTicket = completions(decision)[0]?.[0];
     if (completedTicket !== event.ticket) problems.push(`an exit of ${event.ticket} completed ${completedTicket}`);
+  }
+  // Whatever a completed (e.g. abandoned) script's process reports later changes nothing.
+  if (event.type === "exited" && completedBefore.has(event.ticket) && (decision.changes.length > 0 || decision.effects.length > 0)) {
+    problems.push(`an exit of ${event.ticket} (fence ${event.fence}) after it completed changed something`);
   }
 
   for (const [name, mutex] of state.mutexes) {
@@ -1108,6 +1169,11 @@ function violations(state: MachineState, event: MachineEvent, decision: Decision
       const holder = state.scripts.get(ticket);
       if (!holder || !holder.granted || holder.mutexName !== name || holder.mode !== mode) problems.push(`${name}: holder ${ticket} disagrees with its script`);
     }
+    // An abandoned or cancelled (or otherwise completed) script never holds or waits for a mutex afterwards.
+    for (const ticket of [...mutex.holders.keys(), ...mutex.queue.map((w) => w.ticket)]) {
+      const reason = history.reasons.get(ticket);
+      if (reason) problems.push(`${ticket} completed (${reason}) but still holds or waits for ${name}`);
+    }
   }
 
   for (const active of state.scripts.values()) {
@@ -1120,12 +1186,105 @@ function violations(state: MachineState, event: MachineEvent, decision: Decision
     if (event.type === "tick" && !active.granted && active.mutexDeadline !== null && active.mutexDeadline <= event.now) {
       problems.push(`${active.ticket} outlived its deadline`);
     }
+    if (event.type === "tick" && active.state === "running" && active.abandonDeadline !== null && active.abandonDeadline <= event.now) {
+      problems.push(`${active.ticket} outlived its abandon deadline`);
+    }
+    if (active.state === "pending" && (active.cancelRequested || active.abandonDeadline !== null)) problems.push(`pending ${active.ticket} carries a cancel request`);
     if (history.completed.has(active.ticket)) problems.push(`${active.ticket} completed but still active`);
+    // A grant is always persisted in the decision that made it.
+    if (before && active.granted && !before.scripts.get(active.ticket)?.granted && !grants(decision).includes(active.ticket)) {
+      problems.push(`${active.ticket} became a holder without a granted change`);
+    }
   }
   if (!state.runner && dispatchedNow.size > 0) problems.push("dispatched while no runner is connected");
+  for (const [ticket] of dispatches(decision)) {
+    if (completedBefore.has(ticket)) problems.push(`completed ${ticket} dispatched again`);
+  }
   const deadline = nextDeadline(state);
   if (event.type === "tick" && deadline !== null && deadline <= event.now) problems.push(`nextDeadline ${deadline} already passed`);
+  // nextDeadline is the earliest mutex deadline of a waiter or abandon deadline of a running script.
+  const dues = [...state.scripts.values()].flatMap((s) =>
+    s.granted ? (s.state === "running" && s.abandonDeadline !== null ? [s.abandonDeadline] : []) : s.mutexDeadline !== null ? [s.mutexDeadline] : [],
+  );
+  const earliest = dues.length ? Math.min(...dues) : null;
+  if (deadline !== earliest) problems.push(`nextDeadline ${deadline} is not the earliest deadline ${earliest}`);
+  // The changes are all that storage gets: the rows they build are the active scripts, field for field.
+  if (before) {
+    const stored = JSON.stringify([...history.rows.values()].sort((a, b) => a.queueSeq - b.queueSeq));
+    const live = JSON.stringify([...state.scripts.values()].sort((a, b) => a.queueSeq - b.queueSeq));
+    if (stored !== live) problems.push(`rows built from the changes differ from the state:\n  stored ${stored}\n  live   ${live}`);
+  }
+
+  if (before) problems.push(...eventViolations(before, state, event, decision));
   return problems;
+}
+
+/** Rules for cancel, abandon, overdue ticks and reconnects, judged against the state the event met. */
+function eventViolations(before: MachineState, state: MachineState, event: MachineEvent, decision: Decision): string[] {
+  const problems: string[] = [];
+  const empty = decision.changes.length === 0 && decision.effects.length === 0;
+  if (event.type === "cancel" || event.type === "abandon") {
+    const target = before.scripts.get(event.ticket);
+    if (!target) {
+      if (!empty) problems.push(`${event.type} of inactive ${event.ticket} changed something`);
+    } else if (target.state === "pending") {
+      if (JSON.stringify(completions(decision)) !== JSON.stringify([[event.ticket, "cancelled"]])) problems.push(`${event.type} of pending ${event.ticket} did not complete it as cancelled`);
+      if (decision.changes.some((c) => c.type === "abandoned" || c.type === "cancel_requested")) problems.push(`${event.type} of pending ${event.ticket} marked it abandoned or cancel-requested`);
+      if (decision.effects.some((e) => e.type === "abandon" || e.type === "cancel")) problems.push(`${event.type} of pending ${event.ticket} sent a cancel or abandon`);
+    } else if (event.type === "cancel") {
+      const after = state.scripts.get(event.ticket);
+      if (!after || after.state !== "running" || !after.cancelRequested || after.fence !== target.fence) problems.push(`cancelled running ${event.ticket} is not running with a cancel request`);
+      if (completions(decision).length > 0 || grants(decision).length > 0) problems.push(`cancel of running ${event.ticket} completed or granted something`);
+      const effects = decision.effects.filter((e) => e.type === "cancel");
+      const expected = before.runner ? [{ type: "cancel", ticket: event.ticket, fence: target.fence }] : [];
+      if (JSON.stringify(effects) !== JSON.stringify(expected)) problems.push(`cancel effects for ${event.ticket} were ${JSON.stringify(effects)}`);
+      if (target.abandonDeadline !== null && (after?.abandonDeadline ?? null) !== Math.min(target.abandonDeadline, event.abandonAfterMs === null ? Infinity : event.now + event.abandonAfterMs)) {
+        problems.push(`cancel moved the abandon deadline of ${event.ticket} from ${target.abandonDeadline} to ${after?.abandonDeadline}`);
+      }
+      const requested = decision.changes.filter((c) => c.type === "cancel_requested").length;
+      const moved = (after?.abandonDeadline ?? null) !== target.abandonDeadline;
+      if (requested !== (!target.cancelRequested || moved ? 1 : 0)) problems.push(`cancel of ${event.ticket} recorded ${requested} cancel_requested changes`);
+      if (logs(decision).length !== (target.cancelRequested ? 0 : 1)) problems.push(`cancel of ${event.ticket} logged ${logs(decision).length} lines`);
+    } else {
+      problems.push(...abandonViolations(before, state, decision, target, event.killProcess));
+      if (completions(decision).length !== 1) problems.push(`abandon of ${event.ticket} completed ${JSON.stringify(completions(decision))}`);
+      // The release happens in this very decision and lets exactly the next compatible waiters through.
+      const mutex = structuredClone(before.mutexes.get(target.mutexName)!);
+      const expected = leaveMutex(mutex, target.ticket);
+      if (JSON.stringify(grants(decision)) !== JSON.stringify(expected)) problems.push(`abandon of ${event.ticket} granted ${JSON.stringify(grants(decision))}, expected ${JSON.stringify(expected)}`);
+      const dispatched = dispatches(decision).map(([t]) => t);
+      if (JSON.stringify(dispatched) !== JSON.stringify(state.runner ? expected : [])) problems.push(`abandon of ${event.ticket} dispatched ${JSON.stringify(dispatched)}`);
+    }
+  }
+  if (event.type === "tick") {
+    for (const target of before.scripts.values()) {
+      if (target.state === "running" && target.abandonDeadline !== null && target.abandonDeadline <= event.now) {
+        problems.push(...abandonViolations(before, state, decision, target, false));
+      }
+    }
+  }
+  if (event.type === "runner_connected") {
+    const resume = decision.effects.find((e) => e.type === "resume");
+    for (const entry of event.inventory) {
+      if (entry.stored !== "abandoned" || before.scripts.has(entry.ticket)) continue;
+      const action = resume?.type === "resume" ? resume.decisions.find((d) => d.ticket === entry.ticket)?.action : undefined;
+      if (action !== "abandon") problems.push(`abandoned ${entry.ticket} listed by the runner got ${action}`);
+      if (decision.changes.some((c) => "ticket" in c && c.ticket === entry.ticket)) problems.push(`abandoned ${entry.ticket} listed by the runner changed state`);
+    }
+    for (const target of before.scripts.values()) {
+      const listed = event.inventory.some((e) => e.ticket === target.ticket && e.fence === target.fence);
+      const cancels = decision.effects.filter((e) => e.type === "cancel" && e.ticket === target.ticket).length;
+      if (target.state === "running" && target.cancelRequested && listed && cancels !== 1) problems.push(`listed cancel-requested ${target.ticket} got ${cancels} cancel effects`);
+    }
+  }
+  return problems;
+}
+
+/** Every mutex's holders (as a sorted set) and FIFO queue, by name, as comparable data. */
+function mutexesView(state: MachineState): unknown {
+  return [...state.mutexes.values()]
+    .map((m) => ({ name: m.name, holders: [...m.holders.entries()].sort(), queue: m.queue.map((w) => `${w.ticket}:${w.mode}`) }))
+    .sort((a, b) => a.name.localeCompare(b.name));
 }
 
 /** Runs one random sequence of events and returns the first broken rule, if any. */
@@ -1133,7 +1292,8 @@ function randomRun(seed: number, steps: number, options: { restarts: boolean }):
   const random = prng(seed);
   const pick = <T>(items: readonly T[]): T => items[Math.floor(random() * items.length)]!;
   const state = emptyState();
-  const history: History = { granted: new Set(), lastGrantedSeq: new Map(), lastFence: 0, inserted: new Map(), completed: new Set() };
+  state.machineId = `m${seed}`;
+  const history = newHistory();
   let now = T0;
   let runnerNumber = 1;
   let ticketNumber = 0;
@@ -1141,7 +1301,8 @@ function randomRun(seed: number, steps: number, options: { restarts: boolean }):
 
   const apply = (event: MachineEvent): string | null => {
     trace.push(JSON.stringify(event));
-    const problems = violations(state, event, handle(state, event), history);
+    const before = copyState(state);
+    const problems = violations(state, event, handle(state, event), history, before);
     return problems.length ? `seed ${seed}, step ${trace.length}: ${problems.join("; ")}\n  events:\n  ${trace.join("\n  ")}` : null;
   };
 
@@ -1153,7 +1314,11 @@ function randomRun(seed: number, steps: number, options: { restarts: boolean }):
     const roll = random();
     let event: MachineEvent;
     const active = [...state.scripts.values()];
-    if (roll < 0.4 || active.length === 0) {
+    const abandoned = [...history.abandoned.entries()];
+    // Mostly an active script; now and then a completed or unknown one.
+    const someTicket = (): string =>
+      active.length > 0 && random() < 0.9 ? pick(active).ticket : random() < 0.5 && ticketNumber > 0 ? `t${1 + Math.floor(random() * ticketNumber)}` : "nobody";
+    if (roll < 0.34 || active.length === 0) {
       now += Math.floor(random() * 5);
       event = {
         type: "start",
@@ -1166,26 +1331,58 @@ function randomRun(seed: number, steps: number, options: { restarts: boolean }):
           mutexTimeoutMs: random() < 0.5 ? 0 : 1 + Math.floor(random() * 60),
         },
       };
-    } else if (roll < 0.7) {
-      const target = pick(active);
-      const current = target.fence ?? 1;
-      const fence = random() < 0.85 ? current : Math.max(1, current - 1 - Math.floor(random() * 2));
-      event = { type: "exited", ticket: target.ticket, fence, reason: { kind: "exited", code: Math.floor(random() * 3) }, now };
-    } else if (roll < 0.88) {
-      now += Math.floor(random() * 40);
+    } else if (roll < 0.58) {
+      if (abandoned.length > 0 && random() < 0.15) {
+        // The abandoned process reports after all, under its old fence.
+        const [ticket, fence] = pick(abandoned);
+        event = { type: "exited", ticket, fence, reason: { kind: "exited", code: Math.floor(random() * 3) }, now };
+      } else {
+        const target = pick(active);
+        const current = target.fence ?? 1;
+        const fence = random() < 0.85 ? current : Math.max(1, current - 1 - Math.floor(random() * 2));
+        const reason: CompletionReason = target.cancelRequested && random() < 0.5 ? { kind: "cancelled" } : { kind: "exited", code: Math.floor(random() * 3) };
+        event = { type: "exited", ticket: target.ticket, fence, reason, now };
+      }
+    } else if (roll < 0.72) {
+      // Sometimes exactly at the next deadline (as the alarm fires), otherwise some time later.
+      const due = nextDeadline(state);
+      now = due !== null && due >= now && random() < 0.3 ? due : now + Math.floor(random() * 40);
       event = { type: "tick", now };
+    } else if (roll < 0.82) {
+      event = { type: "cancel", ticket: someTicket(), abandonAfterMs: random() < 0.4 ? null : Math.floor(random() * 80), now };
+    } else if (roll < 0.89) {
+      event = { type: "abandon", ticket: someTicket(), killProcess: random() < 0.3, now };
+    } else if (options.restarts && roll < 0.92) {
+      // The object restarts: it rebuilds the core from what storage holds; the runner's socket may survive.
+      trace.push("(object restart)");
+      const live = mutexesView(state);
+      const restored = restoreState(state.machineId, shuffled([...history.rows.values()].map((r) => ({ ...r })), random), {
+        nextFence: state.nextFence,
+        nextQueueSeq: state.nextQueueSeq,
+      });
+      restored.runner = state.runner && random() < 0.5 ? { ...state.runner } : null;
+      Object.assign(state, restored);
+      const rebuilt = mutexesView(state);
+      if (JSON.stringify(rebuilt) !== JSON.stringify(live)) {
+        return `seed ${seed}, step ${trace.length}: the restart rebuilt mutexes ${JSON.stringify(rebuilt)}, not ${JSON.stringify(live)}\n  events:\n  ${trace.join("\n  ")}`;
+      }
+      continue;
     } else if (state.runner) {
       event = { type: "runner_disconnected", now };
     } else {
       const restart = options.restarts && random() < 0.5;
       if (restart) runnerNumber++;
       const runnerId = `r${runnerNumber}`;
-      // A restarted runner knows nothing; a reconnecting one lists what it runs, sometimes missing a dispatch.
+      // A restarted runner knows nothing; a reconnecting one lists what it runs, sometimes missing a dispatch,
+      // and the abandoned processes it still watches.
       const inventory: InventoryEntry[] = restart
         ? []
-        : active
-            .filter((s) => s.state === "running" && s.runnerId === runnerId && (!options.restarts || random() < 0.8))
-            .map((s) => ({ ticket: s.ticket, fence: s.fence!, stored: "none" as const }));
+        : [
+            ...active
+              .filter((s) => s.state === "running" && s.runnerId === runnerId && (!options.restarts || random() < 0.8))
+              .map((s) => ({ ticket: s.ticket, fence: s.fence!, stored: "none" as const })),
+            ...abandoned.filter(() => random() < 0.3).map(([ticket, fence]) => ({ ticket, fence, stored: "abandoned" as const })),
+          ];
       event = { type: "runner_connected", runnerId, inventory, now };
     }
     const failure = apply(event);
@@ -1195,14 +1392,14 @@ function randomRun(seed: number, steps: number, options: { restarts: boolean }):
 }
 
 describe("randomized event sequences", () => {
-  it("keep the mutex and fencing rules after every start, exit, tick and reconnect (500 seeded runs)", () => {
+  it("keep the mutex, fencing, cancel and abandon rules after every start, exit, tick, cancel, abandon and reconnect (500 seeded runs)", () => {
     for (let seed = 1; seed <= 500; seed++) {
       const failure = randomRun(seed, 60, { restarts: false });
       expect(failure, failure ?? "").toBeNull();
     }
   });
 
-  it("keep the mutex and fencing rules when runners restart and miss dispatches (500 seeded runs)", () => {
+  it("keep the mutex, fencing, cancel and abandon rules when runners restart and miss dispatches and the object restarts from storage (500 seeded runs)", () => {
     for (let seed = 1001; seed <= 1500; seed++) {
       const failure = randomRun(seed, 60, { restarts: true });
       expect(failure, failure ?? "").toBeNull();
@@ -1213,10 +1410,42 @@ describe("randomized event sequences", () => {
     // Hand the checker a state where a shared waiter sits behind nothing: it must complain.
     const state = emptyState();
     start(state, "s1", { mode: "shared" });
-    const history: History = { granted: new Set(["s1"]), lastGrantedSeq: new Map([[MUTEX, 1]]), lastFence: 0, inserted: new Map(), completed: new Set() };
+    const history: History = { ...newHistory(), granted: new Set(["s1"]), lastGrantedSeq: new Map([[MUTEX, 1]]) };
     state.mutexes.get(MUTEX)!.queue.push({ ticket: "ghost", mode: "shared" });
     const problems = violations(state, { type: "tick", now: T0 }, { changes: [], effects: [] }, history);
     expect(problems).toContain(`${MUTEX}: head waiter ghost is compatible with the holders but waits`);
     expect(problems).toContain(`${MUTEX}: waiter ghost is not an active script`);
+  });
+
+  it("can detect an abandon that keeps the mutex, grants nobody and lets the ticket be dispatched again", () => {
+    // A fake decision for abandoning a running script: it completes it but leaves it holding the mutex
+    // over a waiter, and then dispatches it afresh.
+    const state = emptyState();
+    state.machineId = "m1";
+    connect(state, "r1");
+    start(state, "a");
+    start(state, "b");
+    const history = newHistory();
+    history.inserted.set("a", { queueSeq: 1, mutexName: MUTEX });
+    history.inserted.set("b", { queueSeq: 2, mutexName: MUTEX });
+    history.granted.add("a");
+    history.lastGrantedSeq.set(MUTEX, 1);
+    history.lastFence = 1;
+    const before = copyState(state);
+    state.scripts.delete("a");
+    const decision: Decision = {
+      changes: [
+        { type: "completed", ticket: "a", reason: { kind: "abandoned" }, at: T0 },
+        { type: "dispatched", ticket: "a", fence: 2, runnerId: "r1", startedAt: T0 },
+      ],
+      effects: [{ type: "dispatch", ticket: "a", fence: 2 }],
+    };
+    state.nextFence = 3;
+    const problems = violations(state, { type: "abandon", ticket: "a", killProcess: false, now: T0 }, decision, history, before);
+    expect(problems).toContain("a dispatched again after it completed (abandoned)");
+    expect(problems).toContain(`a completed (abandoned) but still holds or waits for ${MUTEX}`);
+    expect(problems).toContain("abandoned a still holds RunningScript");
+    expect(problems).toContain("abandoned a got the contract line 0 times");
+    expect(problems).toContain('abandon of a granted [], expected ["b"]');
   });
 });

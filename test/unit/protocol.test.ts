@@ -107,6 +107,7 @@ describe("parseRunnerMessage: valid frames", () => {
     ["exit with cancelled", { ...exitMessage, outcome: { kind: "cancelled", signals: ["SIGTERM", "SIGKILL"] } }],
     ["exit with cancelled and no signals", { ...exitMessage, outcome: { kind: "cancelled", signals: [] } }],
     ["exit with lineCount 0", { ...exitMessage, lineCount: 0 }],
+    ["abandoned_exit", { type: "abandoned_exit", ticket: "t1", fence: 3, pid: 4242 }],
   ])("accepts %s and returns it unchanged", (_name, message) => {
     expect(runner(message)).toEqual({ ok: true, message });
   });
@@ -414,6 +415,7 @@ const welcome = {
     { ticket: "t3", fence: 5, action: "abandon", nextSequence: 1 },
     { ticket: "t4", fence: 6, action: "forget", nextSequence: 2 },
   ],
+  watch: [{ ticket: "t0", fence: 2, pid: 4242 }],
 };
 const dispatch = {
   type: "dispatch",
@@ -437,6 +439,7 @@ describe("parseControlMessage: valid frames", () => {
   it.each([
     ["welcome", welcome],
     ["welcome with nothing to resume", { ...welcome, resume: [] }],
+    ["welcome with nothing to watch", { ...welcome, watch: [] }],
     ["dispatch", dispatch],
     ["dispatch for pwsh with no files", withValue(dispatch, "script", { scriptBody: "", shell: "pwsh", arguments: [], environment: {}, files: [] })],
     ["ack", ack],
@@ -502,6 +505,8 @@ describe("parseControlMessage: malformed frames", () => {
     ["an extra field in a resume entry", withValue(welcome, "resume.1.pid", 3), 'resume.1: Unrecognized key: "pid"'],
     ["a resume entry with fence 0", withValue(welcome, "resume.2.fence", 0), "resume.2.fence: "],
     ["a resume entry with a negative nextSequence", withValue(welcome, "resume.0.nextSequence", -1), "resume.0.nextSequence: "],
+    ["a watch entry with pid 0", withValue(welcome, "watch.0.pid", 0), "watch.0.pid: "],
+    ["an extra field in a watch entry", withValue(welcome, "watch.0.extra", 1), 'watch.0: Unrecognized key: "extra"'],
     ["heartbeatMs 0", withValue(welcome, "heartbeatMs", 0), "heartbeatMs: "],
     ["a non-integer heartbeatMs", withValue(welcome, "heartbeatMs", 2.5), "heartbeatMs: "],
     ["an extra field in the script payload", withValue(dispatch, "script.isolation", "full"), 'script: Unrecognized key: "isolation"'],

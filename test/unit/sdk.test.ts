@@ -4,10 +4,10 @@
  */
 import { createServer, type IncomingHttpHeaders, type Server, type ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
-import { afterEach, describe, expect, it } from "vitest";
+import { afterEach, describe, expect, it, vi } from "vitest";
 import type { LogLine, ScriptStatus } from "../../shared/api.js";
 import { TendrilApiError, TendrilNetworkError, TendrilProtocolError } from "../../client/errors.js";
-import { TendrilClient, type ScriptEvent } from "../../client/sdk.js";
+import { DEFAULTS, TendrilClient, type EscalationEvent, type ScriptEvent } from "../../client/sdk.js";
 
 /** One request as the fake control plane saw it. */
 interface SeenRequest {
@@ -463,7 +463,8 @@ describe("TendrilClient.executeScript", () => {
 
     const outcome = await client.executeScript("web-01", { scriptBody: "echo hello" }, { onLog: (line) => lines.push(line.text) });
 
-    expect(outcome).toMatchObject({ created: true, exitCode: 0 });
+    expect(outcome).toMatchObject({ created: true, exitCode: 0, outcome: "completed" });
+    expect(outcome.status).toEqual(status({ ticket: "t1", state: "complete", exitCode: 0, nextLogSequence: 1 }));
     expect(outcome.ticket).toMatch(/^[0-9a-f-]{36}$/);
     expect(lines).toEqual(["hello"]);
     expect(JSON.parse(server.requests[0]?.body ?? "")).toEqual({ scriptBody: "echo hello", ticket: outcome.ticket });
@@ -471,7 +472,7 @@ describe("TendrilClient.executeScript", () => {
     expect(server.requests[2]?.url).toBe(`/api/v1/machines/web-01/scripts/${outcome.ticket}?logSequence=1`);
   });
 
-  it("cancels when the cancel signal aborts and abandons when the abandon signal aborts", async () => {
+  it("abandons at once when the abandon signal aborts, without reading the machine's capabilities", async () => {
     let stream: ServerResponse | undefined;
     const server = await fakeControlPlane((request, response) => {
       if (request.url.endsWith("/scripts")) json(response, 201, status({ state: "running" }));
@@ -497,7 +498,7 @@ describe("TendrilClient.executeScript", () => {
       "web-01",
       { ticket: "deploy-1", scriptBody: "sleep 1000" },
       {
-        cancelSignal: cancel.signal,
+        signal: cancel.signal,
         abandonSignal: abandon.signal,
         abandonAfterMs: 5_000,
         killProcessOnAbandon: true,
@@ -506,12 +507,19 @@ describe("TendrilClient.executeScript", () => {
       },
     );
 
-    expect(outcome).toEqual({ ticket: "deploy-1", created: true, exitCode: -48 });
-    const escalations = server.requests.filter((r) => r.url.endsWith("/cancel") || r.url.endsWith("/abandon"));
+    expect(outcome).toEqual({
+      ticket: "deploy-1",
+      created: true,
+      exitCode: -48,
+      outcome: "abandoned",
+      status: status({ state: "complete", exitCode: -48, nextLogSequence: 2 }),
+    });
+    const escalations = server.requests.filter((r) => r.method === "POST" && !r.url.endsWith("/scripts"));
     expect(escalations.map((r) => [r.url, JSON.parse(r.body)])).toEqual([
       ["/api/v1/machines/web-01/scripts/deploy-1/cancel", { abandonAfterMs: 5_000 }],
       ["/api/v1/machines/web-01/scripts/deploy-1/abandon", { killProcess: true }],
     ]);
+    expect(server.requests.some((r) => r.url === "/api/v1/machines/web-01")).toBe(false);
   });
 
   it("returns the result with the delete error when deleting the completed script fails", async () => {
@@ -528,5 +536,259 @@ describe("TendrilClient.executeScript", () => {
 
     expect(outcome).toMatchObject({ ticket: "t1", created: false, exitCode: 2 });
     expect(outcome.deleteError).toMatchObject({ code: "not_complete" });
+  });
+});
+
+/** A fake control plane running one script, `deploy-1` on `web-01`, whose stream stays open until `finish`. */
+interface RunningScript {
+  server: FakeControlPlane;
+  /** Completes the script: the open stream sends its final status and ends. */
+  finish(exitCode: number): void;
+  /** The calls the escalation made (cancel, machine view, abandon), as `METHOD path`. */
+  escalations(): string[];
+  /** The body of the first request to a path ending with `suffix`. */
+  bodyOf(suffix: string): unknown;
+}
+
+/**
+ * `capabilities` is what the machine view says its runner supports; `onCancel` is what the "runner"
+ * does with a cancel: nothing (a process that will not die) or complete the script with an exit code.
+ */
+async function runningScript(options: { capabilities: string[]; onCancel: "ignore" | { exitCode: number } }): Promise<RunningScript> {
+  let stream: ServerResponse | undefined;
+  let finalExitCode: number | undefined;
+  const finish = (exitCode: number) => {
+    if (finalExitCode !== undefined) return;
+    finalExitCode = exitCode;
+    stream?.end(statusEvent(exitCode, 1));
+  };
+  const complete = () => status({ ticket: "deploy-1", state: "complete", exitCode: finalExitCode ?? null, nextLogSequence: 1 });
+  const server = await fakeControlPlane((request, response) => {
+    if (request.method === "POST" && request.url.endsWith("/scripts")) {
+      json(response, 201, status({ ticket: "deploy-1", state: "running" }));
+    } else if (request.url.includes("/stream")) {
+      stream = response;
+      openEventStream(response);
+      response.write(logEvent(logLine(0, "working")));
+    } else if (request.url.endsWith("/cancel")) {
+      json(response, 200, status({ ticket: "deploy-1", state: "running" }));
+      const onCancel = options.onCancel;
+      if (onCancel !== "ignore") setTimeout(() => finish(onCancel.exitCode), 20);
+    } else if (request.url === "/api/v1/machines/web-01") {
+      json(response, 200, {
+        machineId: "web-01",
+        runner: { connected: true, version: "0.1.0", connectedAt: null, lastSeenAt: null, capabilities: options.capabilities },
+        mutexes: [],
+        scripts: [],
+        abandoned: [],
+      });
+    } else if (request.url.endsWith("/abandon")) {
+      finish(-48);
+      json(response, 200, complete());
+    } else if (request.method === "DELETE") {
+      json(response, 200, complete());
+    } else {
+      json(response, 404, { error: { code: "not_found", message: `No route ${request.method} ${request.url}.` } });
+    }
+  });
+  const isEscalation = (r: SeenRequest) => r.url.endsWith("/cancel") || r.url.endsWith("/abandon") || r.url === "/api/v1/machines/web-01";
+  return {
+    server,
+    finish,
+    escalations: () => server.requests.filter(isEscalation).map((r) => `${r.method} ${r.url}`),
+    bodyOf: (suffix) => JSON.parse(server.requests.find((r) => r.url.endsWith(suffix))?.body ?? "null"),
+  };
+}
+
+const CANCEL = "POST /api/v1/machines/web-01/scripts/deploy-1/cancel";
+const MACHINE = "GET /api/v1/machines/web-01";
+const ABANDON = "POST /api/v1/machines/web-01/scripts/deploy-1/abandon";
+
+describe("TendrilClient.executeScript escalation", () => {
+  it("sends the cancel when its signal aborts, with the control plane's own deadline in the body", async () => {
+    const script = await runningScript({ capabilities: ["script.v1", "script.abandon"], onCancel: { exitCode: -43 } });
+    const client = new TendrilClient({ url: script.server.url, serverToken: token });
+    const stop = new AbortController();
+    const events: EscalationEvent[] = [];
+
+    const result = await client.executeScript(
+      "web-01",
+      { ticket: "deploy-1", scriptBody: "sleep 1000" },
+      { signal: stop.signal, abandonAfterMs: 120_000, onLog: () => stop.abort(), onEscalation: (event) => events.push(event) },
+    );
+
+    expect(script.escalations()).toEqual([CANCEL]);
+    expect(script.bodyOf("/cancel")).toEqual({ abandonAfterMs: 120_000 });
+    expect(events).toEqual([{ type: "cancel_sent", status: status({ ticket: "deploy-1", state: "running" }) }]);
+    expect(result).toMatchObject({ exitCode: -43, outcome: "cancelled", status: { state: "complete", exitCode: -43 } });
+  });
+
+  it("abandons a script still not complete abandonAfterCancelMs after the cancel when the runner advertises script.abandon", async () => {
+    const script = await runningScript({ capabilities: ["script.v1", "script.abandon"], onCancel: "ignore" });
+    const client = new TendrilClient({ url: script.server.url, serverToken: token });
+    const stop = new AbortController();
+    const events: EscalationEvent[] = [];
+
+    const result = await client.executeScript(
+      "web-01",
+      { ticket: "deploy-1", scriptBody: "trap '' TERM; sleep 1000" },
+      {
+        signal: stop.signal,
+        abandonAfterCancelMs: 100,
+        killProcessOnAbandon: true,
+        onLog: () => stop.abort(),
+        onEscalation: (event) => events.push(event),
+      },
+    );
+
+    expect(script.escalations()).toEqual([CANCEL, MACHINE, ABANDON]);
+    expect(script.bodyOf("/cancel")).toEqual({});
+    expect(script.bodyOf("/abandon")).toEqual({ killProcess: true });
+    expect(events.map((event) => (event.type === "abandon_sent" ? `${event.type}:${event.trigger}` : event.type))).toEqual([
+      "cancel_sent",
+      "abandon_sent:deadline",
+    ]);
+    expect(result).toEqual({
+      ticket: "deploy-1",
+      created: true,
+      exitCode: -48,
+      outcome: "abandoned",
+      status: status({ ticket: "deploy-1", state: "complete", exitCode: -48, nextLogSequence: 1 }),
+    });
+  });
+
+  it("does not abandon a script that completes before the threshold, and reports it cancelled", async () => {
+    const script = await runningScript({ capabilities: ["script.v1", "script.abandon"], onCancel: { exitCode: -43 } });
+    const client = new TendrilClient({ url: script.server.url, serverToken: token });
+    const stop = new AbortController();
+
+    const result = await client.executeScript(
+      "web-01",
+      { ticket: "deploy-1", scriptBody: "sleep 1000" },
+      { signal: stop.signal, abandonAfterCancelMs: 200, onLog: () => stop.abort() },
+    );
+    await new Promise((resolve) => setTimeout(resolve, 300)); // past the threshold: nothing may follow
+
+    expect(result).toMatchObject({ exitCode: -43, outcome: "cancelled" });
+    expect(script.escalations()).toEqual([CANCEL]);
+  });
+
+  it("reports a cancelled script that had already exited with its own exit code", async () => {
+    const script = await runningScript({ capabilities: ["script.v1", "script.abandon"], onCancel: { exitCode: 0 } });
+    const client = new TendrilClient({ url: script.server.url, serverToken: token });
+    const stop = new AbortController();
+
+    const result = await client.executeScript(
+      "web-01",
+      { ticket: "deploy-1", scriptBody: "true" },
+      { signal: stop.signal, onLog: () => stop.abort() },
+    );
+
+    expect(result).toMatchObject({ exitCode: 0, outcome: "cancelled" });
+  });
+
+  it("does not abandon when the runner does not advertise script.abandon: it reports that and keeps following", async () => {
+    const script = await runningScript({ capabilities: ["script.v1"], onCancel: "ignore" });
+    const client = new TendrilClient({ url: script.server.url, serverToken: token });
+    const stop = new AbortController();
+    const events: EscalationEvent[] = [];
+
+    const result = await client.executeScript(
+      "web-01",
+      { ticket: "deploy-1", scriptBody: "trap '' TERM; sleep 1000" },
+      {
+        signal: stop.signal,
+        abandonAfterCancelMs: 50,
+        onLog: () => stop.abort(),
+        onEscalation: (event) => {
+          events.push(event);
+          // The process dies in the end (e.g. the runner's SIGKILL after its grace period).
+          if (event.type === "abandon_unavailable") setTimeout(() => script.finish(-43), 100);
+        },
+      },
+    );
+
+    expect(script.escalations()).toEqual([CANCEL, MACHINE]);
+    expect(events.at(-1)).toEqual({
+      type: "abandon_unavailable",
+      runner: { connected: true, version: "0.1.0", connectedAt: null, lastSeenAt: null, capabilities: ["script.v1"] },
+    });
+    expect(result).toMatchObject({ exitCode: -43, outcome: "cancelled" });
+  });
+
+  it("reports a failed machine read as an abandon error and keeps following", async () => {
+    const script = await runningScript({ capabilities: ["script.v1", "script.abandon"], onCancel: "ignore" });
+    const client = new TendrilClient({ url: script.server.url, serverToken: token });
+    const stop = new AbortController();
+    const errors: Array<[string, unknown]> = [];
+
+    const result = await client.executeScript(
+      "other-machine", // the fake knows only web-01, so the machine view answers 404
+      { ticket: "deploy-1", scriptBody: "sleep 1000" },
+      {
+        signal: stop.signal,
+        abandonAfterCancelMs: 50,
+        onLog: () => stop.abort(),
+        onEscalationError: (action, error) => {
+          errors.push([action, error]);
+          script.finish(-43);
+        },
+      },
+    );
+
+    expect(errors).toHaveLength(1);
+    expect(errors[0]?.[0]).toBe("abandon");
+    expect(errors[0]?.[1]).toBeInstanceOf(TendrilApiError);
+    expect(result).toMatchObject({ exitCode: -43, outcome: "cancelled" });
+  });
+
+  it("ends with outcome completed and sends nothing when its signal never aborts", async () => {
+    const script = await runningScript({ capabilities: ["script.v1", "script.abandon"], onCancel: "ignore" });
+    const client = new TendrilClient({ url: script.server.url, serverToken: token });
+    const stop = new AbortController();
+
+    const result = await client.executeScript(
+      "web-01",
+      { ticket: "deploy-1", scriptBody: "exit 3" },
+      { signal: stop.signal, abandonAfterCancelMs: 10, onLog: () => script.finish(3) },
+    );
+    stop.abort(); // after completion: ignored
+
+    expect(result).toMatchObject({ exitCode: 3, outcome: "completed", status: { state: "complete", exitCode: 3 } });
+    expect(script.escalations()).toEqual([]);
+  });
+
+  it("clears the abandon timer once the script completes, so that no timer keeps the process alive", async () => {
+    const script = await runningScript({ capabilities: ["script.v1", "script.abandon"], onCancel: { exitCode: -43 } });
+    const client = new TendrilClient({ url: script.server.url, serverToken: token });
+    const stop = new AbortController();
+    const setTimeoutSpy = vi.spyOn(globalThis, "setTimeout");
+    const clearTimeoutSpy = vi.spyOn(globalThis, "clearTimeout");
+    try {
+      await client.executeScript(
+        "web-01",
+        { ticket: "deploy-1", scriptBody: "sleep 1000" },
+        { signal: stop.signal, onLog: () => stop.abort() },
+      );
+
+      const escalationTimers = setTimeoutSpy.mock.calls
+        .map((call, index) => ({ delay: call[1], timer: setTimeoutSpy.mock.results[index]?.value }))
+        .filter((call) => call.delay === DEFAULTS.abandonAfterCancelMs);
+      expect(escalationTimers).toHaveLength(1);
+      expect(clearTimeoutSpy.mock.calls.map((call) => call[0])).toContain(escalationTimers[0]?.timer);
+    } finally {
+      setTimeoutSpy.mockRestore();
+      clearTimeoutSpy.mockRestore();
+    }
+  });
+
+  it("rejects a negative abandonAfterCancelMs before starting anything", async () => {
+    const script = await runningScript({ capabilities: [], onCancel: "ignore" });
+    const client = new TendrilClient({ url: script.server.url, serverToken: token });
+
+    await expect(
+      client.executeScript("web-01", { ticket: "deploy-1", scriptBody: "true" }, { abandonAfterCancelMs: -1 }),
+    ).rejects.toBeInstanceOf(RangeError);
+    expect(script.server.requests).toHaveLength(0);
   });
 });

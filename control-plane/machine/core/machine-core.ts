@@ -6,7 +6,9 @@
  * Script lifecycle:
  *   pending (waiting for its mutex) ─grant→ pending (granted, waiting for a runner) ─dispatch→ running
  *   ─exit→ complete. A waiting script may time out (-44); a running script whose runner restarted
- *   completes as lost (-46). Completed scripts leave the core; their rows stay in storage.
+ *   completes as lost (-46). Cancel completes a pending script at once (-43) and asks the runner to stop
+ *   a running one; abandon completes a running script at once (-48) and releases its mutex, whatever the
+ *   runner does. Completed scripts leave the core; their rows stay in storage.
  */
 import type { CompletionReason } from "../../../shared/exit-codes.js";
 import { isIdle, leaveMutex, newMutex, requestMutex, type LockMode, type MutexState } from "./mutex.js";
@@ -30,10 +32,16 @@ export interface ActiveScript {
   /** The runner process the script was dispatched to. */
   runnerId: string | null;
   startedAt: number | null;
+  /** A cancel was requested while it ran; sent again to a reconnecting runner. */
+  cancelRequested: boolean;
+  /** Epoch ms at which a cancelled script that still runs is abandoned; null = never. */
+  abandonDeadline: number | null;
 }
 
 /** Everything the core decides over. */
 export interface MachineState {
+  /** Named in the abandon log line. */
+  machineId: string;
   scripts: Map<string, ActiveScript>;
   mutexes: Map<string, MutexState>;
   /** The connected runner that completed its handshake, if any. */
@@ -68,6 +76,8 @@ export type MachineEvent =
   | { type: "runner_connected"; runnerId: string; inventory: InventoryEntry[]; now: number }
   | { type: "runner_disconnected"; now: number }
   | { type: "exited"; ticket: string; fence: number; reason: CompletionReason; now: number }
+  | { type: "cancel"; ticket: string; abandonAfterMs: number | null; now: number }
+  | { type: "abandon"; ticket: string; killProcess: boolean; now: number }
   | { type: "tick"; now: number };
 
 /** What to persist. */
@@ -76,12 +86,17 @@ export type Change =
   | { type: "granted"; ticket: string }
   | { type: "dispatched"; ticket: string; fence: number; runnerId: string; startedAt: number }
   | { type: "completed"; ticket: string; reason: CompletionReason; at: number }
+  | { type: "cancel_requested"; ticket: string; abandonDeadline: number | null }
+  /** A running dispatch was abandoned: its process may live on and is listed until the runner reports it gone. */
+  | { type: "abandoned"; ticket: string; fence: number; at: number }
   | { type: "log"; ticket: string; text: string; at: number };
 
 /** What to do outside storage. */
 export type Effect =
   | { type: "dispatch"; ticket: string; fence: number }
   | { type: "resume"; decisions: ResumeDecision[] }
+  | { type: "cancel"; ticket: string; fence: number }
+  | { type: "abandon"; ticket: string; fence: number; killProcess: boolean }
   | { type: "notify"; ticket: string };
 
 /** The result of one event. */
@@ -92,15 +107,17 @@ export interface Decision {
 
 /** Creates an empty machine state. */
 export function emptyState(): MachineState {
-  return { scripts: new Map(), mutexes: new Map(), runner: null, nextFence: 1, nextQueueSeq: 1 };
+  return { machineId: "", scripts: new Map(), mutexes: new Map(), runner: null, nextFence: 1, nextQueueSeq: 1 };
 }
 
 /** Rebuilds the state from stored active scripts (in any order) and counters. */
 export function restoreState(
+  machineId: string,
   scripts: ActiveScript[],
   counters: { nextFence: number; nextQueueSeq: number },
 ): MachineState {
   const state = emptyState();
+  state.machineId = machineId;
   state.nextFence = counters.nextFence;
   state.nextQueueSeq = counters.nextQueueSeq;
   const ordered = [...scripts].sort((a, b) => a.queueSeq - b.queueSeq);
@@ -117,8 +134,8 @@ export function restoreState(
 export function nextDeadline(state: MachineState): number | null {
   let earliest: number | null = null;
   for (const script of state.scripts.values()) {
-    if (script.granted || script.mutexDeadline === null) continue;
-    if (earliest === null || script.mutexDeadline < earliest) earliest = script.mutexDeadline;
+    const due = script.granted ? (script.state === "running" ? script.abandonDeadline : null) : script.mutexDeadline;
+    if (due !== null && (earliest === null || due < earliest)) earliest = due;
   }
   return earliest;
 }
@@ -144,8 +161,14 @@ export function handle(state: MachineState, event: MachineEvent): Decision {
       }
       break;
     }
+    case "cancel":
+      cancel(state, event.ticket, event.abandonAfterMs, event.now, out);
+      break;
+    case "abandon":
+      abandon(state, event.ticket, event.killProcess, event.now, out);
+      break;
     case "tick":
-      expireWaiters(state, event.now, out);
+      serveDeadlines(state, event.now, out);
       break;
     default: {
       const unreachable: never = event;
@@ -178,6 +201,8 @@ function start(state: MachineState, input: NewScript, now: number, out: Decision
     fence: null,
     runnerId: null,
     startedAt: null,
+    cancelRequested: false,
+    abandonDeadline: null,
   };
   state.scripts.set(script.ticket, script);
   out.changes.push({ type: "insert", script: { ...script } });
@@ -250,8 +275,16 @@ function runnerConnected(state: MachineState, runnerId: string, inventory: Inven
   const running = [...state.scripts.values()].filter((s) => s.state === "running").sort((a, b) => a.queueSeq - b.queueSeq);
   for (const script of running) {
     const entry = listed.get(script.ticket);
-    if (entry && entry.fence === script.fence) continue;
-    if (script.runnerId === runnerId) {
+    if (entry && entry.fence === script.fence) {
+      // A cancel sent while the runner was away (or lost with the old connection) is sent again.
+      if (script.cancelRequested) out.effects.push({ type: "cancel", ticket: script.ticket, fence: script.fence });
+      continue;
+    }
+    if (script.runnerId === runnerId && script.cancelRequested) {
+      // It never reached the runner and was cancelled meanwhile: it must not run now.
+      out.changes.push({ type: "log", ticket: script.ticket, text: "Cancelled before it ran; the script never started.", at: now });
+      complete(state, script, { kind: "cancelled" }, now, out);
+    } else if (script.runnerId === runnerId) {
       // The same runner process never received this dispatch (it would list it): send it again.
       dispatch(state, script, runnerId, now, out);
     } else {
@@ -269,23 +302,95 @@ function runnerConnected(state: MachineState, runnerId: string, inventory: Inven
   }
 }
 
-function expireWaiters(state: MachineState, now: number, out: Decision): void {
-  const expired = [...state.scripts.values()]
-    .filter((s) => !s.granted && s.mutexDeadline !== null && s.mutexDeadline <= now)
-    .sort((a, b) => a.mutexDeadline! - b.mutexDeadline! || a.queueSeq - b.queueSeq);
-  for (const script of expired) {
-    // An earlier expiry in this tick may have let this one through (or completed it): then it no longer waits.
-    if (script.granted || !state.scripts.has(script.ticket)) continue;
-    const mutex = state.mutexes.get(script.mutexName);
-    const waitedMs = now - script.createdAt;
-    out.changes.push({
-      type: "log",
-      ticket: script.ticket,
-      text: `Timed out after ${waitedMs} ms waiting for the mutex "${script.mutexName}"${mutex ? `; ${describeBlockers(state, mutex, script)}` : ""}.`,
-      at: now,
-    });
-    complete(state, script, { kind: "mutex_timeout" }, now, out);
+/** The honest line every abandoned script's log gets (the contract's wording). */
+export function abandonedLine(machineId: string): string {
+  return `The control plane has abandoned this script. The underlying process may still be running on machine ${machineId}.`;
+}
+
+function cancel(state: MachineState, ticket: string, abandonAfterMs: number | null, now: number, out: Decision): void {
+  const script = state.scripts.get(ticket);
+  if (!script) return; // complete (or unknown): a cancel changes nothing
+  if (script.state === "pending") {
+    out.changes.push({ type: "log", ticket, text: "Cancelled before it ran; the script never started.", at: now });
+    complete(state, script, { kind: "cancelled" }, now, out);
+    return;
   }
+  const deadline = abandonAfterMs === null ? null : now + abandonAfterMs;
+  const firstCancel = !script.cancelRequested;
+  const earlier = deadline !== null && (script.abandonDeadline === null || deadline < script.abandonDeadline);
+  if (firstCancel || earlier) {
+    script.cancelRequested = true;
+    if (earlier) script.abandonDeadline = deadline;
+    out.changes.push({ type: "cancel_requested", ticket, abandonDeadline: script.abandonDeadline });
+  }
+  if (firstCancel) {
+    const escalation = deadline === null ? "" : ` It will be abandoned if it is still running after ${abandonAfterMs} ms.`;
+    out.changes.push({ type: "log", ticket, text: `Cancellation requested; asking the runner to stop the process tree.${escalation}`, at: now });
+  }
+  // Sent again on every cancel: harmless for the runner, and it recovers a cancel lost with a connection.
+  if (state.runner) out.effects.push({ type: "cancel", ticket, fence: script.fence! });
+}
+
+function abandon(state: MachineState, ticket: string, killProcess: boolean, now: number, out: Decision): void {
+  const script = state.scripts.get(ticket);
+  if (!script) return; // complete: its real result stands
+  if (script.state === "pending") {
+    out.changes.push({ type: "log", ticket, text: "Abandoned before it ran; the script never started.", at: now });
+    complete(state, script, { kind: "cancelled" }, now, out);
+    return;
+  }
+  abandonRunning(state, script, killProcess, now, out);
+}
+
+/** Completes a running script as abandoned: the mutex is released now, whatever its process does. */
+function abandonRunning(state: MachineState, script: ActiveScript, killProcess: boolean, now: number, out: Decision): void {
+  const fence = script.fence!;
+  out.changes.push({ type: "log", ticket: script.ticket, text: abandonedLine(state.machineId), at: now });
+  out.changes.push({ type: "abandoned", ticket: script.ticket, fence, at: now });
+  if (state.runner) out.effects.push({ type: "abandon", ticket: script.ticket, fence, killProcess });
+  complete(state, script, { kind: "abandoned" }, now, out);
+}
+
+/**
+ * Serves every deadline that has passed, in the order they fell due, as if each had been served on
+ * time: an abandon that fell due first can grant a waiter whose own timeout came later.
+ */
+function serveDeadlines(state: MachineState, now: number, out: Decision): void {
+  const due: Array<{ at: number; script: ActiveScript; kind: "abandon" | "timeout" }> = [];
+  for (const script of state.scripts.values()) {
+    if (!script.granted && script.mutexDeadline !== null && script.mutexDeadline <= now) {
+      due.push({ at: script.mutexDeadline, script, kind: "timeout" });
+    } else if (script.state === "running" && script.abandonDeadline !== null && script.abandonDeadline <= now) {
+      due.push({ at: script.abandonDeadline, script, kind: "abandon" });
+    }
+  }
+  due.sort((a, b) => a.at - b.at || a.script.queueSeq - b.script.queueSeq);
+  for (const { script, kind } of due) {
+    // An earlier deadline in this tick may have completed this script or granted it the mutex.
+    if (!state.scripts.has(script.ticket)) continue;
+    if (kind === "timeout" && !script.granted) timeOut(state, script, now, out);
+    if (kind === "abandon" && script.state === "running") {
+      out.changes.push({
+        type: "log",
+        ticket: script.ticket,
+        text: "The script was still running when the abandon deadline set by its cancel passed; abandoning it.",
+        at: now,
+      });
+      abandonRunning(state, script, false, now, out);
+    }
+  }
+}
+
+function timeOut(state: MachineState, script: ActiveScript, now: number, out: Decision): void {
+  const mutex = state.mutexes.get(script.mutexName);
+  const waitedMs = now - script.createdAt;
+  out.changes.push({
+    type: "log",
+    ticket: script.ticket,
+    text: `Timed out after ${waitedMs} ms waiting for the mutex "${script.mutexName}"${mutex ? `; ${describeBlockers(state, mutex, script)}` : ""}.`,
+    at: now,
+  });
+  complete(state, script, { kind: "mutex_timeout" }, now, out);
 }
 
 const NAMED = 5;

@@ -1,0 +1,48 @@
+/** Parsers of command-line values; each throws commander's InvalidArgumentError with what is accepted. */
+import { InvalidArgumentError } from "commander";
+import { isMachineId, isTicket } from "../../shared/ids.js";
+import { parseDuration } from "../durations.js";
+import { describeError } from "./output.js";
+
+/** What a machine id may contain, for error messages. */
+export const MACHINE_ID_RULE = "use 1-64 characters of A-Z, a-z, 0-9, '.', '_' or '-'";
+
+/** A TCP port, 0–65535. */
+export function parsePort(value: string): number {
+  const port = Number(value);
+  if (!/^\d+$/.test(value) || port > 65_535) throw new InvalidArgumentError("expected a port number from 0 to 65535.");
+  return port;
+}
+
+/** A duration such as `30s` or `2m`, in milliseconds. */
+export function parseDurationArg(value: string): number {
+  try {
+    return parseDuration(value);
+  } catch (error) {
+    throw new InvalidArgumentError(describeError(error));
+  }
+}
+
+/** A machine id (API.md, "Machines"). */
+export function parseMachineIdArg(value: string): string {
+  if (!isMachineId(value)) throw new InvalidArgumentError(`invalid machine id: ${MACHINE_ID_RULE}.`);
+  return value;
+}
+
+/** A script ticket. */
+export function parseTicketArg(value: string): string {
+  if (!isTicket(value)) throw new InvalidArgumentError("invalid ticket: use 1-128 characters of A-Z, a-z, 0-9, '.', '_' or '-'.");
+  return value;
+}
+
+/** One repeatable `--env NAME=VALUE`, collected into a record. */
+export function collectEnvArg(value: string, previous: Record<string, string> | undefined): Record<string, string> {
+  const equals = value.indexOf("=");
+  if (equals <= 0) throw new InvalidArgumentError("expected NAME=VALUE.");
+  return { ...previous, [value.slice(0, equals)]: value.slice(equals + 1) };
+}
+
+/** An environment value, trimmed; undefined when absent or blank. */
+export function nonEmpty(value: string | undefined): string | undefined {
+  return value === undefined || value.trim() === "" ? undefined : value.trim();
+}

@@ -1,0 +1,69 @@
+/** `tendril runner`: one runner process serving one machine. */
+import { resolve } from "node:path";
+import { setTimeout as delay } from "node:timers/promises";
+import { isMachineId } from "../../../shared/ids.js";
+import { LOCAL_DIR } from "../../local-config.js";
+import { MACHINE_ID_RULE, nonEmpty } from "../args.js";
+import { DEFAULTS } from "../defaults.js";
+import { CLI_EXIT } from "../exit-codes.js";
+import { oneLine } from "../output.js";
+import { Shutdown } from "../signals.js";
+
+/** Flags of `tendril runner` (each also read from the environment). */
+export interface RunnerFlags {
+  url?: string;
+  machine?: string;
+  token?: string;
+  workDir?: string;
+  killGrace?: number;
+}
+
+/** `tendril runner`: one runner until SIGINT/SIGTERM (exit 0) or a fatal stop (exit 3). */
+export async function runRunner(flags: RunnerFlags): Promise<number> {
+  const shutdown = new Shutdown();
+  const env = process.env;
+  const url = flags.url ?? nonEmpty(env.TENDRIL_URL);
+  const machineId = flags.machine ?? nonEmpty(env.TENDRIL_MACHINE);
+  const token = flags.token ?? nonEmpty(env.TENDRIL_RUNNER_TOKEN);
+  const workDir = resolve(flags.workDir ?? nonEmpty(env.TENDRIL_WORK_DIR) ?? `${LOCAL_DIR}/work`);
+  const missing = [
+    url === undefined ? "--url (or TENDRIL_URL)" : undefined,
+    machineId === undefined ? "--machine (or TENDRIL_MACHINE)" : undefined,
+    token === undefined ? "--token (or TENDRIL_RUNNER_TOKEN)" : undefined,
+  ].filter((item) => item !== undefined);
+  if (url === undefined || machineId === undefined || token === undefined) {
+    throw new Error(`the runner needs ${missing.join(", ")}; get a token with \`tendril register <machine>\``);
+  }
+  if (!/^https?:\/\//i.test(url)) throw new Error(`invalid --url ${JSON.stringify(url)}: it must start with http:// or https://`);
+  if (!isMachineId(machineId)) throw new Error(`invalid machine id ${JSON.stringify(machineId)}: ${MACHINE_ID_RULE}`);
+
+  // The runner itself prints the UNSAFE warning when kill is disabled.
+  const disableKill = env.TENDRIL_UNSAFE_DISABLE_PROCESS_KILL === "1";
+
+  let reportFatal: (message: string) => void = () => undefined;
+  const fatal = new Promise<string>((resolveFatal) => (reportFatal = resolveFatal));
+  // Loaded lazily (a chunk of its own in dist/) so that the other commands start without it.
+  const { startRunner } = await import("../../../runner/index.js");
+  const runner = await startRunner({
+    url,
+    machineId,
+    token,
+    workDir,
+    killGraceMs: flags.killGrace,
+    disableKill,
+    onFatal: (message: string) => reportFatal(message),
+  });
+  process.stdout.write(`runner ${runner.runnerId} serving machine ${machineId} from ${url} (work dir ${workDir})\n`);
+
+  const outcome = await Promise.race([
+    shutdown.signal.then(() => ({ fatal: undefined })),
+    fatal.then((message) => ({ fatal: message })),
+  ]);
+  if (outcome.fatal !== undefined) {
+    process.stderr.write(`error: the runner stopped for good: ${oneLine(outcome.fatal)}\n`);
+    await Promise.race([runner.stop().catch(() => undefined), delay(DEFAULTS.runnerFatalStopMs)]);
+    return CLI_EXIT.runnerFatal;
+  }
+  await runner.stop();
+  return CLI_EXIT.ok;
+}
