@@ -23,6 +23,15 @@ export function parseDurationArg(value: string): number {
   }
 }
 
+/** A size in bytes: a plain number or one with a KiB/MiB/GiB suffix. */
+export function parseBytesArg(value: string): number {
+  const match = /^(\d+)\s*(b|kib|mib|gib)?$/i.exec(value.trim());
+  const units: Record<string, number> = { b: 1, kib: 1024, mib: 1024 ** 2, gib: 1024 ** 3 };
+  const bytes = match ? Number(match[1]) * units[(match[2] ?? "b").toLowerCase()]! : NaN;
+  if (!Number.isSafeInteger(bytes) || bytes <= 0) throw new InvalidArgumentError("expected a size such as 1048576, 512KiB, 100MiB or 1GiB.");
+  return bytes;
+}
+
 /** A machine id (API.md, "Machines"). */
 export function parseMachineIdArg(value: string): string {
   if (!isMachineId(value)) throw new InvalidArgumentError(`invalid machine id: ${MACHINE_ID_RULE}.`);

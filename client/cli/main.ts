@@ -8,7 +8,7 @@
 import { Command, CommanderError, Option } from "commander";
 import packageJson from "../../package.json" with { type: "json" };
 import { LOCAL_DIR } from "../local-config.js";
-import { collectEnvArg, parseDurationArg, parseMachineIdArg, parsePort, parseTicketArg } from "./args.js";
+import { collectEnvArg, parseBytesArg, parseDurationArg, parseMachineIdArg, parsePort, parseTicketArg } from "./args.js";
 import { abandon } from "./commands/abandon.js";
 import { cancel } from "./commands/cancel.js";
 import { runControlPlane } from "./commands/control-plane.js";
@@ -90,10 +90,13 @@ function buildProgram(argv: string[], result: { code: number }): Command {
     .option("--host <host>", "address to listen on", DEFAULTS.host)
     .option("--server-token <token>", "server token (env TENDRIL_SERVER_TOKEN; generated and printed when absent)")
     .option("--state-dir <dir>", "where the persisted state lives", `${LOCAL_DIR}/state`)
+    .option("--retention <duration>", "how long completed scripts the server never deleted are kept (default 7d)", parseDurationArg)
+    .option("--max-output <size>", "most output stored per script; later output is dropped with a note (default 100MiB)", parseBytesArg)
     .addHelpText(
       "after",
       examples([
         "tendril control-plane --port 8787 --server-token s3cret --state-dir .tendril/state",
+        "tendril control-plane --port 0 --retention 2d --max-output 10MiB",
         "TENDRIL_SERVER_TOKEN=s3cret tendril control-plane --port 0",
       ]),
     )

@@ -16,6 +16,10 @@ export interface LocalControlPlaneOptions {
   serverToken: string;
   /** Folder for persisted Durable Object state. */
   stateDir: string;
+  /** How long completed scripts the server never deleted are kept, in ms (the Worker's default: 7 days). */
+  retentionMs?: number;
+  /** Most output stored per script, in bytes (the Worker's default: 100 MiB). */
+  maxOutputBytes?: number;
 }
 
 /** A running local control plane. */
@@ -63,7 +67,11 @@ export async function startLocalControlPlane(options: LocalControlPlaneOptions):
       MACHINE: { className: "MachineObject", useSQLite: true },
       REGISTRY: { className: "RegistryObject", useSQLite: true },
     },
-    bindings: { SERVER_TOKEN: options.serverToken },
+    bindings: {
+      SERVER_TOKEN: options.serverToken,
+      ...(options.retentionMs === undefined ? {} : { SCRIPT_RETENTION_MS: String(options.retentionMs) }),
+      ...(options.maxOutputBytes === undefined ? {} : { MAX_SCRIPT_OUTPUT_BYTES: String(options.maxOutputBytes) }),
+    },
     durableObjectsPersist: persist,
     host: options.host ?? "127.0.0.1",
     port: options.port,

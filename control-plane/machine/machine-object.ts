@@ -17,10 +17,11 @@ import {
   parseRunnerMessage,
   type ControlMessage,
   type Outcome,
+  type OutputLine,
   type RunnerMessage,
 } from "../../shared/protocol.js";
 import { constantTimeEqual, randomToken, sha256Hex } from "../crypto.js";
-import type { Env } from "../env.js";
+import { machineLimits, type Env, type MachineLimits } from "../env.js";
 import {
   emptyState,
   handle,
@@ -37,6 +38,10 @@ import * as db from "./storage.js";
 
 /** How often runners are told to send a heartbeat ping. */
 const HEARTBEAT_MS = 10_000;
+/** A runner socket with no ping and no message for this long is dead (half-open) and is closed. */
+const DEAD_AFTER_MS = 25_000;
+/** Expired scripts pruned per alarm, so that one alarm stays short. */
+const PRUNE_BATCH = 200;
 /** The tag every runner socket carries. */
 const RUNNER_TAG = "runner";
 
@@ -88,10 +93,14 @@ export class MachineObject extends DurableObject<Env> {
   private runnerInfo: RunnerInfo | null = null;
   private readonly attachments = new WeakMap<WebSocket, SocketAttachment>();
   private readonly waiters = new Map<string, Set<() => void>>();
+  private readonly limits: MachineLimits;
+  /** When the runner socket is next checked for life; null while no runner is connected. */
+  private heartbeatCheckAt: number | null = null;
 
   constructor(ctx: DurableObjectState, env: Env) {
     super(ctx, env);
     this.sql = ctx.storage.sql;
+    this.limits = machineLimits(env);
     // Heartbeats are answered by the runtime without waking the object.
     ctx.setWebSocketAutoResponse(new WebSocketRequestResponsePair(HEARTBEAT_PING, HEARTBEAT_PONG));
     void ctx.blockConcurrencyWhile(async () => {
@@ -120,6 +129,7 @@ export class MachineObject extends DurableObject<Env> {
     }
     if (this.runnerSocket && this.runnerInfo) {
       this.state.runner = { runnerId: this.runnerInfo.runnerId };
+      this.heartbeatCheckAt = Date.now() + DEAD_AFTER_MS;
     } else if (current) {
       // The socket did not survive (the object was restarted): the runner will reconnect.
       db.deleteMeta(this.sql, "current_connection");
@@ -153,11 +163,7 @@ export class MachineObject extends DurableObject<Env> {
     if (!this.registered()) return unknownMachine(machineId);
     const info = this.runnerInfo;
     const connected = this.runnerSocket !== null;
-    let lastSeen = info?.lastMessageAt ?? null;
-    if (this.runnerSocket) {
-      const pinged = this.ctx.getWebSocketAutoResponseTimestamp(this.runnerSocket)?.getTime() ?? null;
-      if (pinged !== null && (lastSeen === null || pinged > lastSeen)) lastSeen = pinged;
-    }
+    const lastSeen = this.runnerSocket ? this.lastSeen(this.runnerSocket) : (info?.lastMessageAt ?? null);
     const mutexes: MutexView[] = [...this.state.mutexes.values()]
       .map((m) => ({ name: m.name, mode: heldMode(m), holders: [...m.holders.keys()], waiting: m.queue.map((w) => w.ticket) }))
       .sort((a, b) => a.name.localeCompare(b.name));
@@ -356,8 +362,10 @@ export class MachineObject extends DurableObject<Env> {
         }
       }
     }
-    db.setMeta(this.sql, "next_fence", String(this.state.nextFence));
-    db.setMeta(this.sql, "next_queue_seq", String(this.state.nextQueueSeq));
+    if (decision.changes.length > 0) {
+      db.setMeta(this.sql, "next_fence", String(this.state.nextFence));
+      db.setMeta(this.sql, "next_queue_seq", String(this.state.nextQueueSeq));
+    }
     for (const effect of decision.effects) {
       switch (effect.type) {
         case "dispatch":
@@ -404,20 +412,61 @@ export class MachineObject extends DurableObject<Env> {
     this.sendRaw(`{"type":"dispatch","ticket":${JSON.stringify(ticket)},"fence":${fence},"script":${payloadJson}}`);
   }
 
-  /** Keeps the single alarm at the earliest deadline. */
+  /**
+   * Keeps the single alarm at the earliest deadline: the core's (mutex timeouts, abandon after cancel),
+   * the runner's liveness check, and the retention of completed scripts.
+   */
   private scheduleAlarm(): void {
-    const due = nextDeadline(this.state);
+    const oldest = db.oldestCompletion(this.sql);
+    const candidates = [nextDeadline(this.state), this.heartbeatCheckAt, oldest === null ? null : oldest + this.limits.retentionMs];
+    let due: number | null = null;
+    for (const at of candidates) if (at !== null && (due === null || at < due)) due = at;
     if (due === this.alarmAt) return;
     this.alarmAt = due;
     if (due === null) void this.ctx.storage.deleteAlarm();
     else void this.ctx.storage.setAlarm(due);
   }
 
-  /** Every deadline: mutex timeouts and abandon-after-cancel. Each due action is idempotent, so a repeated alarm is harmless. */
+  /** Every deadline. Each due action is idempotent, so a repeated or early alarm is harmless. */
   override async alarm(): Promise<void> {
     if (!this.registered()) return;
     this.alarmAt = null;
-    this.run({ type: "tick", now: Date.now() });
+    const now = Date.now();
+    this.checkRunnerAlive(now);
+    this.pruneExpired(now);
+    this.run({ type: "tick", now });
+  }
+
+  /** Closes a runner socket that has been silent too long (a half-open connection), so that it reconnects. */
+  private checkRunnerAlive(now: number): void {
+    const ws = this.runnerSocket;
+    if (!ws) {
+      this.heartbeatCheckAt = null;
+      return;
+    }
+    const lastSeen = this.lastSeen(ws);
+    if (now - lastSeen >= DEAD_AFTER_MS) {
+      this.closeSocket(ws, CloseCode.HeartbeatTimeout, `no heartbeat for ${now - lastSeen} ms`);
+      this.heartbeatCheckAt = null;
+    } else {
+      this.heartbeatCheckAt = lastSeen + DEAD_AFTER_MS;
+    }
+  }
+
+  /** The last sign of life on a runner socket: a heartbeat ping, a message, or the connection itself. */
+  private lastSeen(ws: WebSocket): number {
+    const pinged = this.ctx.getWebSocketAutoResponseTimestamp(ws)?.getTime() ?? 0;
+    const attachment = this.attachment(ws);
+    return Math.max(pinged, this.runnerInfo?.lastMessageAt ?? 0, attachment?.connectedAt ?? 0);
+  }
+
+  /** Deletes completed scripts the server never deleted once they are older than the retention. */
+  private pruneExpired(now: number): void {
+    for (const ticket of db.expiredScripts(this.sql, now - this.limits.retentionMs, PRUNE_BATCH)) {
+      db.deleteScript(this.sql, ticket);
+      this.send({ type: "delete_workspace", ticket });
+      this.notify(ticket);
+    }
   }
 
   // ---------------------------------------------------------------- runner socket
@@ -498,6 +547,7 @@ export class MachineObject extends DurableObject<Env> {
   private forgetSocket(ws: WebSocket): void {
     if (ws !== this.runnerSocket) return;
     this.runnerSocket = null;
+    this.heartbeatCheckAt = null;
     db.deleteMeta(this.sql, "current_connection");
     if (this.runnerInfo) db.setMeta(this.sql, "runner_info", JSON.stringify(this.runnerInfo));
     this.run({ type: "runner_disconnected", now: Date.now() });
@@ -520,6 +570,7 @@ export class MachineObject extends DurableObject<Env> {
     this.runnerInfo = { runnerId: hello.runnerId, version: hello.version, capabilities: hello.capabilities, connectedAt: now, lastMessageAt: now };
     db.setMeta(this.sql, "current_connection", attachment.connectionId);
     db.setMeta(this.sql, "runner_info", JSON.stringify(this.runnerInfo));
+    this.heartbeatCheckAt = now + DEAD_AFTER_MS;
     const inventory: InventoryEntry[] = hello.inventory.map((item) => {
       const row = this.state.scripts.has(item.ticket) ? null : db.getScript(this.sql, item.ticket);
       let stored: InventoryEntry["stored"] = "none";
@@ -550,10 +601,34 @@ export class MachineObject extends DurableObject<Env> {
     }
     const fresh = message.lines.slice(row.runner_next - message.sequence);
     if (fresh.length > 0) {
-      db.appendLogs(this.sql, message.ticket, fresh, fresh.length);
+      db.appendLogs(this.sql, message.ticket, this.withinOutputCap(row, fresh), fresh.length);
       this.notify(message.ticket);
     }
     this.send({ type: "ack", ticket: message.ticket, fence: message.fence, nextSequence: row.runner_next + fresh.length });
+  }
+
+  /**
+   * The part of `lines` that still fits under the per-script output cap. Past the cap, lines are counted
+   * (so the runner can forget them) but not stored, and one debug line says so.
+   */
+  private withinOutputCap(row: db.ScriptRow, lines: OutputLine[]): db.NewLogLine[] {
+    if (row.output_truncated) return [];
+    let bytes = row.log_bytes;
+    const kept: db.NewLogLine[] = [];
+    for (const line of lines) {
+      bytes += line.text.length;
+      if (bytes > this.limits.maxOutputBytes) {
+        db.markOutputTruncated(this.sql, row.ticket);
+        kept.push({
+          source: "debug",
+          text: `Output truncated: this script wrote more than ${this.limits.maxOutputBytes} bytes; later output is not stored.`,
+          occurred: line.occurred,
+        });
+        return kept;
+      }
+      kept.push(line);
+    }
+    return kept;
   }
 
   private onExit(ws: WebSocket, message: Extract<RunnerMessage, { type: "exit" }>): void {

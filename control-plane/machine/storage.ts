@@ -55,6 +55,11 @@ const MIGRATIONS: string[][] = [
        PRIMARY KEY (ticket, fence)
      )`,
   ],
+  [
+    `ALTER TABLE scripts ADD COLUMN log_bytes INTEGER NOT NULL DEFAULT 0`,
+    `ALTER TABLE scripts ADD COLUMN output_truncated INTEGER NOT NULL DEFAULT 0`,
+    `CREATE INDEX scripts_completed ON scripts (completed_at) WHERE state = 'complete'`,
+  ],
 ];
 
 /** Payloads are split into parts so that no row passes SQLite's 2 MB limit. */
@@ -124,6 +129,8 @@ export type ScriptRow = {
   runner_next: number;
   cancel_requested: number;
   abandon_deadline: number | null;
+  log_bytes: number;
+  output_truncated: number;
 };
 
 /** One script row, or null. */
@@ -250,6 +257,25 @@ export function markCompleted(sql: SqlStorage, ticket: string, exitCode: number,
   sql.exec("DELETE FROM payload_parts WHERE ticket = ?", ticket);
 }
 
+/** Marks a script's stored output as cut at the output cap. */
+export function markOutputTruncated(sql: SqlStorage, ticket: string): void {
+  sql.exec("UPDATE scripts SET output_truncated = 1 WHERE ticket = ?", ticket);
+}
+
+/** When the oldest completed script falls out of retention, or null when none is complete. */
+export function oldestCompletion(sql: SqlStorage): number | null {
+  const row = sql.exec<{ at: number | null }>("SELECT MIN(completed_at) AS at FROM scripts WHERE state = 'complete'").one();
+  return row.at;
+}
+
+/** Completed scripts that finished at or before `cutoff`, oldest first, at most `limit`. */
+export function expiredScripts(sql: SqlStorage, cutoff: number, limit: number): string[] {
+  return sql
+    .exec<{ ticket: string }>("SELECT ticket FROM scripts WHERE state = 'complete' AND completed_at <= ? ORDER BY completed_at LIMIT ?", cutoff, limit)
+    .toArray()
+    .map((row) => row.ticket);
+}
+
 /** Deletes a script and everything stored for it. */
 export function deleteScript(sql: SqlStorage, ticket: string): void {
   sql.exec("DELETE FROM scripts WHERE ticket = ?", ticket);
@@ -271,6 +297,8 @@ type StoredLine = [LogSource, string, string];
  * `runner_next` by `runnerLines` (how many of them came from the runner). Returns the new `log_next`.
  */
 export function appendLogs(sql: SqlStorage, ticket: string, lines: NewLogLine[], runnerLines: number): number {
+  let bytes = 0;
+  for (const line of lines) bytes += line.text.length;
   const row = sql.exec<{ log_next: number }>("SELECT log_next FROM scripts WHERE ticket = ?", ticket).toArray()[0];
   if (!row) return 0;
   let next = row.log_next;
@@ -299,7 +327,13 @@ export function appendLogs(sql: SqlStorage, ticket: string, lines: NewLogLine[],
     next += 1;
   }
   flush();
-  sql.exec("UPDATE scripts SET log_next = ?, runner_next = runner_next + ? WHERE ticket = ?", next, runnerLines, ticket);
+  sql.exec(
+    "UPDATE scripts SET log_next = ?, runner_next = runner_next + ?, log_bytes = log_bytes + ? WHERE ticket = ?",
+    next,
+    runnerLines,
+    bytes,
+    ticket,
+  );
   return next;
 }
 

@@ -17,7 +17,9 @@ export interface TestControlPlane {
 }
 
 /** Starts a control plane on a free loopback port, optionally on an existing state folder. */
-export async function startControlPlane(options: { stateDir?: string; serverToken?: string; port?: number } = {}): Promise<TestControlPlane> {
+export async function startControlPlane(
+  options: { stateDir?: string; serverToken?: string; port?: number; args?: string[] } = {},
+): Promise<TestControlPlane> {
   const stateDir = options.stateDir ?? mkdtempSync(join(tmpdir(), "tendril-cp-"));
   const serverToken = options.serverToken ?? randomBytes(24).toString("base64url");
   const proc = startTendril([
@@ -28,6 +30,7 @@ export async function startControlPlane(options: { stateDir?: string; serverToke
     serverToken,
     "--state-dir",
     stateDir,
+    ...(options.args ?? []),
   ]);
   let url: string;
   try {

@@ -27,7 +27,7 @@ export interface Fixture {
 }
 
 /** Sets up the fixture for the current test file. */
-export function useControlPlane(): Fixture {
+export function useControlPlane(options: { args?: string[] } = {}): Fixture {
   const runners: TestRunner[] = [];
   let counter = 0;
   const fixture: Fixture = {
@@ -58,7 +58,7 @@ export function useControlPlane(): Fixture {
   };
   beforeAll(async () => {
     fixture.scratch = mkdtempSync(join(tmpdir(), "tendril-scratch-"));
-    fixture.cp = await startControlPlane();
+    fixture.cp = await startControlPlane({ args: options.args ?? [] });
   });
   afterAll(async () => {
     await Promise.all(runners.map((r) => r.stop()));

@@ -12,6 +12,10 @@ export interface ControlPlaneFlags {
   host: string;
   serverToken?: string;
   stateDir: string;
+  /** Retention of completed scripts, in ms. */
+  retention?: number;
+  /** Output cap per script, in bytes. */
+  maxOutput?: number;
 }
 
 /** `tendril control-plane`: the local control plane alone, until SIGINT/SIGTERM. */
@@ -26,6 +30,8 @@ export async function runControlPlane(flags: ControlPlaneFlags): Promise<number>
     host: flags.host,
     serverToken,
     stateDir: resolve(flags.stateDir),
+    ...(flags.retention === undefined ? {} : { retentionMs: flags.retention }),
+    ...(flags.maxOutput === undefined ? {} : { maxOutputBytes: flags.maxOutput }),
   }).catch((error: unknown) => {
     throw new Error(`could not start the control plane on ${flags.host}:${flags.port}: ${describeError(error)}`);
   });
