@@ -25,7 +25,8 @@ export function invalid(message: string): ApiError {
 
 /**
  * Reads a JSON body of at most `maxBytes`. `optional` bodies may be empty (then `undefined`).
- * Over the limit: 413 `too_large`; not UTF-8 or not JSON: 400 `invalid_request`.
+ * Over the limit: 413 `too_large`; not declared as `application/json`: 415 `unsupported_media_type`;
+ * not UTF-8 or not JSON: 400 `invalid_request`.
  */
 export async function readJsonBody(c: Context, maxBytes: number, optional = false): Promise<unknown> {
   const bytes = await readBounded(c.req.raw, maxBytes);
@@ -33,6 +34,10 @@ export async function readJsonBody(c: Context, maxBytes: number, optional = fals
   if (bytes.byteLength === 0) {
     if (optional) return undefined;
     throw invalid("The request needs a JSON body.");
+  }
+  const mediaType = (c.req.header("content-type") ?? "").split(";")[0]!.trim().toLowerCase();
+  if (mediaType !== "application/json") {
+    throw new ApiError(415, "unsupported_media_type", "The request body must be JSON, sent with content-type: application/json.");
   }
   let text: string;
   try {

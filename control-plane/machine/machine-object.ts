@@ -104,11 +104,13 @@ export class MachineObject extends DurableObject<Env> {
     // Heartbeats are answered by the runtime without waking the object.
     ctx.setWebSocketAutoResponse(new WebSocketRequestResponsePair(HEARTBEAT_PING, HEARTBEAT_PONG));
     void ctx.blockConcurrencyWhile(async () => {
+      this.alarmAt = await ctx.storage.getAlarm();
       if (db.isInitialized(this.sql)) {
         db.migrate(this.sql);
         this.load();
+        // Re-arm from storage: every deadline lives in SQLite, so the alarm can always be rebuilt.
+        this.scheduleAlarm();
       }
-      this.alarmAt = await ctx.storage.getAlarm();
     });
   }
 
