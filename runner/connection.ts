@@ -17,11 +17,14 @@ import {
   type RunnerMessage,
 } from "../shared/protocol.js";
 import type { RunnerOptions } from "./options.js";
+import { displayUrl } from "./redact.js";
 
 /** What the connection needs from a WebSocket. */
 export interface RunnerSocket {
-  /** Sends a text frame; only called while open. */
+  /** Sends a text frame; only called while open. `written` is reported once it has been handed to the OS. */
   send(data: string): void;
+  /** Bytes queued for sending that the OS has not taken yet. */
+  readonly bufferedAmount: number;
   /** Starts the closing handshake. */
   close(code: number, reason: string): void;
   /** Drops the connection at once; `close` is still reported. */
@@ -35,6 +38,8 @@ export interface RunnerSocketEvents {
   message(data: string | ArrayBuffer): void;
   /** A control frame (WebSocket ping or pong): proof of life that carries no message. */
   activity(): void;
+  /** A frame this side sent has been handed to the OS: the send buffer may have room again. */
+  written(): void;
   /** The server answered the upgrade with this HTTP status instead of 101; `close` follows. */
   unexpectedResponse(status: number): void;
   error(error: Error): void;
@@ -75,8 +80,13 @@ export const wsSocketFactory: SocketFactory = (settings, events) => {
   });
   ws.on("error", (error) => events.error(error));
   ws.on("close", (code, reason) => events.close(code, reason.toString("utf8")));
+  // One callback for every frame; an error (the socket closed first) is reported by `close` anyway.
+  const written = () => events.written();
   return {
-    send: (data) => ws.send(data),
+    send: (data) => ws.send(data, written),
+    get bufferedAmount() {
+      return ws.bufferedAmount;
+    },
     close: (code, reason) => ws.close(code, reason),
     terminate: () => ws.terminate(),
   };
@@ -97,12 +107,14 @@ export interface ConnectionHandlers {
   lost(): void;
   /** Close code 4000 or 4001: this runner must stop. The connection has already stopped. */
   ended(reason: EndReason): void;
+  /** `sendBulk` refused a frame because the send buffer was full; it has drained since: send more now. */
+  writable(): void;
 }
 
 /** The options the connection uses. */
 export type ConnectionOptions = Pick<
   RunnerOptions,
-  "url" | "machineId" | "token" | "heartbeatMs" | "deadAfterMs" | "reconnectBaseMs" | "reconnectMaxMs" | "logger"
+  "url" | "machineId" | "token" | "heartbeatMs" | "deadAfterMs" | "reconnectBaseMs" | "reconnectMaxMs" | "maxSocketBufferBytes" | "logger"
 > & {
   /** Opens sockets; default `ws`. */
   socketFactory?: SocketFactory;
@@ -149,11 +161,17 @@ interface Attempt {
   lastError?: Error;
   heartbeat?: NodeJS.Timeout;
   deadline?: NodeJS.Timeout;
+  /** When the welcome arrived. */
+  welcomedAt?: number;
+  /** `sendBulk` refused a frame for a full send buffer; `writable` is due once it drains. */
+  congested?: boolean;
 }
 
 /** Keeps one socket to the control plane open until stopped. */
 export class Connection {
   private readonly url: string;
+  /** `url` as log lines show it (no user name or password). */
+  private readonly shownUrl: string;
   private readonly factory: SocketFactory;
   private readonly random: () => number;
   private current: Attempt | undefined;
@@ -167,6 +185,7 @@ export class Connection {
     private readonly handlers: ConnectionHandlers,
   ) {
     this.url = runnerSocketUrl(options.url, options.machineId);
+    this.shownUrl = displayUrl(this.url);
     this.factory = options.socketFactory ?? wsSocketFactory;
     this.random = options.random ?? Math.random;
   }
@@ -182,11 +201,32 @@ export class Connection {
     this.connect();
   }
 
+  /** Bytes the current socket has queued and the OS has not taken yet (0 without a socket). */
+  get bufferedAmount(): number {
+    const attempt = this.current;
+    return attempt === undefined || attempt.state === "connecting" ? 0 : attempt.socket.bufferedAmount;
+  }
+
   /** Sends a message; false when it cannot go now (no socket, or not `hello` before the welcome). */
   send(message: RunnerMessage): boolean {
     const attempt = this.current;
     if (attempt === undefined || attempt.state === "connecting" || attempt.state === "closing") return false;
     if (message.type !== "hello" && attempt.state !== "welcomed") return false;
+    return this.sendRaw(attempt, JSON.stringify(message));
+  }
+
+  /**
+   * Sends a bulk message (output) only while the socket's send buffer holds less than `maxSocketBufferBytes`:
+   * `ws` queues without limit, so a slow peer would otherwise make the runner hold every frame in memory.
+   * False when it cannot go now; after a refusal for a full buffer, `writable` follows once it drained to half.
+   */
+  sendBulk(message: RunnerMessage): boolean {
+    const attempt = this.current;
+    if (attempt === undefined || attempt.state !== "welcomed") return false;
+    if (attempt.socket.bufferedAmount >= this.options.maxSocketBufferBytes) {
+      attempt.congested = true;
+      return false;
+    }
     return this.sendRaw(attempt, JSON.stringify(message));
   }
 
@@ -219,9 +259,10 @@ export class Connection {
       open: ifCurrent((a) => this.onOpen(a)),
       message: ifCurrent((a, data: string | ArrayBuffer) => this.onMessage(a, data)),
       activity: ifCurrent((a) => this.markAlive(a)),
+      written: ifCurrent((a) => this.onWritten(a)),
       unexpectedResponse: ifCurrent((a, status: number) => {
         // 401/404 will not fix themselves soon: retry slowly. Anything else (a 502 during a deploy) is transient.
-        a.refusal = { message: refusalText(status, this.url, this.options.machineId), retryAtMax: status === 401 || status === 404 };
+        a.refusal = { message: refusalText(status, this.shownUrl, this.options.machineId), retryAtMax: status === 401 || status === 404 };
       }),
       error: ifCurrent((a, error: Error) => {
         a.lastError = error;
@@ -234,14 +275,14 @@ export class Connection {
       attempt = { socket, state: "connecting" };
       this.current = attempt;
     } catch (error) {
-      this.options.logger.error(`Could not open a WebSocket to ${this.url}: ${describe(error)}`);
+      this.options.logger.error(`Could not open a WebSocket to ${this.shownUrl}: ${describe(error)}`);
       this.scheduleReconnect(this.options.reconnectMaxMs);
     }
   }
 
   private onOpen(attempt: Attempt): void {
     attempt.state = "open";
-    this.options.logger.info(`Connected to ${this.url}; waiting for the welcome.`);
+    this.options.logger.info(`Connected to ${this.shownUrl}; waiting for the welcome.`);
     this.startHeartbeat(attempt, this.options.heartbeatMs);
     this.markAlive(attempt);
     this.handlers.opened();
@@ -268,12 +309,12 @@ export class Connection {
         this.options.logger.error(
           `Closing the connection: the control plane speaks protocol ${message.protocol}, this runner speaks ${PROTOCOL_VERSION}. Update the runner or the control plane.`,
         );
-        attempt.refusal = { message: `The control plane at ${this.url} does not speak protocol ${PROTOCOL_VERSION}.`, retryAtMax: true };
+        attempt.refusal = { message: `The control plane at ${this.shownUrl} does not speak protocol ${PROTOCOL_VERSION}.`, retryAtMax: true };
         this.closeAttempt(attempt, CloseCode.UnsupportedProtocol, "unsupported protocol version");
         return;
       }
       attempt.state = "welcomed";
-      this.failures = 0;
+      attempt.welcomedAt = Date.now();
       // Ping at least as often as the control plane asks.
       if (message.heartbeatMs < this.options.heartbeatMs) this.startHeartbeat(attempt, message.heartbeatMs);
       this.options.logger.info(`Welcomed by the control plane as machine ${message.machineId} (connection ${message.connectionId}).`);
@@ -299,8 +340,18 @@ export class Connection {
     }
   }
 
+  private onWritten(attempt: Attempt): void {
+    if (!attempt.congested || attempt.state !== "welcomed") return;
+    if (attempt.socket.bufferedAmount > this.options.maxSocketBufferBytes / 2) return;
+    attempt.congested = false;
+    this.handlers.writable();
+  }
+
   private onClose(attempt: Attempt, code: number, reason: string): void {
     const wasOpen = attempt.state !== "connecting";
+    // The backoff starts over only after a connection that lasted: one that the control plane welcomes and
+    // then closes at once (say for a protocol disagreement) must not turn into a tight reconnect loop.
+    if (attempt.welcomedAt !== undefined && Date.now() - attempt.welcomedAt >= this.options.reconnectMaxMs) this.failures = 0;
     this.stopTimers(attempt);
     this.current = undefined;
     for (const resolve of this.closedWaiters.splice(0)) resolve();
@@ -325,7 +376,7 @@ export class Connection {
     }
     const delay = this.nextBackoff();
     const why = wasOpen ? `closed (${code}${reason ? ` ${reason}` : ""})` : `failed (${attempt.lastError?.message ?? `code ${code}`})`;
-    this.options.logger.warn(`The connection to ${this.url} ${why}; reconnecting in ${delay} ms.`);
+    this.options.logger.warn(`The connection to ${this.shownUrl} ${why}; reconnecting in ${delay} ms.`);
     this.scheduleReconnect(delay);
   }
 

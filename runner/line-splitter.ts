@@ -35,6 +35,11 @@ export class LineSplitter {
     if (!Number.isInteger(maxLineBytes) || maxLineBytes < 4) throw new RangeError("maxLineBytes must be an integer >= 4");
   }
 
+  /** Bytes of the unfinished current line held here: never more than `maxLineBytes` + 1. */
+  get bufferedBytes(): number {
+    return this.pendingBytes;
+  }
+
   /** Adds a chunk and returns the lines it completed, in order. */
   push(chunk: Buffer | string): string[] {
     const bytes = typeof chunk === "string" ? Buffer.from(chunk, "utf8") : chunk;

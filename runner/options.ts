@@ -32,6 +32,14 @@ export interface RunnerOptions {
   reconnectBaseMs: number;
   /** Largest reconnect delay; also the delay after the control plane refused the upgrade (401/404). */
   reconnectMaxMs: number;
+  /** Backpressure, per script: once this much of its output (estimated frame bytes: text plus 64 per line) waits
+   *  for the control plane's acknowledgement, the runner stops reading the script's pipes, so the script blocks on
+   *  its next write instead of the runner's memory growing; reading resumes once acknowledgements bring it to half.
+   *  It holds while disconnected too. At most half of it is sent ahead of the acknowledgements. */
+  maxUnackedBytes: number;
+  /** Output frames wait while the WebSocket's own send buffer holds this many bytes (`ws` would queue without
+   *  limit); they go on once it has drained to half. Small frames (started, exit, heartbeats) are never held back. */
+  maxSocketBufferBytes: number;
   /** UNSAFE: turns every kill into a no-op, for tests that need a process that cannot be killed. */
   disableKill: boolean;
   /** The runner version reported in `hello`. */
@@ -77,6 +85,8 @@ export const RUNNER_DEFAULTS: Omit<RunnerOptions, keyof RequiredRunnerOptions> =
   pipeDrainMs: 2_000,
   reconnectBaseMs: 200,
   reconnectMaxMs: 10_000,
+  maxUnackedBytes: 8 * 1024 * 1024,
+  maxSocketBufferBytes: 4 * 1024 * 1024,
   disableKill: false,
   version: packageVersion(),
   logger: stderrLogger,
@@ -97,6 +107,9 @@ export function resolveRunnerOptions(input: RunnerInput): RunnerOptions {
       Number.isFinite(options[name]) && options[name] >= 0 ? undefined : `${name} must be a number >= 0`,
     ),
     options.heartbeatMs > 0 ? undefined : "heartbeatMs must be > 0",
+    ...(["maxUnackedBytes", "maxSocketBufferBytes"] as const).map((name) =>
+      Number.isSafeInteger(options[name]) && options[name] >= 1024 ? undefined : `${name} must be an integer >= 1024`,
+    ),
     options.deadAfterMs > options.heartbeatMs ? undefined : "deadAfterMs must be longer than heartbeatMs",
   ].filter((problem) => problem !== undefined);
   if (problems.length > 0) throw new Error(`Invalid runner options: ${problems.join("; ")}.`);

@@ -4,6 +4,14 @@
  * Every line gets the next sequence number (stdout, stderr and the runner's `debug` lines share one sequence,
  * in the order they were added). Lines are handed to an injected `send` callback in batches and kept until the
  * control plane acknowledges them, so a reconnect can send exactly the lines it is missing.
+ *
+ * Memory stays bounded by two limits, both counted in estimated frame bytes (a line's text plus
+ * `LINE_OVERHEAD_BYTES`, so a flood of empty lines counts too):
+ * - **held**: every unacknowledged line. Above `maxUnackedBytes` the spool calls `pressure(true)` (the runner
+ *   stops reading the process's pipes, so the process blocks on its next write); once acknowledgements bring it
+ *   to half of that, `pressure(false)`.
+ * - **in flight**: lines sent and not yet acknowledged. At most `maxInFlightBytes` go out ahead of the
+ *   acknowledgements, also when a reconnect resends a backlog; the rest follows as acknowledgements come back.
  */
 import type { OutputLine } from "../shared/protocol.js";
 
@@ -13,10 +21,10 @@ export interface OutputBatch {
   lines: OutputLine[];
 }
 
-/** Hands a batch to the transport; returns false when it could not be sent (disconnected). */
+/** Hands a batch to the transport; returns false when it cannot take it now (disconnected, or its buffer is full). */
 export type SendBatch = (batch: OutputBatch) => boolean;
 
-/** Limits of one batch, and when to send without waiting for the end of the current tick. */
+/** Limits of one batch, of what is held and in flight, and where pressure is reported. */
 export interface OutputSpoolOptions {
   /** Receives each batch. */
   send: SendBatch;
@@ -24,37 +32,83 @@ export interface OutputSpoolOptions {
   maxBatchChars?: number;
   /** A batch is closed once it holds this many lines. */
   maxBatchLines?: number;
+  /** High-water mark of unacknowledged output (estimated bytes): above it, `pressure(true)`; at half, `pressure(false)`. */
+  maxUnackedBytes?: number;
+  /** At most this much output (estimated bytes) is sent ahead of the acknowledgements; default half of `maxUnackedBytes`. */
+  maxInFlightBytes?: number;
+  /** Told when reading should stop (true: too much is unacknowledged) and when it may go on again (false). */
+  pressure?: (paused: boolean) => void;
 }
 
-/** Default batch limits: 64 KiB of text or 5,000 lines. */
-export const SPOOL_DEFAULTS = { maxBatchChars: 64 * 1024, maxBatchLines: 5_000 } as const;
+/** Default limits: batches of 64 KiB of text or 5,000 lines; 8 MiB held before the process is made to wait. */
+export const SPOOL_DEFAULTS = { maxBatchChars: 64 * 1024, maxBatchLines: 5_000, maxUnackedBytes: 8 * 1024 * 1024 } as const;
+
+/** What a line costs beyond its text: its source, timestamp and JSON punctuation in a frame (and its object here). */
+export const LINE_OVERHEAD_BYTES = 64;
+
+/** The estimated size of a line: what it takes in a frame, roughly what it takes in memory. */
+export function lineBytes(line: OutputLine): number {
+  return line.text.length + LINE_OVERHEAD_BYTES;
+}
+
+/** Where one spool stands; numbers for logs, tests and the runner's stats. */
+export interface SpoolStats {
+  /** Estimated bytes of every unacknowledged line. */
+  heldBytes: number;
+  /** The most `heldBytes` ever was. */
+  peakHeldBytes: number;
+  /** How many lines are unacknowledged. */
+  heldLines: number;
+  /** Estimated bytes sent and not yet acknowledged. */
+  inFlightBytes: number;
+  /** True while the spool asks for reading to stop. */
+  paused: boolean;
+  /** The next line's sequence (how many lines were ever added). */
+  nextSequence: number;
+  /** The first unacknowledged line's sequence. */
+  firstUnacknowledged: number;
+}
+
+/** Below this many dropped lines the array is not compacted (compaction is amortised over many acks). */
+const COMPACT_AFTER = 1024;
 
 /** Numbers, batches and keeps one script's output until it is acknowledged. */
 export class OutputSpool {
   private readonly send: SendBatch;
   private readonly maxBatchChars: number;
   private readonly maxBatchLines: number;
-  /** Unacknowledged lines; `lines[0]` has sequence `base`. */
+  private readonly maxUnackedBytes: number;
+  private readonly maxInFlightBytes: number;
+  private readonly pressure: (paused: boolean) => void;
+  /** Unacknowledged lines from `lines[head]`, which has sequence `base`; the entries before `head` are spent. */
   private lines: OutputLine[] = [];
+  private head = 0;
   private base = 0;
   /** Lines below this sequence were handed to `send` (on this connection or an earlier one). */
   private sentUpTo = 0;
-  /** Characters of text in the lines at and above `sentUpTo`. */
-  private unsentChars = 0;
+  /** Estimated bytes of the lines at and above `base`. */
+  private held = 0;
+  private peakHeld = 0;
+  /** Estimated bytes of the lines from `base` up to `sentUpTo`. */
+  private inFlight = 0;
   private scheduled: NodeJS.Immediate | undefined;
-  /** The transport refused a batch: stop trying on every new line until `resendFrom` (after a reconnect). */
+  /** The transport refused a batch: stop trying on every new line until the next `flush` or `resendFrom`. */
   private blocked = false;
+  private paused = false;
   private disposed = false;
 
   constructor(options: OutputSpoolOptions) {
     this.send = options.send;
     this.maxBatchChars = options.maxBatchChars ?? SPOOL_DEFAULTS.maxBatchChars;
     this.maxBatchLines = options.maxBatchLines ?? SPOOL_DEFAULTS.maxBatchLines;
+    this.maxUnackedBytes = options.maxUnackedBytes ?? SPOOL_DEFAULTS.maxUnackedBytes;
+    this.maxInFlightBytes = options.maxInFlightBytes ?? Math.max(1, Math.floor(this.maxUnackedBytes / 2));
+    this.pressure = options.pressure ?? (() => undefined);
   }
 
   /** How many lines were ever added (the next line's sequence; the `lineCount` of an exit). */
   get nextSequence(): number {
-    return this.base + this.lines.length;
+    return this.base + this.lines.length - this.head;
   }
 
   /** The sequence of the first line the control plane has not acknowledged. */
@@ -67,14 +121,36 @@ export class OutputSpool {
     return this.sentUpTo >= this.nextSequence;
   }
 
+  /** True while too much is unacknowledged and reading should wait. */
+  get isPaused(): boolean {
+    return this.paused;
+  }
+
+  /** Where the spool stands. */
+  get stats(): SpoolStats {
+    return {
+      heldBytes: this.held,
+      peakHeldBytes: this.peakHeld,
+      heldLines: this.nextSequence - this.base,
+      inFlightBytes: this.inFlight,
+      paused: this.paused,
+      nextSequence: this.nextSequence,
+      firstUnacknowledged: this.base,
+    };
+  }
+
   /** Adds a line and returns its sequence; it is sent at the end of this tick, or at once when a batch is full. */
   append(source: OutputLine["source"], text: string, occurred: string = new Date().toISOString()): number {
     if (this.disposed) throw new Error("the output spool was disposed");
     const sequence = this.nextSequence;
-    this.lines.push({ source, text, occurred });
-    this.unsentChars += text.length;
+    const line: OutputLine = { source, text, occurred };
+    this.lines.push(line);
+    this.held += lineBytes(line);
+    if (this.held > this.peakHeld) this.peakHeld = this.held;
+    if (!this.paused && this.held > this.maxUnackedBytes) this.setPaused(true);
     if (this.blocked) return sequence;
-    if (this.nextSequence - this.sentUpTo >= this.maxBatchLines || this.unsentChars >= this.maxBatchChars) {
+    const unsentLines = this.nextSequence - this.sentUpTo;
+    if (unsentLines >= this.maxBatchLines || this.held - this.inFlight >= this.maxBatchChars) {
       this.flush();
     } else if (this.scheduled === undefined) {
       this.scheduled = setImmediate(() => {
@@ -85,60 +161,95 @@ export class OutputSpool {
     return sequence;
   }
 
-  /** Sends every unsent line now, in batches; stops at the first batch the transport refuses. */
+  /**
+   * Sends unsent lines now, in batches, while the in-flight limit allows; stops at the first batch the
+   * transport refuses. Call it again when the transport can take more.
+   */
   flush(): void {
     this.cancelScheduled();
     this.blocked = false;
-    while (!this.disposed && this.sentUpTo < this.nextSequence) {
-      const batch = this.batchFrom(this.sentUpTo);
+    while (!this.disposed && this.sentUpTo < this.nextSequence && this.inFlight < this.maxInFlightBytes) {
+      const { batch, bytes } = this.batchFrom(this.sentUpTo);
       if (!this.send(batch)) {
         this.blocked = true;
         return;
       }
       this.sentUpTo += batch.lines.length;
-      for (const line of batch.lines) this.unsentChars -= line.text.length;
+      this.inFlight += bytes;
     }
   }
 
-  /** Drops the lines below `nextSequence`: the control plane has stored them. */
+  /** Drops the lines below `nextSequence` (the control plane has stored them) and sends what that makes room for. */
   ack(nextSequence: number): void {
-    const upTo = Math.min(Math.max(nextSequence, this.base), this.nextSequence);
-    if (upTo > this.sentUpTo) {
-      // Acknowledged without our sending them on this connection: they were sent on an earlier one.
-      for (const line of this.lines.slice(this.sentUpTo - this.base, upTo - this.base)) this.unsentChars -= line.text.length;
-      this.sentUpTo = upTo;
-    }
-    this.lines.splice(0, upTo - this.base);
-    this.base = upTo;
+    if (this.disposed) return;
+    this.drop(nextSequence);
+    if (!this.blocked && !this.allSent) this.flush();
   }
 
-  /** After a reconnect: the control plane has everything below `nextSequence`; send the rest again. */
+  /** After a reconnect: the control plane has everything below `nextSequence`; send the rest again, window by window. */
   resendFrom(nextSequence: number): void {
-    this.ack(nextSequence);
+    if (this.disposed) return;
+    this.drop(nextSequence);
     // Lines below `base` were acknowledged before and are gone; the control plane already has them.
     this.sentUpTo = this.base;
-    this.unsentChars = this.lines.reduce((sum, line) => sum + line.text.length, 0);
+    this.inFlight = 0;
     this.flush();
   }
 
-  /** Stops sending and forgets every line. */
+  /** Stops sending and forgets every line; a pause it asked for ends. */
   dispose(): void {
     this.cancelScheduled();
     this.disposed = true;
     this.lines = [];
+    this.head = 0;
+    this.held = 0;
+    this.inFlight = 0;
+    if (this.paused) this.setPaused(false);
   }
 
-  private batchFrom(sequence: number): OutputBatch {
+  /** Forgets the lines below `nextSequence` (clamped to what exists) and ends a pause once enough is gone. */
+  private drop(nextSequence: number): void {
+    const upTo = Math.min(Math.max(nextSequence, this.base), this.nextSequence);
+    if (upTo > this.base) {
+      let freed = 0;
+      const end = this.head + (upTo - this.base);
+      for (let index = this.head; index < end; index++) freed += lineBytes(this.lines[index]!);
+      this.held -= freed;
+      if (upTo >= this.sentUpTo) {
+        // Acknowledged without our sending them on this connection: they were sent on an earlier one.
+        this.sentUpTo = upTo;
+        this.inFlight = 0;
+      } else {
+        this.inFlight -= freed;
+      }
+      this.head = end;
+      this.base = upTo;
+      if (this.head >= COMPACT_AFTER && this.head * 2 >= this.lines.length) {
+        this.lines = this.lines.slice(this.head);
+        this.head = 0;
+      }
+    }
+    if (this.paused && this.held <= this.maxUnackedBytes / 2) this.setPaused(false);
+  }
+
+  private setPaused(paused: boolean): void {
+    this.paused = paused;
+    this.pressure(paused);
+  }
+
+  private batchFrom(sequence: number): { batch: OutputBatch; bytes: number } {
     const lines: OutputLine[] = [];
     let chars = 0;
-    for (let index = sequence - this.base; index < this.lines.length; index++) {
+    let bytes = 0;
+    for (let index = this.head + (sequence - this.base); index < this.lines.length; index++) {
       const line = this.lines[index];
       if (line === undefined) break;
       lines.push(line);
       chars += line.text.length;
+      bytes += lineBytes(line);
       if (lines.length >= this.maxBatchLines || chars >= this.maxBatchChars) break;
     }
-    return { sequence, lines };
+    return { batch: { sequence, lines }, bytes };
   }
 
   private cancelScheduled(): void {

@@ -70,6 +70,9 @@ export type SpawnResult = { ok: true; process: ScriptProcess } | { ok: false; ou
 
 /** Spawns a script in its own process group; output goes to `onOutput` until the process ends or is released. */
 export async function spawnScript(request: SpawnRequest, onOutput: OutputHandler, options: ProcessManagerOptions): Promise<SpawnResult> {
+  // Node's own error for these would quote the offending value, and environment values may be secrets.
+  const unfit = unspawnableInput(request);
+  if (unfit !== undefined) return failed(unfit);
   const base = options.baseEnvironment ?? process.env;
   const shellPath = await findExecutable(request.shell, base.PATH);
   if (shellPath === undefined) {
@@ -107,6 +110,19 @@ export async function spawnScript(request: SpawnRequest, onOutput: OutputHandler
   });
   // Attach the output listeners in this same tick: execa resumes unread pipes on the next one.
   return { ok: true, process: new ScriptProcess(subprocess, pid, tree, onOutput, options) };
+}
+
+/** Why the OS cannot take the request's environment or arguments, in words that never repeat a value. */
+export function unspawnableInput(request: Pick<SpawnRequest, "environment" | "arguments">): string | undefined {
+  for (const [name, value] of Object.entries(request.environment)) {
+    if (name === "" || name.includes("=") || name.includes("\0")) {
+      return `The environment variable name ${JSON.stringify(name.slice(0, 64))} is not valid: it must be non-empty, without "=" or NUL.`;
+    }
+    if (value.includes("\0")) return `The value of the environment variable ${JSON.stringify(name.slice(0, 64))} contains a NUL character, which no process environment can hold.`;
+  }
+  const index = request.arguments.findIndex((argument) => argument.includes("\0"));
+  if (index !== -1) return `Argument ${index + 1} contains a NUL character, which no process argument can hold.`;
+  return undefined;
 }
 
 function failed(message: string): SpawnResult {
@@ -232,6 +248,10 @@ export class ScriptProcess {
   private killing: Promise<TreeKill> | undefined;
   private released = false;
   private reported = false;
+  /** True while the runner asked for the pipes not to be read (its output is not acknowledged fast enough). */
+  private outputPaused = false;
+  /** After the exit: the wait for the pipes to close, which only runs while they are being read. */
+  private drainTimer: NodeJS.Timeout | undefined;
   /** When the process started (clock ticks after boot); with the pid it names this process for good. */
   readonly startTime: number | undefined;
   private readonly onExit = (code: number | null, signal: NodeJS.Signals | null) => this.handleExit(code, signal);
@@ -256,10 +276,17 @@ export class ScriptProcess {
             entry.closed = true;
             this.maybeReport();
           },
+          // Node resumes a child's stdio streams by itself once the child exits (child_process `flushStdio`,
+          // so that unread output cannot keep them open); while paused, that would read on regardless. `resume`
+          // is emitted before the stream flows again, so pausing here keeps every chunk where it is.
+          resume: () => {
+            if (this.outputPaused) entry.stream.pause();
+          },
         },
       };
       entry.stream.on("data", entry.listeners.data);
       entry.stream.on("close", entry.listeners.close);
+      entry.stream.on("resume", entry.listeners.resume);
       // A pipe error ends that pipe; `close` follows and the outcome still comes from the exit.
       entry.stream.on("error", ignore);
       return entry;
@@ -282,6 +309,32 @@ export class ScriptProcess {
   /** Resolves with how the process ended, after its output was delivered; with `undefined` when released first. */
   wait(): Promise<Outcome | undefined> {
     return this.ended.promise;
+  }
+
+  /** True while the pipes are not read (`pauseOutput`). */
+  get isOutputPaused(): boolean {
+    return this.outputPaused;
+  }
+
+  /**
+   * Stops reading the pipes: the kernel's buffer between the process and the runner fills and the process blocks
+   * on its next write, which is the backpressure a pipe gives for free. Nothing is lost, and the exit is not reported while output waits
+   * unread: the wait for the pipes to close after the exit (`pipeDrainMs`) counts only time spent reading.
+   */
+  pauseOutput(): void {
+    if (this.outputPaused || this.reported || this.released) return;
+    this.outputPaused = true;
+    for (const { stream, closed } of this.streams) if (!closed) stream.pause();
+    this.stopDrainTimer();
+  }
+
+  /** Reads the pipes again after `pauseOutput`. */
+  resumeOutput(): void {
+    if (!this.outputPaused) return;
+    this.outputPaused = false;
+    if (this.reported || this.released) return;
+    for (const { stream, closed } of this.streams) if (!closed) stream.resume();
+    if (this.exitOutcome !== undefined) this.startDrainTimer();
   }
 
   /**
@@ -346,8 +399,23 @@ export class ScriptProcess {
     this.exitOutcome = outcomeOfExit(code, signal);
     this.exitSeen.resolve();
     if (this.maybeReport()) return;
-    // A grandchild may hold the pipes open forever: wait for them only so long.
-    this.startTimer(this.options.pipeDrainMs, () => this.report());
+    if (!this.outputPaused) this.startDrainTimer();
+  }
+
+  /** A grandchild may hold the pipes open forever: after the exit, wait for them only so long (while reading). */
+  private startDrainTimer(): void {
+    if (this.drainTimer !== undefined || this.reported || this.released) return;
+    this.drainTimer = this.startTimer(this.options.pipeDrainMs, () => {
+      this.drainTimer = undefined;
+      this.report();
+    });
+  }
+
+  private stopDrainTimer(): void {
+    if (this.drainTimer === undefined) return;
+    clearTimeout(this.drainTimer);
+    this.timers.delete(this.drainTimer);
+    this.drainTimer = undefined;
   }
 
   /** Reports the outcome when the process exited and both pipes closed; true when it did. */
@@ -373,9 +441,11 @@ export class ScriptProcess {
   private detach(): void {
     for (const timer of this.timers) clearTimeout(timer);
     this.timers.clear();
+    this.drainTimer = undefined;
     for (const { stream, listeners } of this.streams) {
       stream.off("data", listeners.data);
       stream.off("close", listeners.close);
+      stream.off("resume", listeners.resume);
       // With no `data` listener a flowing stream drops what it reads.
       stream.resume();
       unrefStream(stream);
@@ -404,6 +474,7 @@ interface Pipe {
 interface StreamListeners {
   data: (chunk: Buffer | string) => void;
   close: () => void;
+  resume: () => void;
 }
 
 /** Swallows an event or a rejection; module-level so that a listener left behind retains nothing. */

@@ -14,8 +14,9 @@ import { Connection, type EndReason, type SocketFactory } from "./connection.js"
 import { CgroupTree, type StopResult } from "./containment.js";
 import { LineSplitter } from "./line-splitter.js";
 import { resolveRunnerOptions, type RunnerInput, type RunnerOptions } from "./options.js";
-import { OutputSpool } from "./output-spool.js";
+import { OutputSpool, type SpoolStats } from "./output-spool.js";
 import { spawnScript, type ScriptProcess, type StreamName, type TreeKill } from "./process-manager.js";
+import { displayUrl, environmentSecrets, redact, redactingLogger } from "./redact.js";
 import { Workspaces } from "./workspace.js";
 
 /** The capabilities this runner advertises in `hello`. */
@@ -34,6 +35,26 @@ export interface RunnerHandle {
   stop(): Promise<void>;
   /** Resolves once the runner stopped: `stopped` after `stop()`, or why the control plane ended it (4000/4001). */
   readonly stopped: Promise<RunnerStop>;
+  /** How much output the runner holds right now, per script and in the socket's send buffer. */
+  stats(): RunnerStats;
+}
+
+/** One tracked script's output as the runner holds it. */
+export interface ScriptStats extends SpoolStats {
+  ticket: string;
+  fence: number;
+  phase: "starting" | "running" | "exited";
+  /** True while the script's pipes are not read (backpressure). */
+  outputPaused: boolean;
+}
+
+/** What the runner holds: unacknowledged output (bounded by `maxUnackedBytes` per script) and queued frames. */
+export interface RunnerStats {
+  /** Estimated bytes of unacknowledged output over every tracked script. */
+  heldBytes: number;
+  /** Bytes the WebSocket has queued that the OS has not taken yet. */
+  socketBufferedBytes: number;
+  scripts: ScriptStats[];
 }
 
 /** Seams for tests; production code passes nothing. */
@@ -50,7 +71,9 @@ export interface RunnerDependencies {
 
 /** Starts a runner: it connects in the background and keeps reconnecting until stopped. */
 export async function startRunner(input: RunnerInput, dependencies: RunnerDependencies = {}): Promise<RunnerHandle> {
-  const options = resolveRunnerOptions(input);
+  const resolved = resolveRunnerOptions(input);
+  // Nothing the runner logs may carry its token, whatever an error message happens to quote.
+  const options: RunnerOptions = { ...resolved, logger: redactingLogger(resolved.logger, [resolved.token]) };
   await mkdir(join(options.workDir, "work"), { recursive: true, mode: 0o700 });
   await mkdir(join(options.workDir, "scripts"), { recursive: true, mode: 0o700 });
   if (options.disableKill) {
@@ -68,6 +91,7 @@ export async function startRunner(input: RunnerInput, dependencies: RunnerDepend
     },
     stop: () => runner.stop(),
     stopped: runner.stopped,
+    stats: () => runner.stats(),
   };
 }
 
@@ -93,10 +117,19 @@ interface TrackedScript {
   readonly fence: number;
   readonly spool: OutputSpool;
   readonly splitters: Record<StreamName, LineSplitter>;
+  /** Values of its environment that no log line may show. */
+  readonly secrets: readonly string[];
   phase: Phase;
   process?: ScriptProcess;
-  startedSent: boolean;
+  /** An ack arrived after `started` went out: the control plane has it, so a reconnect need not send it again. */
+  startedConfirmed: boolean;
+  /** Too much output is unacknowledged: the pipes are not read (applied to the process as soon as it exists). */
+  outputPaused: boolean;
+  /** The first pause was logged (later ones are not: they come and go with every window of output). */
+  pauseLogged: boolean;
   exit?: { lineCount: number; outcome: Outcome };
+  /** The connection (by `Runner.generation`) the exit went out on; it is sent once per connection. */
+  exitSentOn?: number;
   cancelRequested: boolean;
   cancel?: Promise<TreeKill>;
   /** Abandoned, forgotten, or the runner stopped: nothing more is reported. */
@@ -111,6 +144,9 @@ type Welcome = Extract<ControlMessage, { type: "welcome" }>;
 
 /** Longest `failed` outcome message the protocol accepts. */
 const MAX_FAILURE_MESSAGE = 4096;
+
+/** How many finished (ticket, fence) pairs are remembered, so that a late repeat of their dispatch cannot run them again. */
+const REMEMBERED_DISPATCHES = 4096;
 
 function scriptKey(ticket: string, fence: number): string {
   return `${fence}:${ticket}`;
@@ -127,6 +163,12 @@ class Runner {
   private readonly deleteAfterExit = new Set<string>();
   /** Abandoned processes, watched until they are gone. */
   private readonly watch: AbandonedWatch;
+  /** Keys of scripts this runner no longer tracks, oldest first: a repeated dispatch of one of them is ignored. */
+  private readonly finished = new Set<string>();
+  /** Counts welcomes: which connection an exit was sent on. */
+  private generation = 0;
+  /** Where the next `pump` starts, so that no script's output can starve the others'. */
+  private pumpCursor = 0;
   private halted = false;
 
   constructor(
@@ -150,6 +192,7 @@ class Runner {
         message: (message) => this.handle(message),
         lost: () => this.options.logger.warn("Lost the connection to the control plane; scripts keep running."),
         ended: (reason) => this.halt(reason),
+        writable: () => this.pump(),
       },
     );
   }
@@ -160,7 +203,7 @@ class Runner {
 
   start(): void {
     this.options.logger.info(
-      `Runner ${this.runnerId} (version ${this.options.version}) for machine ${this.options.machineId} connecting to ${this.options.url}.`,
+      `Runner ${this.runnerId} (version ${this.options.version}) for machine ${this.options.machineId} connecting to ${displayUrl(this.options.url)}.`,
     );
     this.connection.start();
   }
@@ -182,8 +225,42 @@ class Runner {
     if (reason.kind !== "stopped") this.options.onFatal?.(reason.message);
   }
 
+  /** Where the runner's output stands; see `RunnerHandle.stats`. */
+  stats(): RunnerStats {
+    const scripts = [...this.scripts.values()].map(
+      (script): ScriptStats => ({
+        ticket: script.ticket,
+        fence: script.fence,
+        phase: script.phase,
+        outputPaused: script.process?.isOutputPaused ?? script.outputPaused,
+        ...script.spool.stats,
+      }),
+    );
+    return {
+      heldBytes: scripts.reduce((sum, script) => sum + script.heldBytes, 0),
+      socketBufferedBytes: this.connection.bufferedAmount,
+      scripts,
+    };
+  }
+
   private send(message: RunnerMessage): boolean {
     return this.connection.send(message);
+  }
+
+  /**
+   * Sends what waits once the socket can take more: each script's unsent output (up to its in-flight limit),
+   * then its exit when that was the last of it. Starts with a different script each time.
+   */
+  private pump(): void {
+    const scripts = [...this.scripts.values()];
+    if (scripts.length === 0) return;
+    const start = this.pumpCursor++ % scripts.length;
+    for (let i = 0; i < scripts.length; i++) {
+      const script = scripts[(start + i) % scripts.length]!;
+      if (script.dropped) continue;
+      if (!script.spool.allSent) script.spool.flush();
+      this.sendExit(script);
+    }
   }
 
   private sendHello(): void {
@@ -211,8 +288,7 @@ class Runner {
       case "dispatch":
         return this.onDispatch(message.ticket, message.fence, message.script);
       case "ack":
-        this.find(message)?.spool.ack(message.nextSequence);
-        return;
+        return this.onAck(message.ticket, message.fence, message.nextSequence);
       case "exit_ack":
         return this.onExitAck(message.ticket, message.fence);
       case "cancel":
@@ -235,6 +311,7 @@ class Runner {
   }
 
   private onWelcome(resume: Welcome["resume"], watch: Welcome["watch"]): void {
+    this.generation += 1;
     const answers = new Map(resume.map((entry) => [scriptKey(entry.ticket, entry.fence), entry]));
     for (const script of [...this.scripts.values()]) {
       const entry = answers.get(script.key);
@@ -272,26 +349,47 @@ class Runner {
     this.watch.flush();
   }
 
-  /** Sends again what the control plane is missing of a script: `started`, output from `nextSequence`, `exit`. */
+  /**
+   * Sends again what the control plane is missing of a script: `started` (unless an ack showed it arrived),
+   * output from `nextSequence` (as much as the in-flight limit allows; acks bring the rest), then `exit`.
+   */
   private resume(script: TrackedScript, nextSequence: number): void {
-    if (script.process !== undefined && !script.startedSent) this.sendStarted(script);
+    if (!script.startedConfirmed) this.sendStarted(script);
     script.spool.resendFrom(nextSequence);
+    this.sendExit(script);
+  }
+
+  private onAck(ticket: string, fence: number, nextSequence: number): void {
+    const script = this.find({ ticket, fence });
+    if (script === undefined) return;
+    // Frames arrive in order: whatever acknowledges output also proves that `started` arrived before it.
+    if (script.process !== undefined) script.startedConfirmed = true;
+    script.spool.ack(nextSequence);
     this.sendExit(script);
   }
 
   private onDispatch(ticket: string, fence: number, payload: ScriptPayload): void {
     const key = scriptKey(ticket, fence);
-    if (this.scripts.has(key)) return; // A redelivered dispatch: it already runs once.
+    if (this.scripts.has(key) || this.finished.has(key)) {
+      // A redelivered dispatch: it runs (or ran) once.
+      this.options.logger.info(`Ignoring a repeated dispatch of ${ticket} (fence ${fence}): this runner already has it.`);
+      return;
+    }
     const script: TrackedScript = {
       key,
       ticket,
       fence,
       spool: new OutputSpool({
-        send: (batch) => this.send({ type: "output", ticket, fence, sequence: batch.sequence, lines: batch.lines }),
+        send: (batch) => this.connection.sendBulk({ type: "output", ticket, fence, sequence: batch.sequence, lines: batch.lines }),
+        maxUnackedBytes: this.options.maxUnackedBytes,
+        pressure: (paused) => this.onPressure(script, paused),
       }),
       splitters: { stdout: new LineSplitter(), stderr: new LineSplitter() },
+      secrets: environmentSecrets(payload.environment),
       phase: "starting",
-      startedSent: false,
+      startedConfirmed: false,
+      outputPaused: false,
+      pauseLogged: false,
       cancelRequested: false,
       dropped: false,
       killOnStart: false,
@@ -305,8 +403,9 @@ class Runner {
       return;
     }
     this.run(script, payload).catch((error: unknown) => {
-      this.options.logger.error(`Running ${ticket} (fence ${fence}) failed inside the runner: ${describe(error)}`);
-      if (!script.dropped && script.phase !== "exited") this.fail(script, `The runner failed while running the script: ${describe(error)}`);
+      const reason = redact(describe(error), script.secrets);
+      this.options.logger.error(`Running ${ticket} (fence ${fence}) failed inside the runner: ${reason}`);
+      if (!script.dropped && script.phase !== "exited") this.fail(script, `The runner failed while running the script: ${reason}`);
     });
   }
 
@@ -354,6 +453,7 @@ class Runner {
     }
     script.process = child;
     script.phase = "running";
+    if (script.outputPaused) child.pauseOutput();
     this.options.logger.info(`Started ${script.ticket} (fence ${script.fence}) with ${payload.shell}: pid ${child.pid}.`);
     this.sendStarted(script);
     if (script.cancelRequested) this.startCancel(script);
@@ -386,13 +486,31 @@ class Runner {
 
   private onOutput(script: TrackedScript, stream: StreamName, chunk: Buffer): void {
     if (script.dropped) return;
-    for (const text of script.splitters[stream].push(chunk)) script.spool.append(stream, text);
+    // Every line of one chunk arrived at the same moment.
+    const occurred = new Date().toISOString();
+    for (const text of script.splitters[stream].push(chunk)) script.spool.append(stream, text, occurred);
+  }
+
+  /** The spool holds too much unacknowledged output (or has room again): stop (or go on) reading the pipes. */
+  private onPressure(script: TrackedScript, paused: boolean): void {
+    script.outputPaused = paused;
+    if (paused && !script.pauseLogged && !script.dropped) {
+      script.pauseLogged = true;
+      this.options.logger.info(
+        `${script.ticket} (fence ${script.fence}) writes output faster than the control plane stores it: its output is read only while less than ${this.options.maxUnackedBytes} bytes wait for acknowledgement, and the script waits meanwhile.`,
+      );
+    }
+    if (script.process === undefined) return;
+    if (paused) script.process.pauseOutput();
+    else script.process.resumeOutput();
   }
 
   /** The script could not run: one debug line with the reason, then a `failed` exit. */
   private fail(script: TrackedScript, reason: string): void {
+    // The reason may quote what the request carried (an error about a file or a variable); never its secrets.
+    const clean = redact(reason, script.secrets);
     // The protocol caps the message; a longer one would make the exit frame invalid.
-    const message = reason.length > MAX_FAILURE_MESSAGE ? `${reason.slice(0, MAX_FAILURE_MESSAGE - 1)}…` : reason;
+    const message = clean.length > MAX_FAILURE_MESSAGE ? `${clean.slice(0, MAX_FAILURE_MESSAGE - 1)}…` : clean;
     this.options.logger.warn(`${script.ticket} (fence ${script.fence}) could not run: ${message}`);
     script.spool.append("debug", message);
     this.finish(script, { kind: "failed", message });
@@ -410,13 +528,14 @@ class Runner {
 
   private sendStarted(script: TrackedScript): void {
     if (script.process === undefined) return;
-    script.startedSent = this.send({ type: "started", ticket: script.ticket, fence: script.fence, pid: script.process.pid });
+    this.send({ type: "started", ticket: script.ticket, fence: script.fence, pid: script.process.pid });
   }
 
+  /** Sends the exit once per connection, and never before all of its output went out. */
   private sendExit(script: TrackedScript): void {
-    // Never before all of its output: the control plane refuses an exit with lines missing.
-    if (script.exit === undefined || !script.spool.allSent) return;
-    this.send({ type: "exit", ticket: script.ticket, fence: script.fence, ...script.exit });
+    // The control plane refuses an exit with lines missing; the output frames go first on the same socket.
+    if (script.exit === undefined || script.dropped || !script.spool.allSent || script.exitSentOn === this.generation) return;
+    if (this.send({ type: "exit", ticket: script.ticket, fence: script.fence, ...script.exit })) script.exitSentOn = this.generation;
   }
 
   private onExitAck(ticket: string, fence: number): void {
@@ -427,7 +546,7 @@ class Runner {
       return;
     }
     script.spool.dispose();
-    this.scripts.delete(script.key);
+    this.untrack(script);
   }
 
   private onCancel(ticket: string, fence: number): void {
@@ -511,7 +630,7 @@ class Runner {
     script.killOnStart = true;
     script.dropped = true;
     script.spool.dispose();
-    this.scripts.delete(script.key);
+    this.untrack(script);
     if (child === undefined) return; // Still starting: `run` kills it as soon as it exists.
     child
       .killTree(this.options.killGraceMs)
@@ -544,8 +663,18 @@ class Runner {
   /** Stops tracking a script for good, without killing its process. */
   private forget(script: TrackedScript): void {
     this.drop(script);
-    this.scripts.delete(script.key);
+    this.untrack(script);
     this.deleteWorkspaceIfDue(script.ticket);
+  }
+
+  /** Stops tracking a script, and remembers it so that a late repeat of its dispatch does not run it again. */
+  private untrack(script: TrackedScript): void {
+    this.scripts.delete(script.key);
+    this.finished.add(script.key);
+    if (this.finished.size > REMEMBERED_DISPATCHES) {
+      const oldest = this.finished.values().next().value;
+      if (oldest !== undefined) this.finished.delete(oldest);
+    }
   }
 
   private drop(script: TrackedScript): void {

@@ -23,7 +23,8 @@ await Promise.all([
   // hundreds of small dependency modules; Miniflare stays external (it is large and loaded only by the
   // commands that run the control plane).
   build({
-    entryPoints: { cli: join(root, "client/cli/main.ts") },
+    // dist/runner.js exposes the runner as a library (the fleet benchmark drives many connections with it).
+    entryPoints: { cli: join(root, "client/cli/main.ts"), runner: join(root, "runner/index.ts") },
     outdir: join(root, "dist"),
     entryNames: "[name]",
     chunkNames: "chunks/[name]-[hash]",

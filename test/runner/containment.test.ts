@@ -195,7 +195,8 @@ describe.each(MODES)("cancel with %s", (_mode, cgroupTree) => {
     dispatch(connection, "t1", 1, "setsid sleep 600 & ( ( sleep 600 & ) & ); echo ready; sleep 600");
     await connection.frame("output");
     await waitFor(() => sleeps().length === 3, "three sleeps");
-    const all = [...sleeps(), (await connection.frame("started")).pid];
+    // The script's own shell first: killed after its foreground sleep, it could exit 137 by itself in between.
+    const all = [(await connection.frame("started")).pid, ...sleeps()];
     for (const pid of all) extraPids.add(pid);
     connection.send({ type: "cancel", ticket: "t1", fence: 1 });
     await connection.frame("output", (frame) => frame.lines.some((line) => line.source === "debug"));

@@ -88,6 +88,65 @@ export function pidsWithEnvironment(name: string, value: string): number[] {
   return pids;
 }
 
+/** Every live pid in process group `pgid` whose command name is `name`. */
+export function pidsInGroupNamed(pgid: number, name: string): number[] {
+  const pids: number[] = [];
+  for (const entry of readdirSync("/proc")) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      const stat = readFileSync(`/proc/${entry}/stat`, "utf8");
+      const command = stat.slice(stat.indexOf("(") + 1, stat.lastIndexOf(")"));
+      const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+      if (command === name && Number(fields[2]) === pgid && fields[0] !== "Z") pids.push(Number(entry));
+    } catch {
+      // Gone meanwhile.
+    }
+  }
+  return pids;
+}
+
+/**
+ * True while the process sleeps in the kernel writing to its full output (its reader does not read). Node gives
+ * a child's stdio "pipes" as Unix socket pairs, where a blocked writer waits in `sock_alloc_send_pskb`; a real
+ * pipe's writer waits in `pipe_write` (`anon_pipe_write` on newer kernels).
+ */
+export function isBlockedOnWrite(pid: number): boolean {
+  try {
+    return /pipe_write|sock_alloc_send|unix_stream_sendmsg/.test(readFileSync(`/proc/${pid}/wchan`, "utf8"));
+  } catch {
+    return false;
+  }
+}
+
+/** Bytes the process has written so far (`wchar` of /proc/<pid>/io). */
+export function bytesWritten(pid: number): number {
+  const match = /^wchar:\s+(\d+)/m.exec(readFileSync(`/proc/${pid}/io`, "utf8"));
+  if (match === null) throw new Error(`no wchar in /proc/${pid}/io`);
+  return Number(match[1]);
+}
+
+/**
+ * Waits until `pid` is blocked: asleep in a write to its output, having written nothing more for `stableMs` (a writer
+ * that only waits for a moment while its reader catches up does not count). Returns the bytes it had written.
+ */
+export async function waitForBlockedWriter(pid: number, what: string, timeoutMs = 30_000, stableMs = 1_000): Promise<number> {
+  let last = -1;
+  let since = Date.now();
+  return waitFor(
+    () => {
+      const written = bytesWritten(pid);
+      if (written !== last || !isBlockedOnWrite(pid)) {
+        last = written;
+        since = Date.now();
+        return undefined;
+      }
+      return Date.now() - since >= stableMs ? written : undefined;
+    },
+    what,
+    timeoutMs,
+  );
+}
+
 // ---------------------------------------------------------------------------------------------------
 // the fake control plane
 
@@ -101,21 +160,55 @@ export function isType<T extends RunnerMessage["type"]>(type: T) {
   return (message: RunnerMessage): message is Frame<T> => message.type === type;
 }
 
+/** Keeps at most this many problems per ledger: one is enough to fail a test, millions would exhaust memory. */
+const MAX_VIOLATIONS = 20;
+
+/**
+ * What the fake control plane stored of one dispatch, checked strictly: every output frame must start exactly
+ * where the stored lines end (a gap or a single repeated line is a violation), as must the exit's `lineCount`.
+ * Only frames of the current connection (the latest hello) count, like the real control plane's fencing.
+ */
+export class OutputLedger {
+  /** How many lines are stored: the next expected sequence. */
+  next = 0;
+  /** Output frames stored. */
+  frames = 0;
+  /** Every exit received on a current connection. */
+  readonly exits: Array<Frame<"exit">> = [];
+  readonly violations: string[] = [];
+
+  constructor(
+    readonly ticket: string,
+    readonly fence: number,
+  ) {}
+
+  violate(problem: string): void {
+    if (this.violations.length < MAX_VIOLATIONS) this.violations.push(problem);
+  }
+}
+
 /** One runner connection as the fake control plane sees it. */
 export class FakeConnection {
-  /** Every valid frame, in arrival order. */
+  /** Every valid frame, in arrival order (output frames only while `plane.keepOutputFrames`). */
   readonly frames: RunnerMessage[] = [];
   /** Frames that failed the runner-message schema (there should be none). */
   readonly invalid: string[] = [];
   pings = 0;
+  /** Output frames received, kept or not. */
+  outputFrames = 0;
   closed: { code: number; reason: string } | undefined;
+  /** Half-open: this side neither handles nor answers anything any more, and closes nothing. */
+  frozen = false;
 
   constructor(
     readonly ws: WebSocket,
     readonly request: IncomingMessage,
     private readonly plane: FakeControlPlane,
+    /** The TCP socket under `ws`: pausing it stops reading, so the runner's send buffer fills. */
+    readonly tcp: Duplex,
   ) {
     ws.on("message", (data, isBinary) => {
+      if (this.frozen) return;
       const text = isBinary ? "<binary>" : data.toString();
       if (text === "ping") {
         this.pings++;
@@ -127,10 +220,22 @@ export class FakeConnection {
         this.invalid.push(text);
         return;
       }
-      this.frames.push(parsed.message);
-      if (parsed.message.type === "hello" && this.plane.autoWelcome) {
-        // A control plane that has everything the runner did not see acknowledged: continue each script.
-        this.welcome(parsed.message.inventory.map((item) => ({ ticket: item.ticket, fence: item.fence, action: "continue", nextSequence: item.nextSequence })));
+      const message = parsed.message;
+      if (message.type === "output") this.outputFrames++;
+      if (message.type !== "output" || this.plane.keepOutputFrames) this.frames.push(message);
+      if (message.type === "hello") this.plane.current = this;
+      else if (this.plane.current === this) this.plane.record(this, message);
+      if (message.type === "hello" && this.plane.autoWelcome) {
+        // By default a control plane that has everything the runner did not see acknowledged; with
+        // `welcomeFromLedger`, exactly what this fake stored.
+        this.welcome(
+          message.inventory.map((item) => ({
+            ticket: item.ticket,
+            fence: item.fence,
+            action: "continue",
+            nextSequence: this.plane.welcomeFromLedger ? (this.plane.ledgers.get(`${item.fence}:${item.ticket}`)?.next ?? 0) : item.nextSequence,
+          })),
+        );
       }
     });
     ws.on("close", (code, reason) => {
@@ -174,6 +279,22 @@ export class FakeConnection {
   indexOf(frame: RunnerMessage): number {
     return this.frames.indexOf(frame);
   }
+
+  /** Goes silent without closing (a half-open connection): no pong, no ack, nothing handled. */
+  freeze(): void {
+    this.frozen = true;
+  }
+
+  /**
+   * Ends this connection from the control plane's side: `terminate` drops the TCP connection (the runner sees
+   * 1006), a code sends a close frame. Like the real control plane, nothing more it receives is stored.
+   */
+  cut(how: "terminate" | number): void {
+    if (this.plane.current === this) this.plane.current = undefined;
+    this.frozen = true;
+    if (how === "terminate") this.ws.terminate();
+    else this.ws.close(how, "cut by the test");
+  }
 }
 
 /** A line as `sequence:source:text`. */
@@ -189,6 +310,22 @@ export class FakeControlPlane {
   readonly refuse: number[] = [];
   autoWelcome = true;
   answerPings = true;
+  /** False: upgrades are refused with 503 (the control plane is unreachable) until it is true again. */
+  acceptUpgrades = true;
+  /** False: output frames are checked and counted but not kept in `frames` (for tests that move megabytes). */
+  keepOutputFrames = true;
+  /** Acknowledge every output frame with the ledger's next sequence, and every complete exit with exit_ack. */
+  autoAck = false;
+  /** The automatic welcome names the ledger's next sequence instead of the runner's own. */
+  welcomeFromLedger = false;
+  /** Checks one stored line; returns a problem, or undefined when the line is as expected. */
+  checkLine: ((ticket: string, sequence: number, line: OutputLine) => string | undefined) | undefined;
+  /** Called after each stored output frame (tests cut connections from here, in the middle of a stream). */
+  onStored: ((connection: FakeConnection, ledger: OutputLedger) => void) | undefined;
+  /** What this fake stored per dispatch, by `fence:ticket`. */
+  readonly ledgers = new Map<string, OutputLedger>();
+  /** The connection of the latest hello: only its frames are stored. */
+  current: FakeConnection | undefined;
   private readonly server: Server = createServer((_, response) => response.writeHead(404).end());
   private readonly wss = new WebSocketServer({ noServer: true });
   private port = 0;
@@ -210,6 +347,43 @@ export class FakeControlPlane {
     return waitFor(() => this.connections[n - 1], `connection #${n}`, timeoutMs);
   }
 
+  /** The ledger of a dispatch (created empty when unknown). */
+  ledger(ticket: string, fence: number): OutputLedger {
+    const key = `${fence}:${ticket}`;
+    let ledger = this.ledgers.get(key);
+    if (ledger === undefined) {
+      ledger = new OutputLedger(ticket, fence);
+      this.ledgers.set(key, ledger);
+    }
+    return ledger;
+  }
+
+  /** Stores a frame of the current connection in its ledger, strictly in order; acknowledges when `autoAck`. */
+  record(connection: FakeConnection, message: RunnerMessage): void {
+    if (message.type === "output") {
+      const ledger = this.ledger(message.ticket, message.fence);
+      if (message.sequence !== ledger.next) {
+        ledger.violate(`output for ${message.ticket} starts at ${message.sequence}, expected ${ledger.next}`);
+        return;
+      }
+      if (this.checkLine !== undefined) {
+        for (let i = 0; i < message.lines.length; i++) {
+          const problem = this.checkLine(message.ticket, message.sequence + i, message.lines[i]!);
+          if (problem !== undefined) ledger.violate(problem);
+        }
+      }
+      ledger.next += message.lines.length;
+      ledger.frames++;
+      if (this.autoAck) connection.send({ type: "ack", ticket: message.ticket, fence: message.fence, nextSequence: ledger.next });
+      this.onStored?.(connection, ledger);
+    } else if (message.type === "exit") {
+      const ledger = this.ledger(message.ticket, message.fence);
+      ledger.exits.push(message);
+      if (message.lineCount !== ledger.next) ledger.violate(`exit of ${message.ticket} says ${message.lineCount} lines, ${ledger.next} stored`);
+      else if (this.autoAck) connection.send({ type: "exit_ack", ticket: message.ticket, fence: message.fence });
+    }
+  }
+
   /** Every pid any connection was told about. */
   pids(): number[] {
     return this.connections.flatMap((connection) => connection.all("started").map((frame) => frame.pid));
@@ -224,14 +398,14 @@ export class FakeControlPlane {
 
   private onUpgrade(request: IncomingMessage, socket: Duplex, head: Buffer): void {
     this.upgrades.push({ at: Date.now(), path: request.url ?? "", authorization: request.headers.authorization });
-    const status = this.refuse.shift();
+    const status = this.refuse.shift() ?? (this.acceptUpgrades ? undefined : 503);
     if (status !== undefined) {
       const body = JSON.stringify({ error: { code: "unauthorized", message: "no" } });
       socket.end(`HTTP/1.1 ${status} Refused\r\nContent-Type: application/json\r\nContent-Length: ${body.length}\r\nConnection: close\r\n\r\n${body}`);
       return;
     }
     this.wss.handleUpgrade(request, socket, head, (ws) => {
-      this.connections.push(new FakeConnection(ws, request, this));
+      this.connections.push(new FakeConnection(ws, request, this, socket));
     });
   }
 }

@@ -7,6 +7,7 @@ import type { ScriptPayload } from "../../shared/api.js";
 import type { Outcome } from "../../shared/protocol.js";
 import { spawnScript, type ProcessManagerOptions, type ScriptProcess, type SpawnResult } from "../../runner/process-manager.js";
 import { Workspaces } from "../../runner/workspace.js";
+import { pidsInGroupNamed, waitForBlockedWriter } from "./fake-control-plane.js";
 
 let workDir: string;
 let workspaces: Workspaces;
@@ -328,5 +329,52 @@ describe("workspaces", () => {
 
   it("writes pwsh scripts as .ps1 files", () => {
     expect(workspaces.paths("t1", "pwsh").scriptPath).toBe(join(workDir, "scripts", "t-t1.ps1"));
+  });
+});
+
+describe("process manager backpressure", () => {
+  it("stops reading while output is paused, so the script blocks on its next write, and delivers every byte after resume", async () => {
+    const total = 5_000_000;
+    const started = await start("t1", payload(`head -c ${total} /dev/zero | tr '\\0' a; echo; echo done`));
+    const child = processOf(started);
+    child.pauseOutput();
+    expect(child.isOutputPaused).toBe(true);
+    await waitFor(() => pidsInGroupNamed(child.pid, "tr").length > 0, "the tr process");
+    const tr = pidsInGroupNamed(child.pid, "tr")[0]!;
+    await waitForBlockedWriter(tr, "tr to block on its full output", 10_000);
+    expect(started.output.stdout.length).toBeLessThan(total / 2);
+    expect(child.hasExited).toBe(false);
+
+    child.resumeOutput();
+    expect(await within(child.wait(), "the outcome", 20_000)).toEqual({ kind: "exited", code: 0 });
+    expect(started.output.stdout.length).toBe(total + "\ndone\n".length);
+    expect(started.output.stdout.endsWith("a\ndone\n")).toBe(true);
+  });
+
+  it("does not report an exit while output waits unread, however long past pipeDrainMs, and loses none of it", async () => {
+    const options = { ...OPTIONS, pipeDrainMs: 20 };
+    const started = await start("t1", payload("head -c 50000 /dev/zero | tr '\\0' b; exit 7"), options);
+    const child = processOf(started);
+    child.pauseOutput();
+    await waitFor(() => child.hasExited, "the script to exit with its output unread");
+    // A negative can only be shown by letting time pass: ten times pipeDrainMs, and the outcome is still held back.
+    let reported = false;
+    void child.wait().then(() => (reported = true));
+    await new Promise((resolve) => setTimeout(resolve, 10 * options.pipeDrainMs));
+    expect(reported).toBe(false);
+    child.resumeOutput();
+    expect(await within(child.wait(), "the outcome")).toEqual({ kind: "exited", code: 7 });
+    expect(started.output.stdout).toBe("b".repeat(50_000));
+  });
+
+  it("refuses an environment value or an argument with a NUL character without quoting it", async () => {
+    const environment = await start("t1", payload("true", { environment: { API_KEY: "top\u0000secret-value" } }));
+    expect(environment.result.ok).toBe(false);
+    if (!environment.result.ok) {
+      expect(environment.result.outcome.message).toContain('"API_KEY"');
+      expect(environment.result.outcome.message).not.toContain("secret-value");
+    }
+    const argument = await start("t2", payload("true", { arguments: ["fine", "bad\u0000secret-arg"] }));
+    expect(argument.result).toEqual({ ok: false, outcome: { kind: "failed", message: "Argument 2 contains a NUL character, which no process argument can hold." } });
   });
 });

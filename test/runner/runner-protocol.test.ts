@@ -280,8 +280,72 @@ describe("runner scripts", () => {
     // stdout and stderr are separate pipes: which line got sequence 1 depends on which pipe was read first.
     expect(second.lines("t1").map((line) => line.split(":")[0])).toEqual(["1", "2"]);
     expect(second.lines("t1").map((line) => line.replace(/^\d+:/, "")).sort()).toEqual(["stderr:after2", "stdout:after1"]);
-    // started was delivered on the first connection, so it is not repeated.
-    expect(second.all("started")).toEqual([]);
+    // An ack that arrived proves started arrived before it: then it is not repeated; otherwise it is.
+    expect(second.all("started")).toHaveLength(hello.inventory[0]!.nextSequence === 1 ? 0 : 1);
+  });
+
+  it("sends started again after a reconnect when no ack showed that it arrived", async () => {
+    plane.autoWelcome = false;
+    await startTestRunner();
+    const first = await plane.connection(1);
+    await first.frame("hello");
+    first.welcome();
+    first.dispatch("t1", 1, "while [ ! -e go ]; do sleep 0.02; done; echo done");
+    const started = await first.frame("started");
+    first.ws.terminate();
+    const second = await plane.connection(2);
+    await second.frame("hello");
+    second.welcome([{ ticket: "t1", fence: 1, action: "continue", nextSequence: 0 }]);
+    expect(await second.frame("started")).toEqual(started);
+    second.send({ type: "ack", ticket: "t1", fence: 1, nextSequence: 0 });
+    // A round trip through another script: the ack has been handled by now.
+    second.dispatch("t2", 2, "true");
+    await second.frame("exit", (frame) => frame.ticket === "t2");
+    second.ws.terminate();
+    const third = await plane.connection(3);
+    await third.frame("hello");
+    third.welcome([{ ticket: "t1", fence: 1, action: "continue", nextSequence: 0 }, { ticket: "t2", fence: 2, action: "forget", nextSequence: 0 }]);
+    await writeFile(join(workDir, "work", "t-t1", "go"), "");
+    const exit = await third.frame("exit");
+    expect(exit).toMatchObject({ ticket: "t1", lineCount: 1 });
+    expect(third.all("started")).toEqual([]);
+  });
+
+  it("ignores a repeated dispatch of a script it already ran to the end and forgot", async () => {
+    const { handle, logs } = await startTestRunner();
+    const connection = await plane.connection(1);
+    await waitFor(() => handle.connected, "the welcome");
+    connection.dispatch("t1", 1, "echo once");
+    await connection.frame("exit");
+    connection.send({ type: "exit_ack", ticket: "t1", fence: 1 });
+    connection.dispatch("t1", 1, "echo once");
+    connection.dispatch("t2", 2, "true");
+    await connection.frame("exit", (frame) => frame.ticket === "t2");
+    expect(connection.all("started", "t1")).toHaveLength(1);
+    expect(connection.all("exit", "t1")).toHaveLength(1);
+    expect(connection.lines("t1")).toEqual(["0:stdout:once"]);
+    expect(logs.some((line) => line.includes("Ignoring a repeated dispatch of t1 (fence 1)"))).toBe(true);
+  });
+
+  it("never logs the runner token or the values of a request's environment, not even in a failure", async () => {
+    const token = "runner-token-SECRET-4711";
+    plane.refuse.push(401);
+    const { handle, logs } = await startTestRunner({ token, reconnectMaxMs: 50 });
+    const connection = await plane.connection(1);
+    await waitFor(() => handle.connected, "the welcome");
+    expect(connection.request.headers.authorization).toBe(`Bearer ${token}`);
+    connection.dispatch("t1", 1, 'echo "the script may print its own: $API_KEY"', { environment: { API_KEY: "env-secret-value-1" } });
+    await connection.frame("exit", (frame) => frame.ticket === "t1");
+    connection.dispatch("t2", 2, "true", { environment: { API_KEY: "env-secret-value-2", BROKEN: "nul\u0000env-secret-value-3" } });
+    const failed = await connection.frame("exit", (frame) => frame.ticket === "t2");
+    expect(failed.outcome.kind).toBe("failed");
+    expect(JSON.stringify(failed)).not.toContain("env-secret-value");
+    expect(connection.lines("t1")).toEqual(["0:stdout:the script may print its own: env-secret-value-1"]);
+    expect(logs.some((line) => line.includes("HTTP 401"))).toBe(true);
+    expect(logs.some((line) => line.includes("t2 (fence 2) could not run"))).toBe(true);
+    const everything = logs.join("\n");
+    expect(everything).not.toContain(token);
+    expect(everything).not.toContain("env-secret-value");
   });
 
   it("cancels a running script with SIGTERM to its group and reports cancelled with a debug line", async () => {

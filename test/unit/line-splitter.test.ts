@@ -86,4 +86,20 @@ describe("LineSplitter", () => {
       expect(Buffer.byteLength(line)).toBeLessThanOrEqual(9);
     }
   });
+
+  it("holds at most maxLineBytes + 1 bytes of an endless line, however it arrives", () => {
+    const splitter = new LineSplitter(1_000);
+    let emitted = 0;
+    let largest = 0;
+    for (let i = 0; i < 500; i++) {
+      for (const line of splitter.push(Buffer.alloc(333 + (i % 7), "z"))) emitted += line.length;
+      largest = Math.max(largest, splitter.bufferedBytes);
+    }
+    emitted += splitter.end().join("").length;
+    expect(largest).toBeLessThanOrEqual(1_001);
+    expect(splitter.bufferedBytes).toBe(0);
+    let total = 0;
+    for (let i = 0; i < 500; i++) total += 333 + (i % 7);
+    expect(emitted).toBe(total);
+  });
 });

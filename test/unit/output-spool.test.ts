@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { OutputSpool, type OutputBatch } from "../../runner/output-spool.js";
+import { LINE_OVERHEAD_BYTES, OutputSpool, type OutputBatch } from "../../runner/output-spool.js";
 
 /** A transport that records every batch and can be switched off. */
 function recorder() {
@@ -188,5 +188,126 @@ describe("OutputSpool", () => {
     await nextTick();
     expect(transport.batches).toHaveLength(0);
     expect(() => spool.append("stdout", "b", OCCURRED)).toThrow();
+  });
+
+  it("counts each line as its text plus a fixed overhead, so that a flood of empty lines counts too", () => {
+    const transport = recorder();
+    transport.online = false;
+    const spool = new OutputSpool({ send: transport.send });
+    spool.append("stdout", "abc", OCCURRED);
+    spool.append("stdout", "", OCCURRED);
+    expect(spool.stats).toMatchObject({ heldBytes: 3 + 2 * LINE_OVERHEAD_BYTES, heldLines: 2, inFlightBytes: 0 });
+    spool.dispose();
+  });
+
+  it("asks to stop reading once held output passes maxUnackedBytes, and to go on at half of it after acknowledgements", async () => {
+    const transport = recorder();
+    const pressure: boolean[] = [];
+    const line = "x".repeat(100 - LINE_OVERHEAD_BYTES); // 100 bytes each
+    const spool = new OutputSpool({ send: transport.send, maxUnackedBytes: 1_000, pressure: (paused) => pressure.push(paused) });
+    for (let i = 0; i < 10; i++) spool.append("stdout", line, OCCURRED);
+    expect(pressure).toEqual([]);
+    spool.append("stdout", line, OCCURRED);
+    expect(pressure).toEqual([true]);
+    expect(spool.isPaused).toBe(true);
+    // More lines may still come (the rest of a pipe read): no second call.
+    spool.append("stdout", line, OCCURRED);
+    await nextTick();
+    spool.ack(5); // 700 bytes held: still above half
+    expect(pressure).toEqual([true]);
+    spool.ack(7); // 500 bytes held: half
+    expect(pressure).toEqual([true, false]);
+    expect(spool.stats).toMatchObject({ heldBytes: 500, peakHeldBytes: 1_200, paused: false });
+    spool.dispose();
+  });
+
+  it("holds output while disconnected until the mark, then asks to stop reading; a resend brings it back down", () => {
+    const transport = recorder();
+    transport.online = false;
+    const pressure: boolean[] = [];
+    const spool = new OutputSpool({ send: transport.send, maxUnackedBytes: 2_000, pressure: (paused) => pressure.push(paused) });
+    for (let i = 0; i < 40; i++) spool.append("stdout", `line ${i}`, OCCURRED);
+    expect(pressure).toEqual([true]);
+    transport.online = true;
+    // The control plane had stored 30 of them on the earlier connection.
+    spool.resendFrom(30);
+    expect(pressure).toEqual([true, false]);
+    expect(transport.sent()[0]).toBe("30:line 30");
+    spool.dispose();
+  });
+
+  it("sends at most maxInFlightBytes ahead of the acknowledgements, and more as acknowledgements come back", async () => {
+    const transport = recorder();
+    const line = "y".repeat(100 - LINE_OVERHEAD_BYTES);
+    const spool = new OutputSpool({ send: transport.send, maxBatchLines: 2, maxUnackedBytes: 10_000, maxInFlightBytes: 400 });
+    for (let i = 0; i < 20; i++) spool.append("stdout", line, OCCURRED);
+    await nextTick();
+    // Batches of 2 lines (200 bytes): two batches fill the window.
+    expect(transport.batches.map((batch) => batch.sequence)).toEqual([0, 2]);
+    expect(spool.stats.inFlightBytes).toBe(400);
+    expect(spool.allSent).toBe(false);
+    spool.ack(2);
+    expect(transport.batches.map((batch) => batch.sequence)).toEqual([0, 2, 4]);
+    spool.ack(6);
+    expect(transport.batches.map((batch) => batch.sequence)).toEqual([0, 2, 4, 6, 8]);
+    for (let next = 10; next <= 20; next += 2) spool.ack(next);
+    expect(spool.allSent).toBe(true);
+    expect(transport.sent()).toHaveLength(20);
+    spool.dispose();
+  });
+
+  it("resends a backlog after a reconnect window by window, as acknowledgements come back", () => {
+    const transport = recorder();
+    transport.online = false;
+    const spool = new OutputSpool({ send: transport.send, maxBatchLines: 10, maxUnackedBytes: 1_000_000, maxInFlightBytes: 1_000 });
+    for (let i = 0; i < 100; i++) spool.append("stdout", `${i}`.padStart(36, "0"), OCCURRED); // 100 bytes each
+    transport.online = true;
+    spool.resendFrom(0);
+    expect(transport.batches.map((batch) => batch.sequence)).toEqual([0]);
+    spool.ack(10);
+    expect(transport.batches.map((batch) => batch.sequence)).toEqual([0, 10]);
+    for (let next = 20; next <= 100; next += 10) spool.ack(next);
+    expect(transport.sent()).toEqual(Array.from({ length: 100 }, (_, i) => `${i}:${`${i}`.padStart(36, "0")}`));
+    expect(spool.stats).toMatchObject({ heldBytes: 0, heldLines: 0, inFlightBytes: 0 });
+    spool.dispose();
+  });
+
+  it("sends nothing on an acknowledgement while the transport refuses, until flushed again", async () => {
+    const transport = recorder();
+    const spool = new OutputSpool({ send: transport.send, maxBatchLines: 1 });
+    spool.append("stdout", "a", OCCURRED);
+    transport.online = false;
+    spool.append("stdout", "b", OCCURRED);
+    spool.append("stdout", "c", OCCURRED);
+    transport.online = true;
+    spool.ack(1);
+    expect(transport.sent()).toEqual(["0:a"]);
+    spool.flush();
+    expect(transport.sent()).toEqual(["0:a", "1:b", "2:c"]);
+    spool.dispose();
+  });
+
+  it("ends a pause it asked for when disposed", () => {
+    const pressure: boolean[] = [];
+    const spool = new OutputSpool({ send: () => false, maxUnackedBytes: 100, pressure: (paused) => pressure.push(paused) });
+    spool.append("stdout", "z".repeat(200), OCCURRED);
+    spool.dispose();
+    expect(pressure).toEqual([true, false]);
+  });
+
+  it("keeps its numbering across many acknowledgements of a long stream", () => {
+    const transport = recorder();
+    const spool = new OutputSpool({ send: transport.send, maxBatchLines: 100 });
+    for (let i = 0; i < 50_000; i++) {
+      spool.append("stdout", String(i), OCCURRED);
+      if (i % 1_000 === 999) spool.ack(i - 500);
+    }
+    spool.flush();
+    spool.ack(49_990);
+    expect(spool.firstUnacknowledged).toBe(49_990);
+    transport.batches.length = 0;
+    spool.resendFrom(49_995);
+    expect(transport.sent()).toEqual(["49995:49995", "49996:49996", "49997:49997", "49998:49998", "49999:49999"]);
+    spool.dispose();
   });
 });

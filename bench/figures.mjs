@@ -1,0 +1,269 @@
+// The benchmark figures. Each starts the real stack it needs (control plane on workerd, real runner
+// processes), measures the figure and its baseline in the same run, stops everything, and returns rows.
+import { spawn } from "node:child_process";
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { cpuMs, percentile, ROOT, rssMb, spawnDirect, startControlPlane, startRunner, waitFor } from "./stack.mjs";
+
+/** One row of the table. */
+function row(figure, value, unit, baseline, target, met, note = "") {
+  const ratio = typeof baseline === "number" && baseline > 0 && typeof value === "number" ? value / baseline : null;
+  return { figure, value, unit, baseline, ratio, target, met, note };
+}
+
+/** Wall-clock time in ms with sub-ms precision, comparable with bash's $EPOCHREALTIME. */
+function wallMs() {
+  return performance.timeOrigin + performance.now();
+}
+
+async function withStack(fn, { machines = ["bench"], runnerEnv = {}, cpArgs = [] } = {}) {
+  const cp = await startControlPlane(cpArgs);
+  const runners = [];
+  try {
+    for (const machineId of machines) runners.push(await startRunner(cp, machineId, runnerEnv));
+    return await fn(cp, runners);
+  } finally {
+    for (const runner of runners) await runner.stop();
+    await cp.stop();
+  }
+}
+
+/** Start `true` with waitMs and wait for the complete answer; returns the latency in ms. */
+async function dispatchOnce(cp, machineId, extra = {}) {
+  const started = performance.now();
+  const response = await cp.api("POST", `/api/v1/machines/${machineId}/scripts`, { scriptBody: "true", waitMs: 30_000, ...extra });
+  const elapsed = performance.now() - started;
+  if (response.body?.state !== "complete" || response.body.exitCode !== 0) throw new Error(`dispatch failed: ${JSON.stringify(response.body)}`);
+  await cp.api("DELETE", `/api/v1/machines/${machineId}/scripts/${response.body.ticket}`);
+  return elapsed;
+}
+
+/** Dispatch latency, interleaved with the direct-spawn baseline so both see the same machine load. */
+export async function dispatch(sizes) {
+  return withStack(async (cp) => {
+    for (let i = 0; i < 10; i += 1) await dispatchOnce(cp, "bench"); // warm-up
+    const tendril = [];
+    const direct = [];
+    for (let i = 0; i < sizes.dispatchRuns; i += 1) {
+      let started = performance.now();
+      await spawnDirect("true");
+      direct.push(performance.now() - started);
+      tendril.push(await dispatchOnce(cp, "bench"));
+    }
+    const p50 = percentile(tendril, 50);
+    const p95 = percentile(tendril, 95);
+    const b50 = percentile(direct, 50);
+    const b95 = percentile(direct, 95);
+    return [
+      row(`dispatch p50 (${sizes.dispatchRuns} runs)`, p50, "ms", b50, "≤ 2× baseline", p50 <= 2 * b50),
+      row(`dispatch p95 (${sizes.dispatchRuns} runs)`, p95, "ms", b95, "≤ 4× baseline", p95 <= 4 * b95),
+    ];
+  });
+}
+
+/** Rate of `full` scripts through one mutex, submitted at once, against spawning them one after another. */
+export async function handoff(sizes) {
+  const n = sizes.handoffScripts;
+  let started = performance.now();
+  for (let i = 0; i < n; i += 1) await spawnDirect("true");
+  const directRate = n / ((performance.now() - started) / 1000);
+  return withStack(async (cp) => {
+    started = performance.now();
+    const submitted = await Promise.all(
+      Array.from({ length: n }, (_, i) => cp.api("POST", "/api/v1/machines/bench/scripts", { ticket: `h-${i}`, scriptBody: "true" })),
+    );
+    if (submitted.some((r) => r.status !== 201)) throw new Error("a handoff start failed");
+    await waitFor(async () => (await cp.api("GET", "/api/v1/machines/bench")).body.mutexes.length === 0, 600_000, 20);
+    const rate = n / ((performance.now() - started) / 1000);
+    const last = await cp.api("GET", `/api/v1/machines/bench/scripts/h-${n - 1}`);
+    if (last.body.exitCode !== 0) throw new Error("the last handoff script did not succeed");
+    return [row(`mutex handoff (${n} full scripts)`, rate, "scripts/s", directRate, "≥ 0.5× baseline rate", rate >= 0.5 * directRate)];
+  });
+}
+
+/** From the abandon request to the moment the next waiter's process runs. */
+export async function abandon(sizes) {
+  const scratch = mkdtempSync(join(tmpdir(), "tendril-bench-abandon-"));
+  try {
+    return await withStack(
+      async (cp) => {
+        const latencies = [];
+        for (let i = 0; i < sizes.abandonRuns; i += 1) {
+          const pidFile = join(scratch, `a${i}.pid`);
+          const startFile = join(scratch, `b${i}.t`);
+          await cp.api("POST", "/api/v1/machines/bench/scripts", { ticket: `a${i}`, scriptBody: `echo $$ > '${pidFile}'; exec sleep 600` });
+          await cp.api("POST", "/api/v1/machines/bench/scripts", { ticket: `b${i}`, scriptBody: `echo $EPOCHREALTIME > '${startFile}'` });
+          const pid = await waitFor(() => existsSync(pidFile) && Number(readFileSync(pidFile, "utf8")), 30_000, 2);
+          const requested = wallMs();
+          await cp.api("POST", `/api/v1/machines/bench/scripts/a${i}/abandon`);
+          const began = await waitFor(() => existsSync(startFile) && Number(readFileSync(startFile, "utf8").trim()) * 1000, 30_000, 1);
+          latencies.push(began - requested);
+          process.kill(pid, "SIGKILL");
+        }
+        const p50 = percentile(latencies, 50);
+        return [row(`abandon → next waiter started, p50 of ${sizes.abandonRuns}`, p50, "ms", null, "≤ 15 ms", p50 <= 15, `p95 ${percentile(latencies, 95).toFixed(1)} ms`)];
+      },
+      { runnerEnv: { TENDRIL_UNSAFE_DISABLE_PROCESS_KILL: "1" } },
+    );
+  } finally {
+    rmSync(scratch, { recursive: true, force: true });
+  }
+}
+
+/** A script writing N MB of 100-byte lines, end to end, with the runner's memory sampled throughout. */
+export async function output(sizes) {
+  const lines = sizes.outputMb * 10_000;
+  const script = `yes "$(printf '%099d' 0)" | head -n ${lines}`;
+  let started = performance.now();
+  await spawnDirect(script);
+  const directMbps = sizes.outputMb / ((performance.now() - started) / 1000);
+  return withStack(async (cp, [runner]) => {
+    let peak = 0;
+    const sampler = setInterval(() => (peak = Math.max(peak, rssMb(runner.runnerPid()))), 20);
+    try {
+      started = performance.now();
+      const first = await cp.api("POST", "/api/v1/machines/bench/scripts", { ticket: "out", scriptBody: script, waitMs: 30_000 });
+      if (first.status !== 201) throw new Error(`output start failed: ${JSON.stringify(first.body)}`);
+      await waitFor(async () => (await cp.api("GET", "/api/v1/machines/bench/scripts/out?limit=1")).body.state === "complete", 600_000, 10);
+      const mbps = sizes.outputMb / ((performance.now() - started) / 1000);
+      const tail = await cp.api("GET", `/api/v1/machines/bench/scripts/out?logSequence=${lines - 1}`);
+      const stored = tail.body.logs.length === 1 && tail.body.logs[0].sequence === lines - 1 && tail.body.nextLogSequence === lines && tail.body.exitCode === 0;
+      if (!stored) throw new Error(`not every line was stored: ${JSON.stringify({ ...tail.body, logs: tail.body.logs.length })}`);
+      peak = Math.max(peak, rssMb(runner.runnerPid(), "VmHWM"));
+      return [
+        row(`output: ${sizes.outputMb} MB of 100-byte lines, end to end`, mbps, "MB/s", directMbps, "≥ 50 MB/s", mbps >= 50),
+        row("output: runner peak RSS", peak, "MB", null, "≤ 150 MB", peak <= 150),
+      ];
+    } finally {
+      clearInterval(sampler);
+    }
+  });
+}
+
+/** Dispatch on a free mutex while many scripts wait on another mutex of the same machine. */
+export async function queueDepth(sizes) {
+  const scratch = mkdtempSync(join(tmpdir(), "tendril-bench-queue-"));
+  const release = join(scratch, "release");
+  try {
+    return await withStack(async (cp) => {
+      const measure = async (depth, prefix) => {
+        await cp.api("POST", "/api/v1/machines/bench/scripts", {
+          ticket: `${prefix}-holder`,
+          mutexName: `blocked-${prefix}`,
+          scriptBody: `while [ ! -f '${release}' ]; do sleep 0.05; done`,
+        });
+        for (let i = 0; i < depth; i += 100) {
+          await Promise.all(
+            Array.from({ length: Math.min(100, depth - i) }, (_, j) =>
+              cp.api("POST", "/api/v1/machines/bench/scripts", { ticket: `${prefix}-w${i + j}`, mutexName: `blocked-${prefix}`, scriptBody: "true" }),
+            ),
+          );
+        }
+        for (let i = 0; i < 5; i += 1) await dispatchOnce(cp, "bench", { mutexName: "free" });
+        const latencies = [];
+        for (let i = 0; i < sizes.queueRuns; i += 1) latencies.push(await dispatchOnce(cp, "bench", { mutexName: "free" }));
+        return percentile(latencies, 50);
+      };
+      const shallow = await measure(sizes.queueShallow, "shallow");
+      const deep = await measure(sizes.queueDeep, "deep");
+      writeFileSync(release, "");
+      return [row(`queue depth: dispatch p50 with ${sizes.queueDeep} waiting elsewhere`, deep, "ms", shallow, `≤ 1.5× (baseline: ${sizes.queueShallow} waiting)`, deep <= 1.5 * shallow)];
+    });
+  } finally {
+    writeFileSync(release, "");
+    rmSync(scratch, { recursive: true, force: true });
+  }
+}
+
+/** Many machines connected at once through the runner's own connection code in one process. */
+export async function fleet(sizes) {
+  const cp = await startControlPlane();
+  const tokens = [];
+  let fleetProcess;
+  try {
+    const ids = Array.from({ length: sizes.fleet }, (_, i) => `fleet-${i}`);
+    for (let i = 0; i < ids.length; i += 50) {
+      const batch = await Promise.all(ids.slice(i, i + 50).map((id) => cp.api("POST", `/api/v1/machines/${id}/runner-token`)));
+      for (const response of batch) tokens.push({ machineId: response.body.machineId, token: response.body.runnerToken });
+    }
+    const dispatchP50 = async (machineId) => {
+      for (let i = 0; i < 5; i += 1) await dispatchOnce(cp, machineId);
+      const latencies = [];
+      for (let i = 0; i < sizes.fleetDispatchRuns; i += 1) latencies.push(await dispatchOnce(cp, machineId));
+      return percentile(latencies, 50);
+    };
+    const connect = async (count) => {
+      const workDir = mkdtempSync(join(tmpdir(), "tendril-bench-fleet-"));
+      const child = spawn(process.execPath, [join(ROOT, "bench", "fleet-runners.mjs")], { stdio: ["pipe", "pipe", "inherit"], detached: true });
+      let out = "";
+      child.stdout.on("data", (d) => (out += d));
+      const started = performance.now();
+      child.stdin.end(JSON.stringify({ url: cp.url, workDir, machines: tokens.slice(0, count) }));
+      await waitFor(() => /all connected/.test(out), 120_000, 10);
+      const seconds = (performance.now() - started) / 1000;
+      return {
+        seconds,
+        async stop() {
+          try {
+            process.kill(-child.pid, "SIGTERM");
+          } catch {}
+          await new Promise((resolve) => (child.exitCode !== null ? resolve() : child.on("exit", resolve)));
+          rmSync(workDir, { recursive: true, force: true });
+        },
+      };
+    };
+    fleetProcess = await connect(sizes.fleetSmall);
+    const small = await dispatchP50("fleet-0");
+    await fleetProcess.stop();
+    fleetProcess = await connect(sizes.fleet);
+    const storm = fleetProcess.seconds;
+    const large = await dispatchP50("fleet-0");
+    const workerd = cp.workerdPids();
+    const cpuBefore = workerd.reduce((sum, pid) => sum + cpuMs(pid), 0);
+    const idleFrom = performance.now();
+    await waitFor(() => performance.now() - idleFrom >= sizes.idleSeconds * 1000, sizes.idleSeconds * 1000 + 5_000, 100);
+    const cpuPercent = ((workerd.reduce((sum, pid) => sum + cpuMs(pid), 0) - cpuBefore) / (performance.now() - idleFrom)) * 100;
+    return [
+      row(`fleet: connect storm of ${sizes.fleet} runners`, storm, "s", null, "≤ 15 s", storm <= 15),
+      row(`fleet: dispatch p50 with ${sizes.fleet} connected`, large, "ms", small, `≤ 1.5× (baseline: ${sizes.fleetSmall} connected)`, large <= 1.5 * small),
+      row(`fleet: control plane idle CPU with ${sizes.fleet} connected`, cpuPercent, "% of a core", null, "≤ 5%", cpuPercent <= 5),
+    ];
+  } finally {
+    await fleetProcess?.stop();
+    await cp.stop();
+  }
+}
+
+/** The runner's memory when idle and with many scripts running at once. */
+export async function runnerMemory(sizes) {
+  const scratch = mkdtempSync(join(tmpdir(), "tendril-bench-memory-"));
+  const release = join(scratch, "release");
+  try {
+    return await withStack(async (cp, [runner]) => {
+      const settle = performance.now();
+      await waitFor(() => performance.now() - settle > 2_000, 5_000, 100);
+      const idle = rssMb(runner.runnerPid());
+      await Promise.all(
+        Array.from({ length: sizes.concurrentScripts }, (_, i) =>
+          cp.api("POST", "/api/v1/machines/bench/scripts", {
+            ticket: `s${i}`,
+            isolation: "none",
+            scriptBody: `touch '${join(scratch, `s${i}`)}'; while [ ! -f '${release}' ]; do sleep 0.2; done`,
+          }),
+        ),
+      );
+      await waitFor(() => Array.from({ length: sizes.concurrentScripts }, (_, i) => existsSync(join(scratch, `s${i}`))).every(Boolean), 120_000, 20);
+      const busy = rssMb(runner.runnerPid());
+      writeFileSync(release, "");
+      await waitFor(async () => (await cp.api("GET", "/api/v1/machines/bench")).body.mutexes.length === 0, 60_000, 50);
+      return [
+        row("runner RSS, idle", idle, "MB", null, "≤ 60 MB", idle <= 60),
+        row(`runner RSS, ${sizes.concurrentScripts} concurrent sleep scripts`, busy, "MB", null, "≤ 150 MB", busy <= 150),
+      ];
+    });
+  } finally {
+    writeFileSync(release, "");
+    rmSync(scratch, { recursive: true, force: true });
+  }
+}

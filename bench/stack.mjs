@@ -1,0 +1,146 @@
+// Starts the real local stack for the benchmarks: `tendril control-plane` (workerd) and `tendril runner`
+// processes, each in its own process group and stopped by PID. Loopback only.
+import { spawn } from "node:child_process";
+import { mkdtempSync, readFileSync, readdirSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+
+export const ROOT = join(dirname(fileURLToPath(import.meta.url)), "..");
+const BIN = join(ROOT, "bin", "tendril.js");
+
+/** Resolves once `check` returns a truthy value; throws after `timeoutMs`. */
+export async function waitFor(check, timeoutMs = 30_000, intervalMs = 2) {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const value = await check();
+    if (value) return value;
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms`);
+    await new Promise((resolve) => setTimeout(resolve, intervalMs));
+  }
+}
+
+function startGroup(args, env = {}) {
+  const child = spawn(process.execPath, [BIN, ...args], {
+    detached: true,
+    stdio: ["ignore", "pipe", "pipe"],
+    env: { ...process.env, CLOUDFLARE_CF_FETCH_ENABLED: "false", WRANGLER_SEND_METRICS: "false", ...env },
+  });
+  let out = "";
+  child.stdout.on("data", (d) => (out += d));
+  child.stderr.on("data", (d) => (out += d));
+  const exited = new Promise((resolve) => child.on("exit", resolve));
+  return {
+    pid: child.pid,
+    output: () => out,
+    async stop() {
+      try {
+        process.kill(-child.pid, "SIGTERM");
+      } catch {}
+      const done = await Promise.race([exited.then(() => true), new Promise((r) => setTimeout(() => r(false), 5_000))]);
+      try {
+        process.kill(-child.pid, "SIGKILL");
+      } catch {}
+      if (!done) await exited;
+    },
+  };
+}
+
+/** Every pid in a process group. */
+export function groupPids(pgid) {
+  const pids = [];
+  for (const entry of readdirSync("/proc")) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      const stat = readFileSync(`/proc/${entry}/stat`, "utf8");
+      const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+      if (Number(fields[2]) === pgid) pids.push(Number(entry));
+    } catch {}
+  }
+  return pids;
+}
+
+/** CPU time (user + system) of a process, in ms. */
+export function cpuMs(pid) {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    return ((Number(fields[11]) + Number(fields[12])) * 1000) / 100;
+  } catch {
+    return 0;
+  }
+}
+
+/** Resident memory of a process, in MB (VmRSS), or its peak (VmHWM). */
+export function rssMb(pid, field = "VmRSS") {
+  try {
+    const match = new RegExp(`${field}:\\s+(\\d+) kB`).exec(readFileSync(`/proc/${pid}/status`, "utf8"));
+    return match ? Number(match[1]) / 1024 : 0;
+  } catch {
+    return 0;
+  }
+}
+
+/** Starts a control plane; returns its URL, an API helper and stop(). */
+export async function startControlPlane(extraArgs = []) {
+  const token = "bench-server-token";
+  const stateDir = mkdtempSync(join(tmpdir(), "tendril-bench-cp-"));
+  const proc = startGroup(["control-plane", "--port", "0", "--server-token", token, "--state-dir", stateDir, ...extraArgs]);
+  const url = await waitFor(() => /listening on (http:\/\/127\.0\.0\.1:\d+)/.exec(proc.output())?.[1], 60_000, 20);
+  const headers = { authorization: `Bearer ${token}`, "content-type": "application/json" };
+  const api = async (method, path, body) => {
+    const response = await fetch(url + path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+    const text = await response.text();
+    return { status: response.status, body: text ? JSON.parse(text) : null };
+  };
+  return {
+    url,
+    token,
+    api,
+    pid: proc.pid,
+    /** The workerd processes doing the work. */
+    workerdPids: () => groupPids(proc.pid).filter((pid) => pid !== proc.pid),
+    async stop() {
+      await proc.stop();
+      rmSync(stateDir, { recursive: true, force: true });
+    },
+  };
+}
+
+/** Registers `machineId` and starts a runner process for it; resolves once it is connected. */
+export async function startRunner(cp, machineId, env = {}) {
+  const registered = await cp.api("POST", `/api/v1/machines/${machineId}/runner-token`);
+  const workDir = mkdtempSync(join(tmpdir(), "tendril-bench-runner-"));
+  const proc = startGroup(["runner", "--url", cp.url, "--machine", machineId, "--work-dir", workDir], {
+    TENDRIL_RUNNER_TOKEN: registered.body.runnerToken,
+    ...env,
+  });
+  await waitFor(async () => (await cp.api("GET", `/api/v1/machines/${machineId}`)).body.runner.connected, 30_000, 20);
+  const runnerPid = () => groupPids(proc.pid).find((pid) => pid === proc.pid) ?? proc.pid;
+  return {
+    pid: proc.pid,
+    workDir,
+    runnerPid,
+    async stop() {
+      await proc.stop();
+      rmSync(workDir, { recursive: true, force: true });
+    },
+  };
+}
+
+/** Percentile of a list of numbers (p in 0–100). */
+export function percentile(values, p) {
+  const sorted = [...values].sort((a, b) => a - b);
+  if (sorted.length === 0) return NaN;
+  const index = Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1));
+  return sorted[index];
+}
+
+/** Runs `bash -c <script>` directly from Node and resolves when it exits. */
+export function spawnDirect(script, stdio = "ignore") {
+  return new Promise((resolve, reject) => {
+    const child = spawn("bash", ["-c", script], { stdio });
+    child.on("error", reject);
+    child.on("exit", resolve);
+  });
+}
