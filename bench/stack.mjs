@@ -20,8 +20,8 @@ export async function waitFor(check, timeoutMs = 30_000, intervalMs = 2) {
   }
 }
 
-function startGroup(args, env = {}) {
-  const child = spawn(process.execPath, [BIN, ...args], {
+function startGroup(args, env = {}, nodeFlags = []) {
+  const child = spawn(process.execPath, [...nodeFlags, BIN, ...args], {
     detached: true,
     stdio: ["ignore", "pipe", "pipe"],
     env: { ...process.env, CLOUDFLARE_CF_FETCH_ENABLED: "false", WRANGLER_SEND_METRICS: "false", ...env },
@@ -108,13 +108,13 @@ export async function startControlPlane(extraArgs = []) {
 }
 
 /** Registers `machineId` and starts a runner process for it; resolves once it is connected. */
-export async function startRunner(cp, machineId, env = {}) {
+export async function startRunner(cp, machineId, env = {}, nodeFlags = []) {
   const registered = await cp.api("POST", `/api/v1/machines/${machineId}/runner-token`);
   const workDir = mkdtempSync(join(tmpdir(), "tendril-bench-runner-"));
   const proc = startGroup(["runner", "--url", cp.url, "--machine", machineId, "--work-dir", workDir], {
     TENDRIL_RUNNER_TOKEN: registered.body.runnerToken,
     ...env,
-  });
+  }, nodeFlags);
   await waitFor(async () => (await cp.api("GET", `/api/v1/machines/${machineId}`)).body.runner.connected, 30_000, 20);
   const runnerPid = () => groupPids(proc.pid).find((pid) => pid === proc.pid) ?? proc.pid;
   return {

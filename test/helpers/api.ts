@@ -1,4 +1,5 @@
 /** A thin HTTP helper for integration tests: raw status and JSON body, so that tests see exactly what the API says. */
+import WebSocket from "ws";
 
 /** A response as a test sees it. */
 export interface ApiResponse<T = any> {
@@ -31,4 +32,22 @@ export async function call<T = any>(
     // not JSON (the SSE stream)
   }
   return { status: response.status, body: parsed as T, headers: response.headers };
+}
+
+/** The HTTP status a machine's runner socket upgrade gets with this runner token (101 when accepted; null sends none). */
+export function runnerUpgradeStatus(base: { url: string }, machineId: string, token: string | null): Promise<number> {
+  return new Promise((resolve) => {
+    const ws = new WebSocket(`${base.url.replace("http", "ws")}/api/v1/machines/${machineId}/runner`, {
+      headers: token ? { authorization: `Bearer ${token}` } : {},
+    });
+    ws.on("unexpected-response", (_req, res) => {
+      resolve(res.statusCode ?? 0);
+      ws.terminate();
+    });
+    ws.on("open", () => {
+      resolve(101);
+      ws.close();
+    });
+    ws.on("error", () => undefined);
+  });
 }

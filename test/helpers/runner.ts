@@ -3,7 +3,7 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { call } from "./api.js";
-import { pidsWorkingIn, signalGroup, startTendril, type TestProcess } from "./processes.js";
+import { killScript, pidsWorkingIn, startTendril, type TestProcess } from "./processes.js";
 import type { TestControlPlane } from "./control-plane.js";
 import { waitFor } from "./wait.js";
 
@@ -40,14 +40,7 @@ export async function startRunner(
       await proc.stop();
       // Scripts run in process groups of their own; whatever a test left running in this runner's
       // workspaces is stopped here, by PID.
-      for (const pid of pidsWorkingIn(workDir)) {
-        signalGroup(pid, "SIGKILL");
-        try {
-          process.kill(pid, "SIGKILL");
-        } catch {
-          // already gone
-        }
-      }
+      for (const pid of pidsWorkingIn(workDir)) killScript(pid);
       await waitFor(() => pidsWorkingIn(workDir).length === 0, { timeoutMs: 5_000, what: "scripts of a stopped runner to exit" });
       rmSync(workDir, { recursive: true, force: true });
     },

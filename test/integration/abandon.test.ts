@@ -1,9 +1,9 @@
 // Abandon end to end: a script whose process will not die never holds the machine hostage.
 import { describe, expect, it } from "vitest";
-import { existsSync, readFileSync, writeFileSync } from "node:fs";
+import { existsSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { useControlPlane } from "../helpers/fixture.js";
-import { isAlive, signalGroup } from "../helpers/processes.js";
+import { isAlive, pidFrom, signalGroup } from "../helpers/processes.js";
 import { waitFor } from "../helpers/wait.js";
 
 const f = useControlPlane();
@@ -12,12 +12,6 @@ const f = useControlPlane();
 const UNKILLABLE = { env: { TENDRIL_UNSAFE_DISABLE_PROCESS_KILL: "1" } };
 
 const abandonedLine = (m: string) => `The control plane has abandoned this script. The underlying process may still be running on machine ${m}.`;
-
-async function pidFrom(file: string): Promise<number> {
-  return waitFor(() => (existsSync(file) ? Number(readFileSync(file, "utf8").trim()) || undefined : undefined), {
-    what: `pid file ${file}`,
-  });
-}
 
 /** Kills a process group the test created, by PID. */
 function kill(pgid: number): void {

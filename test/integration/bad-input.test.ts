@@ -1,7 +1,6 @@
 // Bad input on every route gets a 4xx with the error shape and changes nothing; tokens are enforced.
 import { describe, expect, it } from "vitest";
-import WebSocket from "ws";
-import { call } from "../helpers/api.js";
+import { call, runnerUpgradeStatus } from "../helpers/api.js";
 import { useControlPlane } from "../helpers/fixture.js";
 
 const f = useControlPlane();
@@ -177,21 +176,7 @@ describe("authentication", () => {
     const oldToken = await f.register(a);
     const tokenA = await f.register(a); // re-issuing revokes the old one
     const tokenB = await f.register(b);
-    const status = (machineId: string, token: string | null) =>
-      new Promise<number>((resolve) => {
-        const ws = new WebSocket(`${f.cp.url.replace("http", "ws")}/api/v1/machines/${machineId}/runner`, {
-          headers: token ? { authorization: `Bearer ${token}` } : {},
-        });
-        ws.on("unexpected-response", (_req, res) => {
-          resolve(res.statusCode ?? 0);
-          ws.terminate();
-        });
-        ws.on("open", () => {
-          resolve(101);
-          ws.close();
-        });
-        ws.on("error", () => undefined);
-      });
+    const status = (machineId: string, token: string | null) => runnerUpgradeStatus(f.cp, machineId, token);
     expect(await status(a, null)).toBe(401);
     expect(await status(a, "trt_wrong")).toBe(401);
     expect(await status(a, oldToken)).toBe(401);

@@ -1,19 +1,12 @@
 // Cancel end to end: real runner, real process trees, real control plane on workerd.
 import { describe, expect, it } from "vitest";
-import { existsSync, readFileSync } from "node:fs";
+import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { useControlPlane } from "../helpers/fixture.js";
-import { isAlive, pidsInGroup, signalGroup } from "../helpers/processes.js";
+import { isAlive, pidFrom, pidsInGroup, signalGroup } from "../helpers/processes.js";
 import { waitFor } from "../helpers/wait.js";
 
 const f = useControlPlane();
-
-/** Waits for a pid file the script writes, and returns the pid. */
-async function pidFrom(file: string): Promise<number> {
-  return waitFor(() => (existsSync(file) ? Number(readFileSync(file, "utf8").trim()) || undefined : undefined), {
-    what: `pid file ${file}`,
-  });
-}
 
 function debugText(status: { logs: Array<{ source: string; text: string }> }): string {
   return status.logs.filter((l) => l.source === "debug").map((l) => l.text).join("\n");

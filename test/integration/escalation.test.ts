@@ -1,21 +1,14 @@
 // The server side's cancel → abandon escalation, end to end: the SDK and the CLI against the real control
 // plane and real runners.
 import { describe, expect, it } from "vitest";
-import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { TendrilClient } from "../../client/sdk.js";
 import { useControlPlane } from "../helpers/fixture.js";
-import { isAlive, pidsInGroup, signalGroup, startTendril } from "../helpers/processes.js";
+import { isAlive, pidFrom, pidsInGroup, signalGroup, startTendril } from "../helpers/processes.js";
 import { waitFor } from "../helpers/wait.js";
 
 const f = useControlPlane();
 const UNKILLABLE = { env: { TENDRIL_UNSAFE_DISABLE_PROCESS_KILL: "1" } };
-
-async function pidFrom(file: string): Promise<number> {
-  return waitFor(() => (existsSync(file) ? Number(readFileSync(file, "utf8").trim()) || undefined : undefined), {
-    what: `pid file ${file}`,
-  });
-}
 
 const client = () => new TendrilClient({ url: f.cp.url, serverToken: f.cp.serverToken });
 

@@ -1,14 +1,14 @@
 // Restarts end to end: a runner killed mid-script, the control plane killed and restarted on its state folder,
 // and the machine object idling past its hibernation time. Real processes throughout, stopped by PID.
 import { describe, expect, it } from "vitest";
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { call } from "../helpers/api.js";
 import { startControlPlane, type TestControlPlane } from "../helpers/control-plane.js";
 import { startFaultProxy, type FaultProxy } from "../helpers/fault-proxy.js";
 import { useControlPlane } from "../helpers/fixture.js";
-import { isAlive, pidsInGroup, signalGroup } from "../helpers/processes.js";
+import { isAlive, killScript, pidFrom, pidsInGroup, signalGroup } from "../helpers/processes.js";
 import { startRunner, type TestRunner } from "../helpers/runner.js";
 import { waitFor } from "../helpers/wait.js";
 
@@ -49,20 +49,6 @@ async function viewWithoutTimes(base: Base, machineId: string): Promise<any> {
   const view = (await call(base, "GET", `/api/v1/machines/${machineId}`)).body;
   const { connectedAt: _connectedAt, lastSeenAt: _lastSeenAt, ...runner } = view.runner;
   return { ...view, runner };
-}
-
-async function pidFrom(file: string): Promise<number> {
-  return waitFor(() => (existsSync(file) ? Number(readFileSync(file, "utf8").trim()) || undefined : undefined), { what: `pid file ${file}` });
-}
-
-/** Kills a script the test left running, by PID (it leads a process group of its own). */
-function killScript(pid: number): void {
-  signalGroup(pid, "SIGKILL");
-  try {
-    process.kill(pid, "SIGKILL");
-  } catch {
-    // already gone
-  }
 }
 
 const stdout = (status: { logs: Line[] }) => status.logs.filter((l) => l.source === "stdout").map((l) => l.text);

@@ -6,6 +6,7 @@ import { connect, type Socket } from "node:net";
 import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import WebSocket from "ws";
+import { runnerUpgradeStatus } from "../helpers/api.js";
 import { useControlPlane } from "../helpers/fixture.js";
 import { waitFor } from "../helpers/wait.js";
 
@@ -22,20 +23,7 @@ const runnerPath = (machineId: string) => `/api/v1/machines/${machineId}/runner`
 const hello = (runnerId: string) => ({ type: "hello", protocol: 1, runnerId, version: "0.1.0", capabilities: ["script.v1", "script.abandon"], inventory: [] });
 
 /** The HTTP status the runner socket's upgrade gets with this token (101 when it is accepted). */
-function upgradeStatus(machineId: string, token: string): Promise<number> {
-  return new Promise((resolve) => {
-    const ws = new WebSocket(`${f.cp.url.replace("http", "ws")}${runnerPath(machineId)}`, { headers: { authorization: `Bearer ${token}` } });
-    ws.on("unexpected-response", (_req, res) => {
-      resolve(res.statusCode ?? 0);
-      ws.terminate();
-    });
-    ws.on("open", () => {
-      resolve(101);
-      ws.close();
-    });
-    ws.on("error", () => undefined);
-  });
-}
+const upgradeStatus = (machineId: string, token: string) => runnerUpgradeStatus(f.cp, machineId, token);
 
 /** A runner socket opened with `ws`: every message it receives, and how it closed. */
 async function openSocket(machineId: string, token: string) {

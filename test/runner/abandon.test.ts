@@ -4,72 +4,39 @@
  * across reconnects and runner restarts. Real runner, real processes, a fake control plane.
  */
 import { spawn } from "node:child_process";
-import { randomUUID } from "node:crypto";
 import { existsSync } from "node:fs";
-import { mkdtemp, rm, writeFile } from "node:fs/promises";
-import { tmpdir } from "node:os";
+import { writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { CAPABILITIES } from "../../shared/protocol.js";
 import { AbandonedWatch, type WatchedProcess } from "../../runner/abandoned-watch.js";
-import type { RunnerDependencies, RunnerHandle, RunnerInput } from "../../runner/index.js";
+import type { RunnerDependencies, RunnerInput } from "../../runner/index.js";
+import { isAlive, killGroup, killPid } from "../helpers/processes.js";
 import {
-  FakeControlPlane,
-  isAlive,
-  killGroup,
-  killPid,
-  pidsWithEnvironment,
+  ScriptTag,
+  setUpRunnerTest,
+  startConnectedRunner,
   startTestRunner,
+  tearDownRunnerTest,
   waitFor,
   type FakeConnection,
-  type TestRunner,
+  type FakeControlPlane,
 } from "./fake-control-plane.js";
-
-/** Every process a test's scripts start carries this variable, so the test can find (and kill) them itself. */
-const TAG = "TENDRIL_TEST_TAG";
 
 let plane: FakeControlPlane;
 let workDir: string;
-let tag: string;
-const runners: RunnerHandle[] = [];
-/** Pids a test started or learned of and must not leave behind. */
-const extraPids = new Set<number>();
+let tag: ScriptTag;
 
 beforeEach(async () => {
-  plane = new FakeControlPlane();
-  await plane.start();
-  workDir = await mkdtemp(join(tmpdir(), "tendril-abandon-"));
-  tag = randomUUID();
+  ({ plane, workDir } = await setUpRunnerTest("abandon"));
+  tag = new ScriptTag();
 });
 
-afterEach(async () => {
-  for (const runner of runners.splice(0)) await runner.stop();
-  for (const pid of plane.pids()) killGroup(pid);
-  for (const pid of pidsWithEnvironment(TAG, tag)) killPid(pid);
-  for (const pid of extraPids) killPid(pid);
-  extraPids.clear();
-  await waitFor(() => pidsWithEnvironment(TAG, tag).length === 0, "the test's processes to be gone");
-  await plane.stop();
-  await rm(workDir, { recursive: true, force: true });
-});
+afterEach(() => tearDownRunnerTest({ plane, workDir }, tag));
 
 /** A runner that watches abandoned processes every 50 ms, so tests need not wait for the 500 ms default. */
-async function connectedRunner(overrides: Partial<RunnerInput> = {}, dependencies: RunnerDependencies = {}): Promise<{ runner: TestRunner; connection: FakeConnection }> {
-  const runner = await startTestRunner(plane, workDir, overrides, { watchPollMs: 50, ...dependencies });
-  runners.push(runner.handle);
-  const connection = await plane.connection(1);
-  await waitFor(() => runner.handle.connected, "the welcome");
-  return { runner, connection };
-}
-
-function dispatch(connection: FakeConnection, ticket: string, fence: number, scriptBody: string): void {
-  connection.dispatch(ticket, fence, scriptBody, { environment: { [TAG]: tag } });
-}
-
-/** A round trip through another script: every frame sent before it has been handled by the runner. */
-async function roundTrip(connection: FakeConnection, ticket: string, fence: number): Promise<void> {
-  connection.dispatch(ticket, fence, "true");
-  await connection.frame("exit", (frame) => frame.ticket === ticket);
+function connectedRunner(overrides: Partial<RunnerInput> = {}, dependencies: RunnerDependencies = {}) {
+  return startConnectedRunner(plane, workDir, overrides, { watchPollMs: 50, ...dependencies });
 }
 
 /** Frames about a ticket that arrived after the given index. */
@@ -82,7 +49,7 @@ function startSleeper(): number {
   const child = spawn("sleep", ["600"], { detached: true, stdio: "ignore" });
   child.on("error", () => undefined);
   const pid = child.pid!;
-  extraPids.add(pid);
+  tag.extraPids.add(pid);
   return pid;
 }
 
@@ -99,7 +66,7 @@ describe("abandon", () => {
     const dir = join(workDir, "work", "t-t1");
     // After the abandon the script writes 2 MB to stdout and 1 MB to stderr: a closed pipe would kill it
     // (SIGPIPE), an undrained one would block it for good. Only a drained pipe lets it reach `done`.
-    dispatch(
+    tag.dispatch(
       connection,
       "t1",
       1,
@@ -118,23 +85,23 @@ describe("abandon", () => {
     await connection.frame("output");
     connection.send({ type: "abandon", ticket: "t1", fence: 1, killProcess: false });
     const atAbandon = connection.frames.length;
-    await roundTrip(connection, "t2", 2);
+    await connection.roundTrip("t2", 2);
     await writeFile(join(dir, "go"), "");
     await waitFor(() => existsSync(join(dir, "done")), "the abandoned script to write all of its output", 10_000);
     expect(isAlive(pid)).toBe(true);
-    await roundTrip(connection, "t3", 3);
+    await connection.roundTrip("t3", 3);
     expect(framesFor(connection, "t1", atAbandon)).toEqual([]);
     expect(connection.invalid).toEqual([]);
   });
 
   it("reports abandoned_exit once the abandoned process exits, and nothing else for it", async () => {
     const { connection } = await connectedRunner();
-    dispatch(connection, "t1", 4, "echo ready; sleep 600");
+    tag.dispatch(connection, "t1", 4, "echo ready; sleep 600");
     const { pid } = await connection.frame("started");
     await connection.frame("output");
     connection.send({ type: "abandon", ticket: "t1", fence: 4, killProcess: false });
     const atAbandon = connection.frames.length;
-    await roundTrip(connection, "t2", 5);
+    await connection.roundTrip("t2", 5);
     expect(connection.all("abandoned_exit")).toEqual([]);
     killGroup(pid);
     const report = await connection.frame("abandoned_exit");
@@ -145,11 +112,11 @@ describe("abandon", () => {
 
   it("kills the process group and the descendants that left it at once with killProcess, and reports the exit", async () => {
     const { connection } = await connectedRunner({ killGraceMs: 60_000 });
-    dispatch(connection, "t1", 1, "trap '' TERM; setsid sleep 600 & ( ( sleep 600 & ) & ); echo ready; sleep 600");
+    tag.dispatch(connection, "t1", 1, "trap '' TERM; setsid sleep 600 & ( ( sleep 600 & ) & ); echo ready; sleep 600");
     const { pid } = await connection.frame("started");
     await connection.frame("output");
-    await waitFor(() => pidsWithEnvironment(TAG, tag).length >= 4, "the script and its three sleeps");
-    const all = pidsWithEnvironment(TAG, tag);
+    await waitFor(() => tag.pids().length >= 4, "the script and its three sleeps");
+    const all = tag.pids();
     const begin = Date.now();
     connection.send({ type: "abandon", ticket: "t1", fence: 1, killProcess: true });
     await waitFor(() => all.every((each) => !isAlive(each)), "every process of the script to die");
@@ -162,12 +129,12 @@ describe("abandon", () => {
   it("waits with delete_workspace until the abandoned process is gone", async () => {
     const { connection } = await connectedRunner();
     const dir = join(workDir, "work", "t-t1");
-    dispatch(connection, "t1", 1, "echo ready; sleep 600");
+    tag.dispatch(connection, "t1", 1, "echo ready; sleep 600");
     const { pid } = await connection.frame("started");
     await connection.frame("output");
     connection.send({ type: "abandon", ticket: "t1", fence: 1, killProcess: false });
     connection.send({ type: "delete_workspace", ticket: "t1" });
-    await roundTrip(connection, "t2", 2);
+    await connection.roundTrip("t2", 2);
     expect(existsSync(dir)).toBe(true);
     killGroup(pid);
     await waitFor(() => !existsSync(dir) && !existsSync(join(workDir, "scripts", "t-t1.sh")), "the workspace to be deleted");
@@ -177,12 +144,11 @@ describe("abandon", () => {
   it("watches a process the welcome asks about and reports it when it dies", async () => {
     plane.autoWelcome = false;
     const sleeper = startSleeper();
-    const runner = await startTestRunner(plane, workDir, {}, { watchPollMs: 50 });
-    runners.push(runner.handle);
+    await startTestRunner(plane, workDir, {}, { watchPollMs: 50 });
     const connection = await plane.connection(1);
     await connection.frame("hello");
     connection.welcome([], [{ ticket: "old", fence: 9, pid: sleeper }]);
-    await roundTrip(connection, "t1", 10);
+    await connection.roundTrip("t1", 10);
     expect(connection.all("abandoned_exit")).toEqual([]);
     killPid(sleeper);
     expect(await connection.frame("abandoned_exit")).toEqual({ type: "abandoned_exit", ticket: "old", fence: 9, pid: sleeper });
@@ -193,8 +159,7 @@ describe("abandon", () => {
     const gone = spawn("true");
     const pid = gone.pid!;
     await new Promise((resolve) => gone.on("exit", resolve));
-    const runner = await startTestRunner(plane, workDir, {}, { watchPollMs: 60_000 });
-    runners.push(runner.handle);
+    await startTestRunner(plane, workDir, {}, { watchPollMs: 60_000 });
     const connection = await plane.connection(1);
     await connection.frame("hello");
     connection.welcome([], [{ ticket: "old", fence: 3, pid }]);
@@ -204,22 +169,18 @@ describe("abandon", () => {
 
   it("sends abandoned_exit after a reconnect when the process died while the runner was disconnected", async () => {
     plane.autoWelcome = false;
-    const runner = await startTestRunner(plane, workDir, {}, { watchPollMs: 50 });
-    runners.push(runner.handle);
-    const first = await plane.connection(1);
-    await first.frame("hello");
-    first.welcome();
-    dispatch(first, "t1", 1, "echo ready; sleep 600");
+    const { logs, connection: first } = await connectedRunner();
+    tag.dispatch(first, "t1", 1, "echo ready; sleep 600");
     const { pid } = await first.frame("started");
     await first.frame("output");
     first.send({ type: "abandon", ticket: "t1", fence: 1, killProcess: false });
-    await roundTrip(first, "t2", 2);
+    await first.roundTrip("t2", 2);
     first.ws.terminate();
     const second = await plane.connection(2);
     const hello = await second.frame("hello");
     expect(hello.inventory.map((item) => item.ticket)).toEqual(["t2"]);
     killGroup(pid);
-    await waitFor(() => runner.logs.some((line) => line.includes(`abandoned process ${pid}`)), "the runner to see the process gone");
+    await waitFor(() => logs.some((line) => line.includes(`abandoned process ${pid}`)), "the runner to see the process gone");
     expect(second.all("abandoned_exit")).toEqual([]);
     second.welcome([{ ticket: "t2", fence: 2, action: "forget", nextSequence: 0 }]);
     expect(await second.frame("abandoned_exit")).toEqual({ type: "abandoned_exit", ticket: "t1", fence: 1, pid });
@@ -228,19 +189,15 @@ describe("abandon", () => {
 
   it("watches a script the welcome answers with abandon, and reports its process's exit", async () => {
     plane.autoWelcome = false;
-    const runner = await startTestRunner(plane, workDir, {}, { watchPollMs: 50 });
-    runners.push(runner.handle);
-    const first = await plane.connection(1);
-    await first.frame("hello");
-    first.welcome();
-    dispatch(first, "t1", 1, "echo ready; sleep 600");
+    const { connection: first } = await connectedRunner();
+    tag.dispatch(first, "t1", 1, "echo ready; sleep 600");
     const { pid } = await first.frame("started");
     await first.frame("output");
     first.ws.terminate();
     const second = await plane.connection(2);
     await second.frame("hello");
     second.welcome([{ ticket: "t1", fence: 1, action: "abandon", nextSequence: 0 }]);
-    await roundTrip(second, "t2", 2);
+    await second.roundTrip("t2", 2);
     expect(isAlive(pid)).toBe(true);
     expect(second.all("abandoned_exit")).toEqual([]);
     killGroup(pid);

@@ -5,25 +5,26 @@
  * backpressure); after acknowledgements, reconnects and cuts every line arrives exactly once, in order, and
  * then the exit. The fake control plane stores strictly (a gap or a repeated line is a violation).
  */
-import { mkdtemp, rm, writeFile } from "node:fs/promises";
-import { tmpdir } from "node:os";
+import { writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from "vitest";
 import type { OutputLine } from "../../shared/protocol.js";
-import type { RunnerHandle, RunnerInput } from "../../runner/index.js";
+import type { RunnerInput } from "../../runner/index.js";
+import { buildCli, type BuiltCli } from "../helpers/built-cli.js";
+import { isAlive, killGroup, pidsInGroupNamed } from "../helpers/processes.js";
 import {
-  FakeControlPlane,
-  isAlive,
-  killGroup,
-  pidsInGroupNamed,
+  setUpRunnerTest,
+  startConnectedRunner,
   startTestRunner as startAgainst,
+  tearDownRunnerTest,
   waitFor,
   waitForBlockedWriter,
   type FakeConnection,
+  type FakeControlPlane,
   type OutputLedger,
   type TestRunner,
 } from "./fake-control-plane.js";
-import { buildCli, residentMemory, startRunnerProcess, type BuiltCli, type RunnerProcess } from "./runner-cli.js";
+import { residentMemory, startRunnerProcess, type RunnerProcess } from "./runner-cli.js";
 
 // ---------------------------------------------------------------------------------------------------
 // the 200 MB writer: `yes LINE | head -c 200000000`
@@ -65,7 +66,6 @@ function yesLines(totalBytes: number) {
 
 let plane: FakeControlPlane;
 let workDir: string;
-const runners: RunnerHandle[] = [];
 const runnerProcesses: RunnerProcess[] = [];
 let cli: BuiltCli;
 
@@ -78,24 +78,17 @@ afterAll(async () => {
 });
 
 beforeEach(async () => {
-  plane = new FakeControlPlane();
-  await plane.start();
-  workDir = await mkdtemp(join(tmpdir(), "tendril-backpressure-"));
+  ({ plane, workDir } = await setUpRunnerTest("backpressure"));
 });
 
 afterEach(async () => {
-  for (const runner of runners.splice(0)) await runner.stop();
   for (const runner of runnerProcesses.splice(0)) await stopRunnerProcess(runner);
   // Every test stops its own scripts; this is the safety net, by pid.
-  for (const pid of plane.pids()) killGroup(pid);
-  await plane.stop();
-  await rm(workDir, { recursive: true, force: true });
+  await tearDownRunnerTest({ plane, workDir });
 });
 
-async function startTestRunner(overrides: Partial<RunnerInput> = {}): Promise<TestRunner> {
-  const runner = await startAgainst(plane, workDir, overrides);
-  runners.push(runner.handle);
-  return runner;
+function startTestRunner(overrides: Partial<RunnerInput> = {}): Promise<TestRunner> {
+  return startAgainst(plane, workDir, overrides);
 }
 
 /** SIGTERM to the runner process's group, SIGKILL if it is still there after a while. */
@@ -242,9 +235,7 @@ describe("runner backpressure", () => {
     // Line 0 is "ready"; the writer's lines follow it.
     plane.checkLine = (ticket, sequence, line) =>
       sequence === 0 ? (line.text === "ready" ? undefined : `line 0 is ${JSON.stringify(line.text)}`) : lines.check(ticket, sequence - 1, line);
-    const { handle } = await startTestRunner({ maxUnackedBytes: mark });
-    const first = await plane.connection(1);
-    await waitFor(() => handle.connected, "the welcome");
+    const { handle, connection: first } = await startConnectedRunner(plane, workDir, { maxUnackedBytes: mark });
     first.dispatch("t1", 1, `echo ready; while [ ! -e go ]; do sleep 0.02; done; ${yesScript(total)}`);
     const { pid } = await first.frame("started");
     const ledger = plane.ledger("t1", 1);
@@ -276,9 +267,7 @@ describe("runner backpressure", () => {
     plane.welcomeFromLedger = true;
     plane.checkLine = lines.check;
     // With pipeDrainMs at 1 ms, an exit reported after that wait would come long before the unread output.
-    const { handle } = await startTestRunner({ maxUnackedBytes: 16 * 1024, pipeDrainMs: 1 });
-    const connection = await plane.connection(1);
-    await waitFor(() => handle.connected, "the welcome");
+    const { handle, connection } = await startConnectedRunner(plane, workDir, { maxUnackedBytes: 16 * 1024, pipeDrainMs: 1 });
     connection.dispatch("t1", 1, `${yesScript(total)}; exit 3`);
     const { pid } = await connection.frame("started");
     await waitFor(() => !isAlive(pid), "the script to exit with output still unread");

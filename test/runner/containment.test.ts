@@ -3,10 +3,7 @@
  * (setsid, double forks, daemons), and reports the exit only once none of them survives. Real runner, real
  * processes, a fake control plane; every process a test starts is killed by pid at the end.
  */
-import { randomUUID } from "node:crypto";
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
-import { mkdtemp, rm } from "node:fs/promises";
-import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import {
@@ -18,68 +15,37 @@ import {
   ownCgroupPath,
   parseProcessStat,
 } from "../../runner/containment.js";
-import type { RunnerDependencies, RunnerHandle, RunnerInput } from "../../runner/index.js";
+import type { RunnerDependencies, RunnerInput } from "../../runner/index.js";
+import { isAlive, killPid, removeDir, tempDir } from "../helpers/processes.js";
 import {
-  FakeControlPlane,
-  isAlive,
-  killGroup,
-  killPid,
-  pidsWithEnvironment,
-  startTestRunner,
+  ScriptTag,
+  setUpRunnerTest,
+  startConnectedRunner,
+  tearDownRunnerTest,
   waitFor,
   type FakeConnection,
-  type TestRunner,
+  type FakeControlPlane,
 } from "./fake-control-plane.js";
-
-/** Every process a test's scripts start carries this variable, so the test can find (and kill) them itself. */
-const TAG = "TENDRIL_TEST_TAG";
 
 let plane: FakeControlPlane;
 let workDir: string;
-let tag: string;
-const runners: RunnerHandle[] = [];
-/** Pids a test learned of and must not leave behind. */
-const extraPids = new Set<number>();
+let tag: ScriptTag;
 
 beforeEach(async () => {
-  plane = new FakeControlPlane();
-  await plane.start();
-  workDir = await mkdtemp(join(tmpdir(), "tendril-containment-"));
-  tag = randomUUID();
+  ({ plane, workDir } = await setUpRunnerTest("containment"));
+  tag = new ScriptTag();
 });
 
-afterEach(async () => {
-  for (const runner of runners.splice(0)) await runner.stop();
-  // Safety net, by pid: the script groups, whatever carries the test's tag, and any pid the test was told of.
-  for (const pid of plane.pids()) killGroup(pid);
-  for (const pid of pidsWithEnvironment(TAG, tag)) killPid(pid);
-  for (const pid of extraPids) killPid(pid);
-  extraPids.clear();
-  await waitFor(() => pidsWithEnvironment(TAG, tag).length === 0, "the test's processes to be gone");
-  await plane.stop();
-  await rm(workDir, { recursive: true, force: true });
-});
+// Safety net, by pid: the script groups, whatever carries the test's tag, and any pid the test was told of.
+afterEach(() => tearDownRunnerTest({ plane, workDir }, tag));
 
-async function connectedRunner(overrides: Partial<RunnerInput> = {}, dependencies: RunnerDependencies = {}): Promise<{ runner: TestRunner; connection: FakeConnection }> {
-  const runner = await startTestRunner(plane, workDir, overrides, dependencies);
-  runners.push(runner.handle);
-  const connection = await plane.connection(1);
-  await waitFor(() => runner.handle.connected, "the welcome");
-  return { runner, connection };
-}
-
-/** Dispatches a bash script whose every process carries the test's tag. */
-function dispatch(connection: FakeConnection, ticket: string, fence: number, scriptBody: string): void {
-  connection.dispatch(ticket, fence, scriptBody, { environment: { [TAG]: tag } });
-}
-
-function tagged(): number[] {
-  return pidsWithEnvironment(TAG, tag);
+function connectedRunner(overrides: Partial<RunnerInput> = {}, dependencies: RunnerDependencies = {}) {
+  return startConnectedRunner(plane, workDir, overrides, dependencies);
 }
 
 /** The tagged processes that are `sleep` by now (the others may still be on their way there, between execs). */
 function sleeps(): number[] {
-  return tagged().filter((pid) => comm(pid) === "sleep");
+  return tag.pids().filter((pid) => comm(pid) === "sleep");
 }
 
 /** A process's command name; empty when it is gone. */
@@ -108,11 +74,11 @@ describe.each(MODES)("cancel with %s", (_mode, cgroupTree) => {
 
   it("kills a descendant that left the process group with setsid, and only then reports cancelled", async () => {
     const { connection } = await connectedRunner({}, dependencies);
-    dispatch(connection, "t1", 1, "setsid sleep 600 & echo ready; sleep 600");
+    tag.dispatch(connection, "t1", 1, "setsid sleep 600 & echo ready; sleep 600");
     await connection.frame("output");
     // The script's sleep and the escaped one (besides the script's shell).
     await waitFor(() => sleeps().length === 2, "two sleeps");
-    const escaped = tagged();
+    const escaped = tag.pids();
     connection.send({ type: "cancel", ticket: "t1", fence: 1 });
     const exit = await connection.frame("exit");
     // The exit went out only after the sweep found nothing: none of them may be alive now.
@@ -123,7 +89,7 @@ describe.each(MODES)("cancel with %s", (_mode, cgroupTree) => {
 
   it("kills double-forked and daemonized descendants", async () => {
     const { connection } = await connectedRunner({}, dependencies);
-    dispatch(
+    tag.dispatch(
       connection,
       "t1",
       1,
@@ -138,7 +104,7 @@ describe.each(MODES)("cancel with %s", (_mode, cgroupTree) => {
     await connection.frame("output");
     // The script's sleep and three that got away from it.
     await waitFor(() => sleeps().length === 4, "four sleeps");
-    const all = tagged();
+    const all = tag.pids();
     connection.send({ type: "cancel", ticket: "t1", fence: 1 });
     const exit = await connection.frame("exit");
     expect(all.filter(isAlive)).toEqual([]);
@@ -149,10 +115,10 @@ describe.each(MODES)("cancel with %s", (_mode, cgroupTree) => {
 
   it("kills a grandchild that keeps the pipes open", async () => {
     const { connection } = await connectedRunner({}, dependencies);
-    dispatch(connection, "t1", 1, "echo ready; (sleep 600) & sleep 600");
+    tag.dispatch(connection, "t1", 1, "echo ready; (sleep 600) & sleep 600");
     await connection.frame("output");
     await waitFor(() => sleeps().length === 2, "two sleeps");
-    const all = tagged();
+    const all = tag.pids();
     connection.send({ type: "cancel", ticket: "t1", fence: 1 });
     const exit = await connection.frame("exit");
     expect(all.filter(isAlive)).toEqual([]);
@@ -162,16 +128,16 @@ describe.each(MODES)("cancel with %s", (_mode, cgroupTree) => {
 
   it("SIGKILLs a descendant outside the group that ignores SIGTERM, after the grace period", async () => {
     const { connection } = await connectedRunner({ killGraceMs: 300 }, dependencies);
-    dispatch(connection, "t1", 1, `setsid bash -c "trap '' TERM; echo ignoring; while :; do sleep 0.05; done" & sleep 600`);
+    tag.dispatch(connection, "t1", 1, `setsid bash -c "trap '' TERM; echo ignoring; while :; do sleep 0.05; done" & sleep 600`);
     await connection.frame("output", (frame) => frame.lines.some((line) => line.text === "ignoring"));
-    await waitFor(() => sleeps().length >= 1 && tagged().length >= 3, "the tagged processes");
-    const all = tagged();
+    await waitFor(() => sleeps().length >= 1 && tag.pids().length >= 3, "the tagged processes");
+    const all = tag.pids();
     const begin = Date.now();
     connection.send({ type: "cancel", ticket: "t1", fence: 1 });
     const exit = await connection.frame("exit");
     expect(Date.now() - begin).toBeGreaterThanOrEqual(250);
     expect(all.filter(isAlive)).toEqual([]);
-    expect(tagged()).toEqual([]);
+    expect(tag.pids()).toEqual([]);
     expect(exit.outcome).toEqual({ kind: "cancelled", signals: ["SIGTERM", "SIGKILL"] });
     expect(texts(connection, "t1", "debug").at(-1)).toMatch(/^Cancelled: sent SIGTERM to the process group and to \d+ process(es)? that had left it, then SIGKILL after 300 ms\.$/);
   });
@@ -179,10 +145,10 @@ describe.each(MODES)("cancel with %s", (_mode, cgroupTree) => {
   it("keeps the script's own exit code when it exited before the cancel, and still kills what it left running", async () => {
     const { connection } = await connectedRunner({ pipeDrainMs: 5_000 }, dependencies);
     // The escaped sleep holds the pipes, so the exit waits for pipeDrainMs: the cancel arrives in between.
-    dispatch(connection, "t1", 1, "setsid sleep 600 & echo ready; exit 3");
+    tag.dispatch(connection, "t1", 1, "setsid sleep 600 & echo ready; exit 3");
     await connection.frame("output");
     await waitFor(() => sleeps().length === 1 && !isAlive(connection.all("started")[0]?.pid ?? 0), "the shell to exit, leaving one process");
-    const [leftover] = tagged();
+    const [leftover] = tag.pids();
     connection.send({ type: "cancel", ticket: "t1", fence: 1 });
     const exit = await connection.frame("exit");
     expect(exit.outcome).toEqual({ kind: "exited", code: 3 });
@@ -192,16 +158,16 @@ describe.each(MODES)("cancel with %s", (_mode, cgroupTree) => {
 
   it("kills nothing when kill is disabled, neither the group nor the processes that left it", async () => {
     const { connection } = await connectedRunner({ disableKill: true, killGraceMs: 100 }, dependencies);
-    dispatch(connection, "t1", 1, "setsid sleep 600 & ( ( sleep 600 & ) & ); echo ready; sleep 600");
+    tag.dispatch(connection, "t1", 1, "setsid sleep 600 & ( ( sleep 600 & ) & ); echo ready; sleep 600");
     await connection.frame("output");
     await waitFor(() => sleeps().length === 3, "three sleeps");
     // The script's own shell first: killed after its foreground sleep, it could exit 137 by itself in between.
     const all = [(await connection.frame("started")).pid, ...sleeps()];
-    for (const pid of all) extraPids.add(pid);
+    for (const pid of all) tag.extraPids.add(pid);
     connection.send({ type: "cancel", ticket: "t1", fence: 1 });
     await connection.frame("output", (frame) => frame.lines.some((line) => line.source === "debug"));
     // A round trip through a script that outlasts the grace period: any kill would have happened by now.
-    dispatch(connection, "t2", 2, "sleep 0.5");
+    tag.dispatch(connection, "t2", 2, "sleep 0.5");
     await connection.frame("exit", (frame) => frame.ticket === "t2");
     expect(all.filter(isAlive)).toEqual(all);
     expect(connection.all("exit", "t1")).toEqual([]);
@@ -259,7 +225,7 @@ describe("cgroups", () => {
   });
 
   it("falls back to the marker sweep when the cgroup folder is not a real cgroup", async () => {
-    const fake = await mkdtemp(join(tmpdir(), "tendril-fake-cgroup-"));
+    const fake = await tempDir("fake-cgroup");
     try {
       writeFileSync(join(fake, "mountinfo"), `40 30 0:37 / ${fake}/mnt rw - cgroup2 cgroup2 rw\n`);
       writeFileSync(join(fake, "cgroup"), "0::/\n");
@@ -270,7 +236,7 @@ describe("cgroups", () => {
       writeFileSync(join(fake, "mnt", "cgroup.controllers"), "");
       expect(CgroupTree.detect(() => undefined, { mountinfo: join(fake, "mountinfo"), selfCgroup: join(fake, "cgroup") })).toMatch(/cannot create a cgroup/);
     } finally {
-      await rm(fake, { recursive: true, force: true });
+      await removeDir(fake);
     }
   });
 
@@ -294,10 +260,10 @@ describe("cgroups", () => {
 
   it.runIf(cgroupsUsable)("kills a process that left both the group and the marked environment, through the cgroup", async () => {
     const { connection } = await connectedRunner({}, { cgroups: cgroups as CgroupTree });
-    dispatch(connection, "t1", 1, "env -i setsid sleep 600 & echo \"escaped $!\"; sleep 600");
+    tag.dispatch(connection, "t1", 1, "env -i setsid sleep 600 & echo \"escaped $!\"; sleep 600");
     const first = await connection.frame("output");
     const escaped = Number(first.lines[0]!.text.split(" ")[1]);
-    extraPids.add(escaped);
+    tag.extraPids.add(escaped);
     await waitFor(() => comm(escaped) === "sleep", "the escaped sleep");
     connection.send({ type: "cancel", ticket: "t1", fence: 1 });
     const exit = await connection.frame("exit");

@@ -1,9 +1,10 @@
 /**
  * A fake control plane for runner tests: a real `ws` server on 127.0.0.1 that speaks the protocol, a runner
- * started against it, and waiting helpers (observable conditions with deadlines, never bare sleeps).
+ * started against it, tagged scripts whose processes the test can find by itself, and waiting helpers
+ * (observable conditions with deadlines, never bare sleeps).
  */
+import { randomUUID } from "node:crypto";
 import { createServer, type IncomingMessage, type Server } from "node:http";
-import { readFileSync, readdirSync } from "node:fs";
 import type { Duplex } from "node:stream";
 import { WebSocketServer, type WebSocket } from "ws";
 import type { ScriptPayload } from "../../shared/api.js";
@@ -15,6 +16,8 @@ import {
   type RunnerMessage,
 } from "../../shared/protocol.js";
 import { startRunner, type RunnerDependencies, type RunnerHandle, type RunnerInput } from "../../runner/index.js";
+import { closeServer, listenLocally } from "../helpers/http-server.js";
+import { bytesWritten, isBlockedOnWrite, killGroup, killPid, pidsWithEnvironment, removeDir, tempDir } from "../helpers/processes.js";
 
 // ---------------------------------------------------------------------------------------------------
 // waiting helpers: observable conditions with deadlines
@@ -41,88 +44,6 @@ export async function within<T>(promise: Promise<T>, what: string, timeoutMs = 5
   } finally {
     clearTimeout(timer);
   }
-}
-
-/** True while the process exists and is not a zombie. */
-export function isAlive(pid: number): boolean {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
-    const state = stat.slice(stat.lastIndexOf(")") + 2, stat.lastIndexOf(")") + 3);
-    return state !== "Z" && state !== "X";
-  } catch {
-    return false;
-  }
-}
-
-/** SIGKILLs a process group; a group that is gone is fine. */
-export function killGroup(pid: number): void {
-  try {
-    process.kill(-pid, "SIGKILL");
-  } catch {
-    // Already gone.
-  }
-}
-
-/** SIGKILLs one process; a process that is gone is fine. */
-export function killPid(pid: number): void {
-  try {
-    process.kill(pid, "SIGKILL");
-  } catch {
-    // Already gone.
-  }
-}
-
-/** Every live pid whose environment holds exactly `name=value` (the test's own view, independent of the runner). */
-export function pidsWithEnvironment(name: string, value: string): number[] {
-  const wanted = `${name}=${value}`;
-  const pids: number[] = [];
-  for (const entry of readdirSync("/proc")) {
-    if (!/^\d+$/.test(entry) || Number(entry) === process.pid) continue;
-    try {
-      const environ = readFileSync(`/proc/${entry}/environ`).toString("utf8").split("\0");
-      if (environ.includes(wanted) && isAlive(Number(entry))) pids.push(Number(entry));
-    } catch {
-      // Gone meanwhile.
-    }
-  }
-  return pids;
-}
-
-/** Every live pid in process group `pgid` whose command name is `name`. */
-export function pidsInGroupNamed(pgid: number, name: string): number[] {
-  const pids: number[] = [];
-  for (const entry of readdirSync("/proc")) {
-    if (!/^\d+$/.test(entry)) continue;
-    try {
-      const stat = readFileSync(`/proc/${entry}/stat`, "utf8");
-      const command = stat.slice(stat.indexOf("(") + 1, stat.lastIndexOf(")"));
-      const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-      if (command === name && Number(fields[2]) === pgid && fields[0] !== "Z") pids.push(Number(entry));
-    } catch {
-      // Gone meanwhile.
-    }
-  }
-  return pids;
-}
-
-/**
- * True while the process sleeps in the kernel writing to its full output (its reader does not read). Node gives
- * a child's stdio "pipes" as Unix socket pairs, where a blocked writer waits in `sock_alloc_send_pskb`; a real
- * pipe's writer waits in `pipe_write` (`anon_pipe_write` on newer kernels).
- */
-export function isBlockedOnWrite(pid: number): boolean {
-  try {
-    return /pipe_write|sock_alloc_send|unix_stream_sendmsg/.test(readFileSync(`/proc/${pid}/wchan`, "utf8"));
-  } catch {
-    return false;
-  }
-}
-
-/** Bytes the process has written so far (`wchar` of /proc/<pid>/io). */
-export function bytesWritten(pid: number): number {
-  const match = /^wchar:\s+(\d+)/m.exec(readFileSync(`/proc/${pid}/io`, "utf8"));
-  if (match === null) throw new Error(`no wchar in /proc/${pid}/io`);
-  return Number(match[1]);
 }
 
 /**
@@ -276,6 +197,12 @@ export class FakeConnection {
     return this.all("output", ticket).flatMap((frame) => frame.lines.map((line, i) => describeLine(frame.sequence + i, line)));
   }
 
+  /** A round trip through another script (`true`): every frame sent before it has been handled by the runner. */
+  async roundTrip(ticket: string, fence: number): Promise<void> {
+    this.dispatch(ticket, fence, "true");
+    await this.frame("exit", (frame) => frame.ticket === ticket);
+  }
+
   indexOf(frame: RunnerMessage): number {
     return this.frames.indexOf(frame);
   }
@@ -326,20 +253,20 @@ export class FakeControlPlane {
   readonly ledgers = new Map<string, OutputLedger>();
   /** The connection of the latest hello: only its frames are stored. */
   current: FakeConnection | undefined;
+  /** Runners started against this plane with startTestRunner; `stopRunners` stops them. */
+  readonly runners: RunnerHandle[] = [];
   private readonly server: Server = createServer((_, response) => response.writeHead(404).end());
   private readonly wss = new WebSocketServer({ noServer: true });
-  private port = 0;
+  private baseUrl = "";
 
   async start(): Promise<void> {
     this.server.on("upgrade", (request: IncomingMessage, socket: Duplex, head: Buffer) => this.onUpgrade(request, socket, head));
-    await new Promise<void>((resolve) => this.server.listen(0, "127.0.0.1", resolve));
-    const address = this.server.address();
-    if (address === null || typeof address === "string") throw new Error("no port");
-    this.port = address.port;
+    this.baseUrl = await listenLocally(this.server);
   }
 
+  /** `http://127.0.0.1:<port>`, once started. */
   get url(): string {
-    return `http://127.0.0.1:${this.port}`;
+    return this.baseUrl;
   }
 
   /** The n-th connection (1-based), waiting for it. */
@@ -389,11 +316,19 @@ export class FakeControlPlane {
     return this.connections.flatMap((connection) => connection.all("started").map((frame) => frame.pid));
   }
 
+  /**
+   * The safety net after a test: stops every runner started against this plane, then SIGKILLs, by pid, the
+   * process group of every script a runner said it started.
+   */
+  async stopRunners(): Promise<void> {
+    for (const runner of this.runners.splice(0)) await runner.stop();
+    for (const pid of this.pids()) killGroup(pid);
+  }
+
   async stop(): Promise<void> {
     for (const client of this.wss.clients) client.terminate();
     await new Promise<void>((resolve) => this.wss.close(() => resolve()));
-    this.server.closeAllConnections();
-    await new Promise<void>((resolve) => this.server.close(() => resolve()));
+    await closeServer(this.server);
   }
 
   private onUpgrade(request: IncomingMessage, socket: Duplex, head: Buffer): void {
@@ -414,6 +349,31 @@ export class FakeControlPlane {
 // ---------------------------------------------------------------------------------------------------
 // a runner against the fake control plane
 
+/** What each runner test starts from: a fake control plane of its own and an empty work folder. */
+export interface RunnerTestSetup {
+  plane: FakeControlPlane;
+  workDir: string;
+}
+
+/** Starts a fresh fake control plane and makes a work folder `tendril-<name>-XXXXXX` (for a beforeEach). */
+export async function setUpRunnerTest(name: string): Promise<RunnerTestSetup> {
+  const plane = new FakeControlPlane();
+  await plane.start();
+  return { plane, workDir: await tempDir(name) };
+}
+
+/**
+ * The safety net after a runner test, by pid (for an afterEach): stops the runners started against the plane and
+ * kills their scripts' process groups (and, given a tag, every process that carries it), then stops the plane
+ * and removes the work folder.
+ */
+export async function tearDownRunnerTest({ plane, workDir }: RunnerTestSetup, tag?: ScriptTag): Promise<void> {
+  await plane.stopRunners();
+  await tag?.killAll();
+  await plane.stop();
+  await removeDir(workDir);
+}
+
 /** A runner started for a test, with what it logged. */
 export interface TestRunner {
   handle: RunnerHandle;
@@ -421,7 +381,7 @@ export interface TestRunner {
   fatal: string[];
 }
 
-/** Starts a runner against `plane` with short test timings; `overrides` and `dependencies` adjust it. */
+/** Starts a runner against `plane` with short test timings (stopped by `plane.stopRunners()`); `overrides` and `dependencies` adjust it. */
 export async function startTestRunner(
   plane: FakeControlPlane,
   workDir: string,
@@ -453,5 +413,60 @@ export async function startTestRunner(
     },
     dependencies,
   );
+  plane.runners.push(handle);
   return { handle, logs, fatal };
+}
+
+/**
+ * Starts a runner against `plane` and waits until its first connection is welcomed: by the plane, or, while
+ * `plane.autoWelcome` is off, by this function with nothing to resume (the test answers any later hello itself).
+ */
+export async function startConnectedRunner(
+  plane: FakeControlPlane,
+  workDir: string,
+  overrides: Partial<RunnerInput> = {},
+  dependencies: RunnerDependencies = {},
+): Promise<TestRunner & { connection: FakeConnection }> {
+  const runner = await startTestRunner(plane, workDir, overrides, dependencies);
+  const connection = await plane.connection(1);
+  if (!plane.autoWelcome) {
+    await connection.frame("hello");
+    connection.welcome();
+  }
+  await waitFor(() => runner.handle.connected, "the welcome");
+  return { ...runner, connection };
+}
+
+// ---------------------------------------------------------------------------------------------------
+// tagged scripts: processes a test can find by itself
+
+/** Every process of a tagged script carries this variable in its environment. */
+const TAG_VARIABLE = "TENDRIL_TEST_TAG";
+
+/**
+ * A random tag for one test's scripts: every process they start carries it in its environment, so that the test
+ * can find (and kill) them itself, by pid, even those that left the script's process group.
+ */
+export class ScriptTag {
+  readonly value = randomUUID();
+  /** Pids the test started or learned of (tagged or not) and must not leave behind. */
+  readonly extraPids = new Set<number>();
+
+  /** Dispatches a bash script whose every process carries the tag. */
+  dispatch(connection: FakeConnection, ticket: string, fence: number, scriptBody: string): void {
+    connection.dispatch(ticket, fence, scriptBody, { environment: { [TAG_VARIABLE]: this.value } });
+  }
+
+  /** Every live process that carries the tag. */
+  pids(): number[] {
+    return pidsWithEnvironment(TAG_VARIABLE, this.value);
+  }
+
+  /** SIGKILLs every tagged process and every extra pid, and waits until no tagged process is left. */
+  async killAll(): Promise<void> {
+    for (const pid of this.pids()) killPid(pid);
+    for (const pid of this.extraPids) killPid(pid);
+    this.extraPids.clear();
+    await waitFor(() => this.pids().length === 0, "the test's processes to be gone");
+  }
 }

@@ -1,13 +1,12 @@
-import { mkdtemp, readdir, rm, stat } from "node:fs/promises";
-import { readFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { readdir, stat } from "node:fs/promises";
 import { join } from "node:path";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import type { ScriptPayload } from "../../shared/api.js";
 import type { Outcome } from "../../shared/protocol.js";
 import { spawnScript, type ProcessManagerOptions, type ScriptProcess, type SpawnResult } from "../../runner/process-manager.js";
 import { Workspaces } from "../../runner/workspace.js";
-import { pidsInGroupNamed, waitForBlockedWriter } from "./fake-control-plane.js";
+import { isAlive, killGroup, killPid, pidsInGroupNamed, removeDir, tempDir } from "../helpers/processes.js";
+import { waitFor, waitForBlockedWriter, within } from "./fake-control-plane.js";
 
 let workDir: string;
 let workspaces: Workspaces;
@@ -15,62 +14,15 @@ let workspaces: Workspaces;
 const startedGroups = new Set<number>();
 
 beforeEach(async () => {
-  workDir = await mkdtemp(join(tmpdir(), "tendril-pm-"));
+  workDir = await tempDir("pm");
   workspaces = new Workspaces(workDir);
 });
 
 afterEach(async () => {
   for (const pid of startedGroups) killGroup(pid);
   startedGroups.clear();
-  await rm(workDir, { recursive: true, force: true });
+  await removeDir(workDir);
 });
-
-function killGroup(pid: number): void {
-  try {
-    process.kill(-pid, "SIGKILL");
-  } catch {
-    // Already gone.
-  }
-}
-
-function killPid(pid: number): void {
-  try {
-    process.kill(pid, "SIGKILL");
-  } catch {
-    // Already gone.
-  }
-}
-
-/** True while the process exists and is not a zombie. */
-function isAlive(pid: number): boolean {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
-    // The state follows the command name in parentheses.
-    return stat.slice(stat.lastIndexOf(")") + 2, stat.lastIndexOf(")") + 3) !== "Z";
-  } catch {
-    return false;
-  }
-}
-
-async function waitFor(condition: () => boolean, what: string, timeoutMs = 5_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!condition()) {
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 10));
-  }
-}
-
-async function within<T>(promise: Promise<T>, what: string, timeoutMs = 5_000): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`timed out after ${timeoutMs} ms waiting for ${what}`)), timeoutMs);
-  });
-  try {
-    return await Promise.race([promise, timeout]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
 
 const OPTIONS: ProcessManagerOptions = {
   pipeDrainMs: 300,
@@ -183,7 +135,7 @@ describe("process manager", () => {
   });
 
   it("fails without spawning when the shell is not on the PATH", async () => {
-    const emptyDir = await mkdtemp(join(tmpdir(), "tendril-empty-"));
+    const emptyDir = await tempDir("empty");
     try {
       const options = { ...OPTIONS, baseEnvironment: { PATH: emptyDir } };
       const pwsh = await start("t1", payload("Write-Output hi", { shell: "pwsh" }), options);
@@ -191,7 +143,7 @@ describe("process manager", () => {
       const bash = await start("t2", payload("echo hi"), options);
       expect(bash.result).toEqual({ ok: false, outcome: { kind: "failed", message: 'The shell "bash" was not found on this machine\'s PATH.' } });
     } finally {
-      await rm(emptyDir, { recursive: true, force: true });
+      await removeDir(emptyDir);
     }
   });
 

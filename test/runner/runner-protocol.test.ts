@@ -3,40 +3,47 @@
  * real scripts running as real processes.
  */
 import { existsSync } from "node:fs";
-import { mkdtemp, rm, writeFile } from "node:fs/promises";
-import { tmpdir } from "node:os";
+import { writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { CAPABILITIES, PROTOCOL_VERSION } from "../../shared/protocol.js";
 import { backoffDelay, runnerSocketUrl } from "../../runner/connection.js";
-import type { RunnerHandle, RunnerInput } from "../../runner/index.js";
-import { FakeControlPlane, isAlive, killGroup, startTestRunner as startAgainst, waitFor, within, type TestRunner } from "./fake-control-plane.js";
+import type { RunnerInput } from "../../runner/index.js";
+import { isAlive, killGroup, removeDir, tempDir } from "../helpers/processes.js";
+import {
+  setUpRunnerTest,
+  startConnectedRunner,
+  startTestRunner as startAgainst,
+  tearDownRunnerTest,
+  waitFor,
+  within,
+  type FakeControlPlane,
+  type TestRunner,
+} from "./fake-control-plane.js";
 
 // ---------------------------------------------------------------------------------------------------
 // per-test setup
 
 let plane: FakeControlPlane;
 let workDir: string;
-const runners: RunnerHandle[] = [];
 
 beforeEach(async () => {
-  plane = new FakeControlPlane();
-  await plane.start();
-  workDir = await mkdtemp(join(tmpdir(), "tendril-runner-"));
+  ({ plane, workDir } = await setUpRunnerTest("runner"));
 });
 
-afterEach(async () => {
-  for (const runner of runners.splice(0)) await runner.stop();
-  // Safety net: every test stops its own processes, by pid.
-  for (const pid of plane.pids()) killGroup(pid);
-  await plane.stop();
-  await rm(workDir, { recursive: true, force: true });
-});
+// Safety net: every test stops its own processes, by pid.
+afterEach(() => tearDownRunnerTest({ plane, workDir }));
 
-async function startTestRunner(overrides: Partial<RunnerInput> = {}, environment?: NodeJS.ProcessEnv): Promise<TestRunner> {
-  const runner = await startAgainst(plane, workDir, overrides, environment === undefined ? {} : { environment });
-  runners.push(runner.handle);
-  return runner;
+function startTestRunner(overrides: Partial<RunnerInput> = {}): Promise<TestRunner> {
+  return startAgainst(plane, workDir, overrides);
+}
+
+/**
+ * A runner whose first connection is welcomed (by the test itself while `plane.autoWelcome` is off), with that
+ * connection; `environment` replaces the runner's own (what its scripts inherit).
+ */
+function connectedRunner(overrides: Partial<RunnerInput> = {}, environment?: NodeJS.ProcessEnv) {
+  return startConnectedRunner(plane, workDir, overrides, environment === undefined ? {} : { environment });
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -110,9 +117,7 @@ describe("runner handshake", () => {
     [4000, "replaced"],
     [4001, "token_revoked"],
   ] as const)("stops for good when the control plane closes the socket with %i", async (code, kind) => {
-    const { handle, fatal } = await startTestRunner();
-    const connection = await plane.connection(1);
-    await waitFor(() => handle.connected, "the welcome");
+    const { handle, fatal, connection } = await connectedRunner();
     connection.ws.close(code, "test");
     const stopped = await within(handle.stopped, "the runner to stop");
     expect(stopped.kind).toBe(kind);
@@ -123,9 +128,7 @@ describe("runner handshake", () => {
   });
 
   it("closes the socket with 1000 on stop and leaves running scripts alone", async () => {
-    const { handle } = await startTestRunner();
-    const connection = await plane.connection(1);
-    await waitFor(() => handle.connected, "the welcome");
+    const { handle, connection } = await connectedRunner();
     connection.dispatch("t1", 1, "echo ready; sleep 600");
     const { pid } = await connection.frame("started");
     await connection.frame("output");
@@ -163,9 +166,7 @@ describe("runner heartbeat", () => {
 
 describe("runner scripts", () => {
   it("runs a dispatched script and reports started, numbered output and then its exit", async () => {
-    const { handle } = await startTestRunner({}, { ...process.env, TENDRIL_RUNNER_TOKEN: "must-not-leak" });
-    const connection = await plane.connection(1);
-    await waitFor(() => handle.connected, "the welcome");
+    const { connection } = await connectedRunner({}, { ...process.env, TENDRIL_RUNNER_TOKEN: "must-not-leak" });
     connection.dispatch("t1", 7, 'echo "args: $*"; echo "token=${TENDRIL_RUNNER_TOKEN-unset} env=$GREETING ticket=$TENDRIL_TICKET"; echo oops >&2; cat data.txt; exit 5', {
       arguments: ["a", "b c"],
       environment: { GREETING: "hello" },
@@ -189,9 +190,7 @@ describe("runner scripts", () => {
   });
 
   it("runs a redelivered dispatch of the same ticket and fence only once", async () => {
-    const { handle } = await startTestRunner();
-    const connection = await plane.connection(1);
-    await waitFor(() => handle.connected, "the welcome");
+    const { connection } = await connectedRunner();
     connection.dispatch("t1", 1, "echo once; sleep 0.2");
     connection.dispatch("t1", 1, "echo once; sleep 0.2");
     await connection.frame("exit");
@@ -200,11 +199,9 @@ describe("runner scripts", () => {
   });
 
   it("reports a missing shell as one debug line and a failed exit, without started", async () => {
-    const emptyDir = await mkdtemp(join(tmpdir(), "tendril-empty-"));
+    const emptyDir = await tempDir("empty");
     try {
-      const { handle } = await startTestRunner({}, { PATH: emptyDir });
-      const connection = await plane.connection(1);
-      await waitFor(() => handle.connected, "the welcome");
+      const { connection } = await connectedRunner({}, { PATH: emptyDir });
       connection.dispatch("t1", 1, "Write-Output hi", { shell: "pwsh" });
       const exit = await connection.frame("exit");
       const message = 'The shell "pwsh" was not found on this machine\'s PATH.';
@@ -212,22 +209,18 @@ describe("runner scripts", () => {
       expect(connection.lines("t1")).toEqual([`0:debug:${message}`]);
       expect(connection.all("started")).toEqual([]);
     } finally {
-      await rm(emptyDir, { recursive: true, force: true });
+      await removeDir(emptyDir);
     }
   });
 
   it("keeps output and the exit until acknowledged, and resends exactly from the welcome's nextSequence", async () => {
     plane.autoWelcome = false;
-    await startTestRunner();
-    const first = await plane.connection(1);
-    await first.frame("hello");
-    first.welcome();
+    const { connection: first } = await connectedRunner();
     first.dispatch("t1", 3, "for i in 0 1 2 3 4; do echo line$i; done");
     await first.frame("exit");
     first.send({ type: "ack", ticket: "t1", fence: 3, nextSequence: 2 });
     // The ack is processed before the next frame: wait for a round trip through a second script.
-    first.dispatch("t2", 4, "true");
-    await first.frame("exit", (frame) => frame.ticket === "t2");
+    await first.roundTrip("t2", 4);
     first.send({ type: "exit_ack", ticket: "t2", fence: 4 });
     first.ws.terminate();
 
@@ -242,11 +235,9 @@ describe("runner scripts", () => {
     expect(second.all("started")).toEqual([]);
 
     second.send({ type: "exit_ack", ticket: "t1", fence: 3 });
-    second.dispatch("t3", 5, "true");
-    await second.frame("exit", (frame) => frame.ticket === "t3");
+    await second.roundTrip("t3", 5);
     second.send({ type: "exit_ack", ticket: "t3", fence: 5 });
-    second.dispatch("t4", 6, "true");
-    await second.frame("exit", (frame) => frame.ticket === "t4");
+    await second.roundTrip("t4", 6);
     second.ws.terminate();
     const third = await plane.connection(3);
     expect((await third.frame("hello")).inventory).toEqual([{ ticket: "t4", fence: 6, nextSequence: 0, exited: true }]);
@@ -254,10 +245,7 @@ describe("runner scripts", () => {
 
   it("resends the output a running script wrote while disconnected, then its exit, after the welcome", async () => {
     plane.autoWelcome = false;
-    const { logs } = await startTestRunner();
-    const first = await plane.connection(1);
-    await first.frame("hello");
-    first.welcome();
+    const { connection: first, logs } = await connectedRunner();
     first.dispatch("t1", 1, "echo before; while [ ! -e go ]; do sleep 0.02; done; echo after1; echo after2 >&2");
     const { pid } = await first.frame("started");
     await first.frame("output");
@@ -286,10 +274,7 @@ describe("runner scripts", () => {
 
   it("sends started again after a reconnect when no ack showed that it arrived", async () => {
     plane.autoWelcome = false;
-    await startTestRunner();
-    const first = await plane.connection(1);
-    await first.frame("hello");
-    first.welcome();
+    const { connection: first } = await connectedRunner();
     first.dispatch("t1", 1, "while [ ! -e go ]; do sleep 0.02; done; echo done");
     const started = await first.frame("started");
     first.ws.terminate();
@@ -299,8 +284,7 @@ describe("runner scripts", () => {
     expect(await second.frame("started")).toEqual(started);
     second.send({ type: "ack", ticket: "t1", fence: 1, nextSequence: 0 });
     // A round trip through another script: the ack has been handled by now.
-    second.dispatch("t2", 2, "true");
-    await second.frame("exit", (frame) => frame.ticket === "t2");
+    await second.roundTrip("t2", 2);
     second.ws.terminate();
     const third = await plane.connection(3);
     await third.frame("hello");
@@ -312,15 +296,12 @@ describe("runner scripts", () => {
   });
 
   it("ignores a repeated dispatch of a script it already ran to the end and forgot", async () => {
-    const { handle, logs } = await startTestRunner();
-    const connection = await plane.connection(1);
-    await waitFor(() => handle.connected, "the welcome");
+    const { logs, connection } = await connectedRunner();
     connection.dispatch("t1", 1, "echo once");
     await connection.frame("exit");
     connection.send({ type: "exit_ack", ticket: "t1", fence: 1 });
     connection.dispatch("t1", 1, "echo once");
-    connection.dispatch("t2", 2, "true");
-    await connection.frame("exit", (frame) => frame.ticket === "t2");
+    await connection.roundTrip("t2", 2);
     expect(connection.all("started", "t1")).toHaveLength(1);
     expect(connection.all("exit", "t1")).toHaveLength(1);
     expect(connection.lines("t1")).toEqual(["0:stdout:once"]);
@@ -330,9 +311,7 @@ describe("runner scripts", () => {
   it("never logs the runner token or the values of a request's environment, not even in a failure", async () => {
     const token = "runner-token-SECRET-4711";
     plane.refuse.push(401);
-    const { handle, logs } = await startTestRunner({ token, reconnectMaxMs: 50 });
-    const connection = await plane.connection(1);
-    await waitFor(() => handle.connected, "the welcome");
+    const { logs, connection } = await connectedRunner({ token, reconnectMaxMs: 50 });
     expect(connection.request.headers.authorization).toBe(`Bearer ${token}`);
     connection.dispatch("t1", 1, 'echo "the script may print its own: $API_KEY"', { environment: { API_KEY: "env-secret-value-1" } });
     await connection.frame("exit", (frame) => frame.ticket === "t1");
@@ -349,9 +328,7 @@ describe("runner scripts", () => {
   });
 
   it("cancels a running script with SIGTERM to its group and reports cancelled with a debug line", async () => {
-    const { handle } = await startTestRunner();
-    const connection = await plane.connection(1);
-    await waitFor(() => handle.connected, "the welcome");
+    const { connection } = await connectedRunner();
     connection.dispatch("t1", 1, "echo ready; sleep 600");
     const { pid } = await connection.frame("started");
     await connection.frame("output");
@@ -363,9 +340,7 @@ describe("runner scripts", () => {
   });
 
   it("escalates a cancel to SIGKILL when the script ignores SIGTERM for killGraceMs", async () => {
-    const { handle } = await startTestRunner({ killGraceMs: 300 });
-    const connection = await plane.connection(1);
-    await waitFor(() => handle.connected, "the welcome");
+    const { connection } = await connectedRunner({ killGraceMs: 300 });
     connection.dispatch("t1", 1, "trap '' TERM; echo ready; while :; do sleep 0.05; done");
     const { pid } = await connection.frame("started");
     await connection.frame("output");
@@ -377,45 +352,35 @@ describe("runner scripts", () => {
   });
 
   it("abandons a script without killing it and reports nothing more for it", async () => {
-    const { handle } = await startTestRunner();
-    const connection = await plane.connection(1);
-    await waitFor(() => handle.connected, "the welcome");
+    const { connection } = await connectedRunner();
     connection.dispatch("t1", 1, "echo ready; sleep 600");
     const { pid } = await connection.frame("started");
     await connection.frame("output");
     connection.send({ type: "abandon", ticket: "t1", fence: 1, killProcess: false });
     const framesAtAbandon = connection.frames.length;
     // A round trip through another script proves the abandon was handled.
-    connection.dispatch("t2", 2, "true");
-    await connection.frame("exit", (frame) => frame.ticket === "t2");
+    await connection.roundTrip("t2", 2);
     expect(isAlive(pid)).toBe(true);
     killGroup(pid);
     await waitFor(() => !isAlive(pid), "the abandoned script to die");
-    connection.dispatch("t3", 3, "true");
-    await connection.frame("exit", (frame) => frame.ticket === "t3");
+    await connection.roundTrip("t3", 3);
     expect(connection.frames.slice(framesAtAbandon).filter((frame) => "ticket" in frame && frame.ticket === "t1")).toEqual([]);
   });
 
   it("abandons a script with killProcess by killing its process group", async () => {
-    const { handle } = await startTestRunner();
-    const connection = await plane.connection(1);
-    await waitFor(() => handle.connected, "the welcome");
+    const { connection } = await connectedRunner();
     connection.dispatch("t1", 1, "trap '' TERM; echo ready; sleep 600");
     const { pid } = await connection.frame("started");
     await connection.frame("output");
     connection.send({ type: "abandon", ticket: "t1", fence: 1, killProcess: true });
     await waitFor(() => !isAlive(pid), "the abandoned script to die");
-    connection.dispatch("t2", 2, "true");
-    await connection.frame("exit", (frame) => frame.ticket === "t2");
+    await connection.roundTrip("t2", 2);
     expect(connection.all("exit", "t1")).toEqual([]);
   });
 
   it("kills the tree and drops a script the welcome answers with cancel", async () => {
     plane.autoWelcome = false;
-    await startTestRunner();
-    const first = await plane.connection(1);
-    await first.frame("hello");
-    first.welcome();
+    const { connection: first } = await connectedRunner();
     first.dispatch("t1", 1, "echo ready; sleep 600");
     const { pid } = await first.frame("started");
     await first.frame("output");
@@ -433,10 +398,7 @@ describe("runner scripts", () => {
 
   it("releases a script the welcome answers with abandon, and forgets one answered with forget", async () => {
     plane.autoWelcome = false;
-    await startTestRunner();
-    const first = await plane.connection(1);
-    await first.frame("hello");
-    first.welcome();
+    const { connection: first } = await connectedRunner();
     first.dispatch("t1", 1, "echo ready; sleep 600");
     first.dispatch("t2", 2, "echo done");
     const { pid } = await first.frame("started", (frame) => frame.ticket === "t1");
@@ -457,9 +419,7 @@ describe("runner scripts", () => {
   });
 
   it("ignores messages for a ticket and fence it does not track", async () => {
-    const { handle } = await startTestRunner();
-    const connection = await plane.connection(1);
-    await waitFor(() => handle.connected, "the welcome");
+    const { connection } = await connectedRunner();
     connection.send({ type: "ack", ticket: "nope", fence: 1, nextSequence: 5 });
     connection.send({ type: "exit_ack", ticket: "nope", fence: 1 });
     connection.send({ type: "cancel", ticket: "nope", fence: 1 });
@@ -471,9 +431,7 @@ describe("runner scripts", () => {
   });
 
   it("deletes a workspace on delete_workspace, and only after the ticket's script ended", async () => {
-    const { handle } = await startTestRunner();
-    const connection = await plane.connection(1);
-    await waitFor(() => handle.connected, "the welcome");
+    const { connection } = await connectedRunner();
     const dir = join(workDir, "work", "t-t1");
     connection.dispatch("t1", 1, "echo ready; while [ ! -e go ]; do sleep 0.02; done; cat data.txt", {
       files: [{ name: "data.txt", contents: Buffer.from("still here").toString("base64") }],
@@ -481,8 +439,7 @@ describe("runner scripts", () => {
     await connection.frame("output");
     connection.send({ type: "delete_workspace", ticket: "t1" });
     // A round trip through another script: the delete request has been handled by now.
-    connection.dispatch("t2", 2, "true");
-    await connection.frame("exit", (frame) => frame.ticket === "t2");
+    await connection.roundTrip("t2", 2);
     await writeFile(join(dir, "go"), "");
     const exit = await connection.frame("exit", (frame) => frame.ticket === "t1");
     expect(exit.outcome).toEqual({ kind: "exited", code: 0 });

@@ -7,49 +7,29 @@
 import { spawn } from "node:child_process";
 import { mkdtempSync, rmSync } from "node:fs";
 import { createServer, type Server, type ServerResponse } from "node:http";
-import type { AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
-import { dirname, join } from "node:path";
-import { fileURLToPath } from "node:url";
-import { build } from "esbuild";
+import { join } from "node:path";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import type { ScriptStatus } from "../../shared/api.js";
+import { buildCli, type BuiltCli } from "../helpers/built-cli.js";
+import { closeServer, listenLocally } from "../helpers/http-server.js";
 import { waitFor } from "../helpers/wait.js";
 
-const ROOT = join(dirname(fileURLToPath(import.meta.url)), "..", "..");
-let bundleDir: string;
-let cli: string;
+let cli: BuiltCli;
 
 beforeAll(async () => {
-  bundleDir = mkdtempSync(join(tmpdir(), "tendril-cli-test-"));
-  cli = join(bundleDir, "cli.js");
-  // Like scripts/build.mjs: split at the lazy imports, so that each process loads only what `run` needs.
-  await build({
-    stdin: { contents: 'import { main } from "./client/cli/main.ts"; await main(process.argv);', resolveDir: ROOT, loader: "ts" },
-    outdir: bundleDir,
-    entryNames: "cli",
-    bundle: true,
-    splitting: true,
-    format: "esm",
-    platform: "node",
-    target: "node20",
-    external: ["miniflare", "bufferutil", "utf-8-validate"],
-    banner: { js: 'import { createRequire as __req } from "node:module"; const require = __req(import.meta.url);' },
-    logLevel: "error",
-  });
+  // Built like dist/: split at the lazy imports, so that each process loads only what `run` needs.
+  cli = await buildCli();
 });
 
-afterAll(() => rmSync(bundleDir, { recursive: true, force: true }));
+afterAll(() => cli?.remove());
 
 const servers: Server[] = [];
 const children: Array<{ kill(signal: NodeJS.Signals): boolean; exitCode: number | null }> = [];
 
 afterEach(async () => {
   for (const child of children.splice(0)) if (child.exitCode === null) child.kill("SIGKILL");
-  for (const server of servers.splice(0)) {
-    server.closeAllConnections();
-    await new Promise((resolve) => server.close(resolve));
-  }
+  for (const server of servers.splice(0)) await closeServer(server);
 });
 
 /** One request as the fake saw it. */
@@ -120,10 +100,8 @@ async function fakeControlPlane(options: {
     });
   });
   servers.push(server);
-  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
-  const { port } = server.address() as AddressInfo;
   return {
-    url: `http://127.0.0.1:${port}`,
+    url: await listenLocally(server),
     requests,
     calls: () =>
       requests
@@ -135,7 +113,7 @@ async function fakeControlPlane(options: {
 /** Starts `tendril <args>` from the fresh bundle; its output is collected as it arrives. */
 function tendril(url: string, args: string[]) {
   const cwd = mkdtempSync(join(tmpdir(), "tendril-cli-cwd-"));
-  const child = spawn(process.execPath, [cli, ...args], {
+  const child = spawn(process.execPath, [cli.bin, ...args], {
     cwd,
     env: { ...process.env, TENDRIL_URL: url, TENDRIL_SERVER_TOKEN: "server-token-1", NO_COLOR: "1" },
     stdio: ["ignore", "pipe", "pipe"],

@@ -4,148 +4,35 @@
  * drives a real MachineState and asserts the exact changes and effects, then the state they leave.
  */
 import { describe, expect, it } from "vitest";
+import { abandonedLine, nextDeadline, restoreState, type Decision } from "../../control-plane/machine/core/machine-core.js";
+import { exitCodeFor } from "../../shared/exit-codes.js";
 import {
-  abandonedLine,
-  emptyState,
-  handle,
-  nextDeadline,
-  restoreState,
-  type ActiveScript,
-  type Decision,
-  type InventoryEntry,
-  type MachineState,
-  type NewScript,
-} from "../../control-plane/machine/core/machine-core.js";
-import type { LockMode } from "../../control-plane/machine/core/mutex.js";
-import { exitCodeFor, type CompletionReason } from "../../shared/exit-codes.js";
+  T0,
+  abandon,
+  cancel,
+  completions,
+  connect,
+  disconnect,
+  dispatches,
+  exit,
+  grants,
+  logs,
+  machine,
+  mutexView,
+  row,
+  script,
+  snapshot,
+  start,
+  tick,
+} from "./core-fixtures.js";
 
-const T0 = 1_700_000_000_000;
-const MUTEX = "RunningScript";
 const MACHINE = "web-01";
-const EXITED_0: CompletionReason = { kind: "exited", code: 0 };
 /** The contract's wording (API.md "Abandon"), spelled out so a change to abandonedLine cannot hide. */
 const CONTRACT_LINE = "The control plane has abandoned this script. The underlying process may still be running on machine web-01.";
 const CANCELLED_BEFORE_RUN = "Cancelled before it ran; the script never started.";
 const ABANDONED_BEFORE_RUN = "Abandoned before it ran; the script never started.";
 const CANCEL_REQUESTED = "Cancellation requested; asking the runner to stop the process tree.";
 const OVERDUE = "The script was still running when the abandon deadline set by its cancel passed; abandoning it.";
-
-interface StartOptions {
-  mode?: LockMode;
-  mutexName?: string;
-  taskId?: string | null;
-  mutexTimeoutMs?: number;
-}
-
-/** An empty machine named MACHINE, so the abandon line names it. */
-function machine(): MachineState {
-  const state = emptyState();
-  state.machineId = MACHINE;
-  return state;
-}
-
-function newScript(ticket: string, options: StartOptions = {}): NewScript {
-  return {
-    ticket,
-    mode: options.mode ?? "exclusive",
-    mutexName: options.mutexName ?? MUTEX,
-    taskId: options.taskId ?? null,
-    mutexTimeoutMs: options.mutexTimeoutMs ?? 0,
-  };
-}
-
-function start(state: MachineState, ticket: string, options: StartOptions = {}, now = T0): Decision {
-  return handle(state, { type: "start", script: newScript(ticket, options), now });
-}
-
-function connect(state: MachineState, runnerId: string, inventory: InventoryEntry[] = [], now = T0): Decision {
-  return handle(state, { type: "runner_connected", runnerId, inventory, now });
-}
-
-function disconnect(state: MachineState, now = T0): Decision {
-  return handle(state, { type: "runner_disconnected", now });
-}
-
-function exit(state: MachineState, ticket: string, fence: number, reason: CompletionReason = EXITED_0, now = T0): Decision {
-  return handle(state, { type: "exited", ticket, fence, reason, now });
-}
-
-function cancel(state: MachineState, ticket: string, abandonAfterMs: number | null = null, now = T0): Decision {
-  return handle(state, { type: "cancel", ticket, abandonAfterMs, now });
-}
-
-function abandon(state: MachineState, ticket: string, killProcess = false, now = T0): Decision {
-  return handle(state, { type: "abandon", ticket, killProcess, now });
-}
-
-function tick(state: MachineState, now: number): Decision {
-  return handle(state, { type: "tick", now });
-}
-
-/** `[ticket, fence]` of every dispatch effect, in order. */
-function dispatches(decision: Decision): Array<[string, number]> {
-  return decision.effects.flatMap((e) => (e.type === "dispatch" ? [[e.ticket, e.fence] as [string, number]] : []));
-}
-
-/** `[ticket, reason kind]` of every completed change, in order. */
-function completions(decision: Decision): Array<[string, string]> {
-  return decision.changes.flatMap((c) => (c.type === "completed" ? [[c.ticket, c.reason.kind] as [string, string]] : []));
-}
-
-/** `[ticket, text]` of every log change, in order. */
-function logs(decision: Decision): Array<[string, string]> {
-  return decision.changes.flatMap((c) => (c.type === "log" ? [[c.ticket, c.text] as [string, string]] : []));
-}
-
-/** Tickets of every granted change, in order. */
-function grants(decision: Decision): string[] {
-  return decision.changes.flatMap((c) => (c.type === "granted" ? [c.ticket] : []));
-}
-
-function script(state: MachineState, ticket: string): ActiveScript {
-  const found = state.scripts.get(ticket);
-  if (!found) throw new Error(`no active script ${ticket}`);
-  return found;
-}
-
-/** A mutex's holders and waiters as plain data. */
-function mutexView(state: MachineState, name: string = MUTEX): { holders: Array<[string, LockMode]>; waiting: string[] } | null {
-  const mutex = state.mutexes.get(name);
-  if (!mutex) return null;
-  return { holders: [...mutex.holders.entries()], waiting: mutex.queue.map((w) => w.ticket) };
-}
-
-/** A deep, comparable copy of the whole state. */
-function snapshot(state: MachineState): unknown {
-  return {
-    machineId: state.machineId,
-    scripts: [...state.scripts.entries()].map(([k, v]) => [k, { ...v }]),
-    mutexes: [...state.mutexes.entries()].map(([k, m]) => [k, { name: m.name, holders: [...m.holders.entries()], queue: m.queue.map((w) => ({ ...w })) }]),
-    runner: state.runner ? { ...state.runner } : null,
-    nextFence: state.nextFence,
-    nextQueueSeq: state.nextQueueSeq,
-  };
-}
-
-/** A stored row of an active script, as storage would hand it to restoreState. */
-function row(ticket: string, fields: Partial<ActiveScript> & { queueSeq: number }): ActiveScript {
-  return {
-    ticket,
-    state: "pending",
-    mode: "exclusive",
-    mutexName: MUTEX,
-    taskId: null,
-    createdAt: T0,
-    granted: false,
-    mutexDeadline: null,
-    fence: null,
-    runnerId: null,
-    startedAt: null,
-    cancelRequested: false,
-    abandonDeadline: null,
-    ...fields,
-  };
-}
 
 const EMPTY: Decision = { changes: [], effects: [] };
 
@@ -157,7 +44,7 @@ describe("abandonedLine", () => {
 
 describe("cancel of a pending script", () => {
   it("completes a waiting script as cancelled (-43) with a log line and takes it out of the queue", () => {
-    const state = machine();
+    const state = machine(MACHINE);
     connect(state, "r1");
     start(state, "a");
     start(state, "b");
@@ -176,7 +63,7 @@ describe("cancel of a pending script", () => {
   });
 
   it("completes a waiting script at once even when the cancel asks for an abandon deadline", () => {
-    const state = machine();
+    const state = machine(MACHINE);
     start(state, "a");
     start(state, "b");
     const decision = cancel(state, "b", 5000, T0 + 1);
@@ -191,7 +78,7 @@ describe("cancel of a pending script", () => {
   });
 
   it("lets the compatible followers through when the cancelled waiter headed the queue, and tells the new head what it waits for", () => {
-    const state = machine();
+    const state = machine(MACHINE);
     connect(state, "r1");
     start(state, "s0", { mode: "shared" });
     start(state, "x");
@@ -221,7 +108,7 @@ describe("cancel of a pending script", () => {
   });
 
   it("completes a granted script that waits for a runner and releases the mutex to the next waiter", () => {
-    const state = machine();
+    const state = machine(MACHINE);
     start(state, "a");
     start(state, "b");
     const decision = cancel(state, "a", null, T0 + 3);
@@ -239,7 +126,7 @@ describe("cancel of a pending script", () => {
   });
 
   it("drops the mutex from the state when the cancelled script was its only user", () => {
-    const state = machine();
+    const state = machine(MACHINE);
     start(state, "a", { mutexName: "Solo" });
     cancel(state, "a");
     expect(state.mutexes.size).toBe(0);
@@ -249,7 +136,7 @@ describe("cancel of a pending script", () => {
 
 describe("cancel of a running script", () => {
   it("asks the connected runner to stop it with a cancel effect carrying its fence and records cancel_requested", () => {
-    const state = machine();
+    const state = machine(MACHINE);
     connect(state, "r1");
     start(state, "other", { mutexName: "Other" });
     start(state, "a");
@@ -268,7 +155,7 @@ describe("cancel of a running script", () => {
   });
 
   it("records the cancel but emits no cancel effect while no runner is connected", () => {
-    const state = machine();
+    const state = machine(MACHINE);
     connect(state, "r1");
     start(state, "a");
     disconnect(state);
@@ -283,7 +170,7 @@ describe("cancel of a running script", () => {
   });
 
   it("sends the cancel effect again on a second cancel without a second log line or change", () => {
-    const state = machine();
+    const state = machine(MACHINE);
     connect(state, "r1");
     start(state, "a");
     cancel(state, "a", null, T0 + 1);
@@ -293,7 +180,7 @@ describe("cancel of a running script", () => {
   });
 
   it("answers a second cancel with an empty decision while no runner is connected", () => {
-    const state = machine();
+    const state = machine(MACHINE);
     connect(state, "r1");
     start(state, "a");
     cancel(state, "a");
@@ -302,7 +189,7 @@ describe("cancel of a running script", () => {
   });
 
   it("keeps the mutex until the runner reports the exit, then completes with the runner's reason and grants the next waiter", () => {
-    const state = machine();
+    const state = machine(MACHINE);
     connect(state, "r1");
     start(state, "a");
     start(state, "b");
@@ -324,7 +211,7 @@ describe("cancel of a running script", () => {
   });
 
   it("lets the process's own exit code stand when it exited before the cancel took effect", () => {
-    const state = machine();
+    const state = machine(MACHINE);
     connect(state, "r1");
     start(state, "a");
     cancel(state, "a", 5000);
@@ -338,7 +225,7 @@ describe("cancel of a running script", () => {
 
 describe("cancel with abandonAfterMs", () => {
   it("sets abandonDeadline to now + abandonAfterMs, says so in the log, and nextDeadline returns it", () => {
-    const state = machine();
+    const state = machine(MACHINE);
     connect(state, "r1");
     start(state, "a");
     const decision = cancel(state, "a", 5000, T0 + 100);
@@ -354,7 +241,7 @@ describe("cancel with abandonAfterMs", () => {
   });
 
   it("does not postpone the abandon deadline on a later cancel with a longer abandonAfterMs", () => {
-    const state = machine();
+    const state = machine(MACHINE);
     connect(state, "r1");
     start(state, "a");
     cancel(state, "a", 5000, T0);
@@ -364,7 +251,7 @@ describe("cancel with abandonAfterMs", () => {
   });
 
   it("does not clear the abandon deadline on a later cancel without abandonAfterMs", () => {
-    const state = machine();
+    const state = machine(MACHINE);
     connect(state, "r1");
     start(state, "a");
     cancel(state, "a", 5000, T0);
@@ -373,7 +260,7 @@ describe("cancel with abandonAfterMs", () => {
   });
 
   it("brings the abandon deadline forward on a later cancel with a shorter abandonAfterMs, without a second log line", () => {
-    const state = machine();
+    const state = machine(MACHINE);
     connect(state, "r1");
     start(state, "a");
     cancel(state, "a", 5000, T0);
@@ -386,7 +273,7 @@ describe("cancel with abandonAfterMs", () => {
   });
 
   it("sets an abandon deadline on a later cancel when the first cancel had none", () => {
-    const state = machine();
+    const state = machine(MACHINE);
     connect(state, "r1");
     start(state, "a");
     cancel(state, "a", null, T0);
@@ -398,7 +285,7 @@ describe("cancel with abandonAfterMs", () => {
   });
 
   it("makes nextDeadline the earlier of an abandon deadline and a waiter's mutex deadline", () => {
-    const state = machine();
+    const state = machine(MACHINE);
     connect(state, "r1");
     start(state, "a");
     start(state, "b", { mutexTimeoutMs: 900 });
@@ -410,7 +297,7 @@ describe("cancel with abandonAfterMs", () => {
   });
 
   it("drops the abandon deadline from nextDeadline once the script exits", () => {
-    const state = machine();
+    const state = machine(MACHINE);
     connect(state, "r1");
     start(state, "a");
     cancel(state, "a", 500);
@@ -421,7 +308,7 @@ describe("cancel with abandonAfterMs", () => {
 
 describe("tick past an abandon deadline", () => {
   it("does nothing one millisecond before the abandon deadline", () => {
-    const state = machine();
+    const state = machine(MACHINE);
     connect(state, "r1");
     start(state, "a");
     start(state, "b");
@@ -432,7 +319,7 @@ describe("tick past an abandon deadline", () => {
   });
 
   it("abandons the script at its deadline (-48) and grants and dispatches the next waiter in the same decision", () => {
-    const state = machine();
+    const state = machine(MACHINE);
     connect(state, "r1");
     start(state, "a");
     start(state, "b");
@@ -464,7 +351,7 @@ describe("tick past an abandon deadline", () => {
   });
 
   it("abandons at a late tick well after the deadline, once", () => {
-    const state = machine();
+    const state = machine(MACHINE);
     connect(state, "r1");
     start(state, "a");
     cancel(state, "a", 100);
@@ -474,7 +361,7 @@ describe("tick past an abandon deadline", () => {
   });
 
   it("abandons without an abandon effect while no runner is connected, and still grants the next waiter", () => {
-    const state = machine();
+    const state = machine(MACHINE);
     connect(state, "r1");
     start(state, "a");
     start(state, "b");
@@ -495,7 +382,7 @@ describe("tick past an abandon deadline", () => {
   });
 
   it("abandons every overdue script in one tick, earliest deadline first, and leaves the others running", () => {
-    const state = machine();
+    const state = machine(MACHINE);
     connect(state, "r1");
     start(state, "a", { mutexName: "one" });
     start(state, "b", { mutexName: "two" });
@@ -519,7 +406,7 @@ describe("tick past an abandon deadline", () => {
   it("abandons an overdue script before timing out a waiter whose mutex deadline came later, in one late tick", () => {
     // a's abandon deadline (T0+100) comes before b's mutex deadline (T0+300); one late tick covers both.
     // At T0+100 a is abandoned and b is granted, so b must run, not time out (as for expiring waiters).
-    const state = machine();
+    const state = machine(MACHINE);
     connect(state, "r1");
     start(state, "a");
     start(state, "b", { mutexTimeoutMs: 300 });
@@ -534,7 +421,7 @@ describe("tick past an abandon deadline", () => {
 
 describe("abandon", () => {
   it("abandons a running script at once (-48) and grants and dispatches the next waiter in the same decision", () => {
-    const state = machine();
+    const state = machine(MACHINE);
     connect(state, "r1");
     start(state, "a");
     start(state, "b", { taskId: "T-b" });
@@ -559,7 +446,7 @@ describe("abandon", () => {
   });
 
   it("passes killProcess true on to the abandon effect", () => {
-    const state = machine();
+    const state = machine(MACHINE);
     connect(state, "r1");
     start(state, "a");
     expect(abandon(state, "a", true).effects).toEqual([
@@ -569,7 +456,7 @@ describe("abandon", () => {
   });
 
   it("grants every shared waiter up to the next exclusive one when an exclusive holder is abandoned", () => {
-    const state = machine();
+    const state = machine(MACHINE);
     connect(state, "r1");
     start(state, "x1");
     start(state, "s1", { mode: "shared" });
@@ -585,7 +472,7 @@ describe("abandon", () => {
   });
 
   it("releases the mutex and grants the next waiter even with no runner connected, which stays pending until one connects", () => {
-    const state = machine();
+    const state = machine(MACHINE);
     connect(state, "r1");
     start(state, "a");
     start(state, "b");
@@ -606,7 +493,7 @@ describe("abandon", () => {
   });
 
   it("changes nothing on a second abandon", () => {
-    const state = machine();
+    const state = machine(MACHINE);
     connect(state, "r1");
     start(state, "a");
     start(state, "b");
@@ -618,7 +505,7 @@ describe("abandon", () => {
   });
 
   it("completes a waiting script as cancelled (-43) with a line saying it never started, without an abandoned change or effect", () => {
-    const state = machine();
+    const state = machine(MACHINE);
     connect(state, "r1");
     start(state, "a");
     start(state, "b");
@@ -633,7 +520,7 @@ describe("abandon", () => {
   });
 
   it("completes a granted script that waits for a runner as cancelled and releases the mutex to the next waiter", () => {
-    const state = machine();
+    const state = machine(MACHINE);
     start(state, "a");
     start(state, "b");
     expect(abandon(state, "a", false, T0 + 4)).toEqual({
@@ -647,7 +534,7 @@ describe("abandon", () => {
   });
 
   it("ignores an exit reported with the abandoned fence after the abandon, and the mutex stays with the next holder", () => {
-    const state = machine();
+    const state = machine(MACHINE);
     connect(state, "r1");
     start(state, "a");
     start(state, "b");
@@ -660,7 +547,7 @@ describe("abandon", () => {
   });
 
   it("abandons a cancel-requested script before its deadline and leaves no deadline behind", () => {
-    const state = machine();
+    const state = machine(MACHINE);
     connect(state, "r1");
     start(state, "a");
     cancel(state, "a", 5000);
@@ -672,7 +559,7 @@ describe("abandon", () => {
 
 describe("cancel and abandon of a complete or unknown ticket", () => {
   it("changes nothing when cancelling a completed ticket", () => {
-    const state = machine();
+    const state = machine(MACHINE);
     connect(state, "r1");
     start(state, "a");
     start(state, "b");
@@ -685,7 +572,7 @@ describe("cancel and abandon of a complete or unknown ticket", () => {
   });
 
   it("changes nothing when cancelling an unknown ticket", () => {
-    const state = machine();
+    const state = machine(MACHINE);
     connect(state, "r1");
     start(state, "a");
     const before = snapshot(state);
@@ -694,7 +581,7 @@ describe("cancel and abandon of a complete or unknown ticket", () => {
   });
 
   it("changes nothing when abandoning a completed or unknown ticket", () => {
-    const state = machine();
+    const state = machine(MACHINE);
     connect(state, "r1");
     start(state, "a");
     start(state, "b");
@@ -706,7 +593,7 @@ describe("cancel and abandon of a complete or unknown ticket", () => {
   });
 
   it("changes nothing when cancelling a script that was already abandoned", () => {
-    const state = machine();
+    const state = machine(MACHINE);
     connect(state, "r1");
     start(state, "a");
     abandon(state, "a");
@@ -716,7 +603,7 @@ describe("cancel and abandon of a complete or unknown ticket", () => {
 
 describe("runner_connected with a cancel-requested script", () => {
   it("continues a listed cancel-requested script under its fence and sends the cancel again after the resume", () => {
-    const state = machine();
+    const state = machine(MACHINE);
     connect(state, "r1");
     start(state, "a");
     disconnect(state);
@@ -734,7 +621,7 @@ describe("runner_connected with a cancel-requested script", () => {
   });
 
   it("sends no cancel for a listed script that was not cancelled", () => {
-    const state = machine();
+    const state = machine(MACHINE);
     connect(state, "r1");
     start(state, "a");
     start(state, "b", { mutexName: "Other" });
@@ -759,7 +646,7 @@ describe("runner_connected with a cancel-requested script", () => {
   it("completes as cancelled, and does not run, a cancel-requested script that the same runner never received", () => {
     // The same runner process does not list the dispatch, so the script never started; the cancel came
     // first. Re-dispatching it would run a script the caller cancelled, with no cancel sent after it.
-    const state = machine();
+    const state = machine(MACHINE);
     connect(state, "r1");
     start(state, "a");
     start(state, "b");

@@ -14,136 +14,29 @@ import {
   type InventoryEntry,
   type MachineEvent,
   type MachineState,
-  type NewScript,
 } from "../../control-plane/machine/core/machine-core.js";
-import { compatible, isIdle, leaveMutex, type LockMode } from "../../control-plane/machine/core/mutex.js";
+import { compatible, isIdle, leaveMutex } from "../../control-plane/machine/core/mutex.js";
 import { exitCodeFor, type CompletionReason } from "../../shared/exit-codes.js";
-
-const T0 = 1_700_000_000_000;
-const MUTEX = "RunningScript";
-const EXITED_0: CompletionReason = { kind: "exited", code: 0 };
-
-interface StartOptions {
-  mode?: LockMode;
-  mutexName?: string;
-  taskId?: string | null;
-  mutexTimeoutMs?: number;
-}
-
-function newScript(ticket: string, options: StartOptions = {}): NewScript {
-  return {
-    ticket,
-    mode: options.mode ?? "exclusive",
-    mutexName: options.mutexName ?? MUTEX,
-    taskId: options.taskId ?? null,
-    mutexTimeoutMs: options.mutexTimeoutMs ?? 0,
-  };
-}
-
-function start(state: MachineState, ticket: string, options: StartOptions = {}, now = T0): Decision {
-  return handle(state, { type: "start", script: newScript(ticket, options), now });
-}
-
-function connect(state: MachineState, runnerId: string, inventory: InventoryEntry[] = [], now = T0): Decision {
-  return handle(state, { type: "runner_connected", runnerId, inventory, now });
-}
-
-function disconnect(state: MachineState, now = T0): Decision {
-  return handle(state, { type: "runner_disconnected", now });
-}
-
-function exit(state: MachineState, ticket: string, fence: number, reason: CompletionReason = EXITED_0, now = T0): Decision {
-  return handle(state, { type: "exited", ticket, fence, reason, now });
-}
-
-function tick(state: MachineState, now: number): Decision {
-  return handle(state, { type: "tick", now });
-}
-
-/** `[ticket, fence]` of every dispatch effect, in order. */
-function dispatches(decision: Decision): Array<[string, number]> {
-  return decision.effects.flatMap((e) => (e.type === "dispatch" ? [[e.ticket, e.fence] as [string, number]] : []));
-}
-
-/** `[ticket, reason kind]` of every completed change, in order. */
-function completions(decision: Decision): Array<[string, string]> {
-  return decision.changes.flatMap((c) => (c.type === "completed" ? [[c.ticket, c.reason.kind] as [string, string]] : []));
-}
-
-/** `[ticket, text]` of every log change, in order. */
-function logs(decision: Decision): Array<[string, string]> {
-  return decision.changes.flatMap((c) => (c.type === "log" ? [[c.ticket, c.text] as [string, string]] : []));
-}
-
-/** Tickets of every granted change, in order. */
-function grants(decision: Decision): string[] {
-  return decision.changes.flatMap((c) => (c.type === "granted" ? [c.ticket] : []));
-}
-
-function script(state: MachineState, ticket: string): ActiveScript {
-  const found = state.scripts.get(ticket);
-  if (!found) throw new Error(`no active script ${ticket}`);
-  return found;
-}
-
-/** A mutex's holders and waiters as plain data. */
-function mutexView(state: MachineState, name: string = MUTEX): { holders: Array<[string, LockMode]>; waiting: string[] } | null {
-  const mutex = state.mutexes.get(name);
-  if (!mutex) return null;
-  return { holders: [...mutex.holders.entries()], waiting: mutex.queue.map((w) => w.ticket) };
-}
-
-/** A deep, comparable copy of the whole state. */
-function snapshot(state: MachineState): unknown {
-  return {
-    scripts: [...state.scripts.entries()].map(([k, v]) => [k, { ...v }]),
-    mutexes: [...state.mutexes.entries()].map(([k, m]) => [k, { name: m.name, holders: [...m.holders.entries()], queue: m.queue.map((w) => ({ ...w })) }]),
-    runner: state.runner ? { ...state.runner } : null,
-    nextFence: state.nextFence,
-    nextQueueSeq: state.nextQueueSeq,
-  };
-}
-
-/** A stored row of an active script, as storage would hand it to restoreState. */
-function row(ticket: string, fields: Partial<ActiveScript> & { queueSeq: number }): ActiveScript {
-  return {
-    ticket,
-    state: "pending",
-    mode: "exclusive",
-    mutexName: MUTEX,
-    taskId: null,
-    createdAt: T0,
-    granted: false,
-    mutexDeadline: null,
-    fence: null,
-    runnerId: null,
-    startedAt: null,
-    cancelRequested: false,
-    abandonDeadline: null,
-    ...fields,
-  } as ActiveScript;
-}
-
-/** Deterministic PRNG (mulberry32) so every randomized run can be replayed from its seed. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
-function shuffled<T>(items: T[], random: () => number): T[] {
-  const out = [...items];
-  for (let i = out.length - 1; i > 0; i--) {
-    const j = Math.floor(random() * (i + 1));
-    [out[i], out[j]] = [out[j]!, out[i]!];
-  }
-  return out;
-}
+import {
+  EXITED_0,
+  MUTEX,
+  T0,
+  completions,
+  connect,
+  disconnect,
+  dispatches,
+  exit,
+  grants,
+  logs,
+  mutexView,
+  prng,
+  row,
+  script,
+  shuffled,
+  snapshot,
+  start,
+  tick,
+} from "./core-fixtures.js";
 
 describe("emptyState", () => {
   it("starts with no scripts, no mutexes, no runner and both counters at 1", () => {

@@ -3,11 +3,18 @@
  * plane's part: this checks how the SDK builds requests and reads answers, not the control plane.
  */
 import { createServer, type IncomingHttpHeaders, type Server, type ServerResponse } from "node:http";
-import type { AddressInfo } from "node:net";
 import { afterEach, describe, expect, it, vi } from "vitest";
 import type { LogLine, ScriptStatus } from "../../shared/api.js";
 import { TendrilApiError, TendrilNetworkError, TendrilProtocolError } from "../../client/errors.js";
-import { DEFAULTS, TendrilClient, type EscalationEvent, type ScriptEvent } from "../../client/sdk.js";
+import {
+  DEFAULTS,
+  TendrilClient,
+  type EscalationEvent,
+  type ExecuteScriptOptions,
+  type ExecutedScript,
+  type ScriptEvent,
+} from "../../client/sdk.js";
+import { closeServer, listenLocally } from "../helpers/http-server.js";
 
 /** One request as the fake control plane saw it. */
 interface SeenRequest {
@@ -29,10 +36,7 @@ interface FakeControlPlane {
 const servers: Server[] = [];
 
 afterEach(async () => {
-  for (const server of servers.splice(0)) {
-    server.closeAllConnections();
-    await new Promise((resolve) => server.close(resolve));
-  }
+  for (const server of servers.splice(0)) await closeServer(server);
 });
 
 async function fakeControlPlane(handler: Handler): Promise<FakeControlPlane> {
@@ -50,17 +54,7 @@ async function fakeControlPlane(handler: Handler): Promise<FakeControlPlane> {
     });
   });
   servers.push(server);
-  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
-  const { port } = server.address() as AddressInfo;
-  return {
-    url: `http://127.0.0.1:${port}`,
-    requests,
-    close: () =>
-      new Promise((resolve) => {
-        server.closeAllConnections();
-        server.close(() => resolve());
-      }),
-  };
+  return { url: await listenLocally(server), requests, close: () => closeServer(server) };
 }
 
 function json(response: ServerResponse, status: number, body: unknown): void {
@@ -604,18 +598,40 @@ const CANCEL = "POST /api/v1/machines/web-01/scripts/deploy-1/cancel";
 const MACHINE = "GET /api/v1/machines/web-01";
 const ABANDON = "POST /api/v1/machines/web-01/scripts/deploy-1/abandon";
 
+/**
+ * Runs `deploy-1` on `web-01` through the SDK against `script`'s fake and interrupts it at its first log line, as
+ * a Ctrl-C would: its signal aborts. Resolves with the result and every escalation event (also passed on to
+ * `options.onEscalation`).
+ */
+async function executeInterrupted(
+  script: RunningScript,
+  scriptBody: string,
+  options: ExecuteScriptOptions = {},
+): Promise<{ result: ExecutedScript; events: EscalationEvent[] }> {
+  const client = new TendrilClient({ url: script.server.url, serverToken: token });
+  const stop = new AbortController();
+  const events: EscalationEvent[] = [];
+  const result = await client.executeScript(
+    "web-01",
+    { ticket: "deploy-1", scriptBody },
+    {
+      ...options,
+      signal: stop.signal,
+      onLog: () => stop.abort(),
+      onEscalation: (event) => {
+        events.push(event);
+        options.onEscalation?.(event);
+      },
+    },
+  );
+  return { result, events };
+}
+
 describe("TendrilClient.executeScript escalation", () => {
   it("sends the cancel when its signal aborts, with the control plane's own deadline in the body", async () => {
     const script = await runningScript({ capabilities: ["script.v1", "script.abandon"], onCancel: { exitCode: -43 } });
-    const client = new TendrilClient({ url: script.server.url, serverToken: token });
-    const stop = new AbortController();
-    const events: EscalationEvent[] = [];
 
-    const result = await client.executeScript(
-      "web-01",
-      { ticket: "deploy-1", scriptBody: "sleep 1000" },
-      { signal: stop.signal, abandonAfterMs: 120_000, onLog: () => stop.abort(), onEscalation: (event) => events.push(event) },
-    );
+    const { result, events } = await executeInterrupted(script, "sleep 1000", { abandonAfterMs: 120_000 });
 
     expect(script.escalations()).toEqual([CANCEL]);
     expect(script.bodyOf("/cancel")).toEqual({ abandonAfterMs: 120_000 });
@@ -625,21 +641,8 @@ describe("TendrilClient.executeScript escalation", () => {
 
   it("abandons a script still not complete abandonAfterCancelMs after the cancel when the runner advertises script.abandon", async () => {
     const script = await runningScript({ capabilities: ["script.v1", "script.abandon"], onCancel: "ignore" });
-    const client = new TendrilClient({ url: script.server.url, serverToken: token });
-    const stop = new AbortController();
-    const events: EscalationEvent[] = [];
 
-    const result = await client.executeScript(
-      "web-01",
-      { ticket: "deploy-1", scriptBody: "trap '' TERM; sleep 1000" },
-      {
-        signal: stop.signal,
-        abandonAfterCancelMs: 100,
-        killProcessOnAbandon: true,
-        onLog: () => stop.abort(),
-        onEscalation: (event) => events.push(event),
-      },
-    );
+    const { result, events } = await executeInterrupted(script, "trap '' TERM; sleep 1000", { abandonAfterCancelMs: 100, killProcessOnAbandon: true });
 
     expect(script.escalations()).toEqual([CANCEL, MACHINE, ABANDON]);
     expect(script.bodyOf("/cancel")).toEqual({});
@@ -659,14 +662,8 @@ describe("TendrilClient.executeScript escalation", () => {
 
   it("does not abandon a script that completes before the threshold, and reports it cancelled", async () => {
     const script = await runningScript({ capabilities: ["script.v1", "script.abandon"], onCancel: { exitCode: -43 } });
-    const client = new TendrilClient({ url: script.server.url, serverToken: token });
-    const stop = new AbortController();
 
-    const result = await client.executeScript(
-      "web-01",
-      { ticket: "deploy-1", scriptBody: "sleep 1000" },
-      { signal: stop.signal, abandonAfterCancelMs: 200, onLog: () => stop.abort() },
-    );
+    const { result } = await executeInterrupted(script, "sleep 1000", { abandonAfterCancelMs: 200 });
     await new Promise((resolve) => setTimeout(resolve, 300)); // past the threshold: nothing may follow
 
     expect(result).toMatchObject({ exitCode: -43, outcome: "cancelled" });
@@ -675,38 +672,22 @@ describe("TendrilClient.executeScript escalation", () => {
 
   it("reports a cancelled script that had already exited with its own exit code", async () => {
     const script = await runningScript({ capabilities: ["script.v1", "script.abandon"], onCancel: { exitCode: 0 } });
-    const client = new TendrilClient({ url: script.server.url, serverToken: token });
-    const stop = new AbortController();
 
-    const result = await client.executeScript(
-      "web-01",
-      { ticket: "deploy-1", scriptBody: "true" },
-      { signal: stop.signal, onLog: () => stop.abort() },
-    );
+    const { result } = await executeInterrupted(script, "true");
 
     expect(result).toMatchObject({ exitCode: 0, outcome: "cancelled" });
   });
 
   it("does not abandon when the runner does not advertise script.abandon: it reports that and keeps following", async () => {
     const script = await runningScript({ capabilities: ["script.v1"], onCancel: "ignore" });
-    const client = new TendrilClient({ url: script.server.url, serverToken: token });
-    const stop = new AbortController();
-    const events: EscalationEvent[] = [];
 
-    const result = await client.executeScript(
-      "web-01",
-      { ticket: "deploy-1", scriptBody: "trap '' TERM; sleep 1000" },
-      {
-        signal: stop.signal,
-        abandonAfterCancelMs: 50,
-        onLog: () => stop.abort(),
-        onEscalation: (event) => {
-          events.push(event);
-          // The process dies in the end (e.g. the runner's SIGKILL after its grace period).
-          if (event.type === "abandon_unavailable") setTimeout(() => script.finish(-43), 100);
-        },
+    const { result, events } = await executeInterrupted(script, "trap '' TERM; sleep 1000", {
+      abandonAfterCancelMs: 50,
+      onEscalation: (event) => {
+        // The process dies in the end (e.g. the runner's SIGKILL after its grace period).
+        if (event.type === "abandon_unavailable") setTimeout(() => script.finish(-43), 100);
       },
-    );
+    });
 
     expect(script.escalations()).toEqual([CANCEL, MACHINE]);
     expect(events.at(-1)).toEqual({
@@ -760,16 +741,10 @@ describe("TendrilClient.executeScript escalation", () => {
 
   it("clears the abandon timer once the script completes, so that no timer keeps the process alive", async () => {
     const script = await runningScript({ capabilities: ["script.v1", "script.abandon"], onCancel: { exitCode: -43 } });
-    const client = new TendrilClient({ url: script.server.url, serverToken: token });
-    const stop = new AbortController();
     const setTimeoutSpy = vi.spyOn(globalThis, "setTimeout");
     const clearTimeoutSpy = vi.spyOn(globalThis, "clearTimeout");
     try {
-      await client.executeScript(
-        "web-01",
-        { ticket: "deploy-1", scriptBody: "sleep 1000" },
-        { signal: stop.signal, onLog: () => stop.abort() },
-      );
+      await executeInterrupted(script, "sleep 1000");
 
       const escalationTimers = setTimeoutSpy.mock.calls
         .map((call, index) => ({ delay: call[1], timer: setTimeoutSpy.mock.results[index]?.value }))
