@@ -191,6 +191,21 @@ export function scriptEnvironment(
 
 /** Finds an executable file named `name` on a PATH value, like the shell would. */
 export async function findExecutable(name: string, pathValue: string | undefined): Promise<string | undefined> {
+  // Looking a shell up walks PATH with several file-system calls; every dispatch needs it, so answers
+  // are kept for a few seconds (a shell installed or removed meanwhile is seen soon after).
+  const key = `${name}\0${pathValue ?? ""}`;
+  const cached = executableCache.get(key);
+  if (cached && cached.until > Date.now()) return cached.path;
+  const path = await searchPath(name, pathValue);
+  executableCache.set(key, { path, until: Date.now() + EXECUTABLE_CACHE_MS });
+  return path;
+}
+
+/** How long a PATH lookup is reused. */
+const EXECUTABLE_CACHE_MS = 5_000;
+const executableCache = new Map<string, { path: string | undefined; until: number }>();
+
+async function searchPath(name: string, pathValue: string | undefined): Promise<string | undefined> {
   for (const dir of (pathValue ?? "").split(delimiter)) {
     if (dir === "") continue;
     const candidate = join(dir, name);

@@ -51,8 +51,10 @@ export class Workspaces {
     // Leftovers of an earlier run of the same ticket must not leak into this one.
     await this.remove(ticket);
     // 0o700: the files may hold secrets; only the runner's user may enter these folders.
-    await mkdir(workspace.dir, { recursive: true, mode: 0o700 });
-    await mkdir(join(this.workDir, "scripts"), { recursive: true, mode: 0o700 });
+    await Promise.all([
+      mkdir(workspace.dir, { recursive: true, mode: 0o700 }),
+      mkdir(join(this.workDir, "scripts"), { recursive: true, mode: 0o700 }),
+    ]);
     for (const file of payload.files) {
       // The schema already refuses paths; this keeps a file inside the workspace even if that ever changes.
       if (basename(file.name) !== file.name || file.name === "." || file.name === "..") {
@@ -67,9 +69,12 @@ export class Workspaces {
   /** Removes a ticket's workspace and script file; removing what is not there is fine. */
   async remove(ticket: string): Promise<void> {
     const name = this.folderName(ticket);
-    await rm(join(this.workDir, "work", name), { recursive: true, force: true });
-    await rm(join(this.workDir, "scripts", `${name}.sh`), { force: true });
-    await rm(join(this.workDir, "scripts", `${name}.ps1`), { force: true });
+    // Independent paths: removed at once rather than one file-system round trip after another.
+    await Promise.all([
+      rm(join(this.workDir, "work", name), { recursive: true, force: true }),
+      rm(join(this.workDir, "scripts", `${name}.sh`), { force: true }),
+      rm(join(this.workDir, "scripts", `${name}.ps1`), { force: true }),
+    ]);
   }
 
   private folderName(ticket: string): string {
