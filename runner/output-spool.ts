@@ -40,8 +40,8 @@ export interface OutputSpoolOptions {
   pressure?: (paused: boolean) => void;
 }
 
-/** Default limits: batches of 64 KiB of text or 5,000 lines; 8 MiB held before the process is made to wait. */
-export const SPOOL_DEFAULTS = { maxBatchChars: 64 * 1024, maxBatchLines: 5_000, maxUnackedBytes: 8 * 1024 * 1024 } as const;
+/** Default limits: batches of 256 KiB of text or 5,000 lines; 8 MiB held before the process is made to wait. */
+export const SPOOL_DEFAULTS = { maxBatchChars: 256 * 1024, maxBatchLines: 5_000, maxUnackedBytes: 8 * 1024 * 1024 } as const;
 
 /** What a line costs beyond its text: its source, timestamp and JSON punctuation in a frame (and its object here). */
 export const LINE_OVERHEAD_BYTES = 64;

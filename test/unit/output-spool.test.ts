@@ -67,11 +67,13 @@ describe("OutputSpool", () => {
     spool.dispose();
   });
 
-  it("sends at once when a batch reaches 64 KiB of text by default", () => {
+  it("sends at once when a batch reaches 256 KiB of text by default", () => {
     const transport = recorder();
     const spool = new OutputSpool({ send: transport.send });
-    const big = "x".repeat(16 * 1024);
-    for (let i = 0; i < 4; i++) spool.append("stdout", big, OCCURRED);
+    const big = "x".repeat(64 * 1024);
+    for (let i = 0; i < 3; i++) spool.append("stdout", big, OCCURRED);
+    expect(transport.batches).toHaveLength(0);
+    spool.append("stdout", big, OCCURRED);
     expect(transport.batches).toHaveLength(1);
     expect(transport.batches[0]?.lines).toHaveLength(4);
     spool.dispose();
