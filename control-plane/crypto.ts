@@ -23,3 +23,9 @@ export function randomToken(prefix: string): string {
   for (const b of bytes) binary += String.fromCharCode(b);
   return prefix + btoa(binary).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
 }
+
+/** Extracts the token of an `Authorization: Bearer <token>` header. */
+export function bearerToken(header: string | undefined | null): string | null {
+  const match = header ? /^Bearer\s+(\S+)\s*$/i.exec(header) : null;
+  return match?.[1] ?? null;
+}

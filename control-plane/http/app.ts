@@ -5,10 +5,10 @@
 import { Hono, type Context } from "hono";
 import { AbandonRequest, CancelRequest, LIMITS, StartScriptRequest, describeZodError, parseQueryInt } from "../../shared/api.js";
 import { isMachineId, isTicket } from "../../shared/ids.js";
-import { sha256Hex } from "../crypto.js";
+import { bearerToken, sha256Hex } from "../crypto.js";
 import type { Env } from "../env.js";
 import type { RpcResult } from "../machine/results.js";
-import { bearerToken, requireServerToken } from "./auth.js";
+import { requireServerToken } from "./auth.js";
 import { ApiError, errorJson, invalid, readJsonBody } from "./errors.js";
 
 type AppEnv = { Bindings: Env };

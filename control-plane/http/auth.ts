@@ -1,14 +1,8 @@
 /** Server-token authentication for the server API: fail closed, constant-time comparison. */
 import type { MiddlewareHandler } from "hono";
-import { constantTimeEqual, sha256Hex } from "../crypto.js";
+import { bearerToken, constantTimeEqual, sha256Hex } from "../crypto.js";
 import type { Env } from "../env.js";
 import { errorJson } from "./errors.js";
-
-/** Extracts the token of an `Authorization: Bearer <token>` header. */
-export function bearerToken(header: string | undefined | null): string | null {
-  const match = header ? /^Bearer\s+(\S+)\s*$/i.exec(header) : null;
-  return match?.[1] ?? null;
-}
 
 /** Requires the server token on every call it guards; refuses everything when no token is configured. */
 export function requireServerToken(): MiddlewareHandler<{ Bindings: Env }> {

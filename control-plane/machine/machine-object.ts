@@ -20,7 +20,7 @@ import {
   type OutputLine,
   type RunnerMessage,
 } from "../../shared/protocol.js";
-import { constantTimeEqual, randomToken, sha256Hex } from "../crypto.js";
+import { bearerToken, constantTimeEqual, randomToken, sha256Hex } from "../crypto.js";
 import { machineLimits, type Env, type MachineLimits } from "../env.js";
 import {
   emptyState,
@@ -481,7 +481,7 @@ export class MachineObject extends DurableObject<Env> {
     if (request.headers.get("Upgrade")?.toLowerCase() !== "websocket") {
       return errorResponse(fail(400, "invalid_request", "The runner endpoint only accepts WebSocket upgrades."));
     }
-    const presented = bearer(request.headers.get("Authorization"));
+    const presented = bearerToken(request.headers.get("Authorization"));
     const expected = db.getMeta(this.sql, "runner_token_hash");
     const presentedHash = presented ? await sha256Hex(presented) : "";
     if (!presented || !expected || !constantTimeEqual(presentedHash, expected)) {
@@ -729,11 +729,6 @@ function summary(row: db.ScriptRow): ScriptSummary {
 
 function iso(ms: number): string {
   return new Date(ms).toISOString();
-}
-
-function bearer(header: string | null): string | null {
-  const match = header ? /^Bearer\s+(\S+)\s*$/i.exec(header) : null;
-  return match?.[1] ?? null;
 }
 
 function errorResponse(error: { status: number; code: string; message: string }): Response {
