@@ -8,7 +8,6 @@ import { constants as fsConstants } from "node:fs";
 import { constants as osConstants } from "node:os";
 import { delimiter, join } from "node:path";
 import type { Readable } from "node:stream";
-import { execa } from "execa";
 import type { Outcome } from "../shared/protocol.js";
 import {
   ProcessTree,
@@ -78,6 +77,7 @@ export async function spawnScript(request: SpawnRequest, onOutput: OutputHandler
   if (shellPath === undefined) {
     return failed(`The shell "${request.shell}" was not found on this machine's PATH.`);
   }
+  const execa = await loadExeca();
   const marker = newScriptMarker();
   const args = [...shellArguments(request.shell, request.scriptPath), ...request.arguments];
   let cgroup = options.cgroups?.create(`s-${marker}`);
@@ -85,7 +85,7 @@ export async function spawnScript(request: SpawnRequest, onOutput: OutputHandler
   const command = (cgroup && enterCgroupCommand(cgroup.procsFile, shellPath, args)) ?? { file: shellPath, args };
   let subprocess: ReturnType<typeof startProcess>;
   try {
-    subprocess = startProcess(command.file, command.args, request.cwd, scriptEnvironment(base, request.environment, request.ticket, marker));
+    subprocess = startProcess(execa, command.file, command.args, request.cwd, scriptEnvironment(base, request.environment, request.ticket, marker));
   } catch (error) {
     cgroup?.release();
     return failed(`Could not start ${request.shell} (${shellPath}): ${describeError(error)}`);
@@ -129,7 +129,16 @@ function failed(message: string): SpawnResult {
   return { ok: false, outcome: { kind: "failed", message } };
 }
 
-function startProcess(file: string, args: string[], cwd: string, env: Record<string, string>) {
+type Execa = typeof import("execa").execa;
+let execaModule: Promise<typeof import("execa")> | undefined;
+
+/** execa is loaded at the first spawn: an idle runner never needs it, and stays smaller without it. */
+async function loadExeca(): Promise<Execa> {
+  execaModule ??= import("execa");
+  return (await execaModule).execa;
+}
+
+function startProcess(execa: Execa, file: string, args: string[], cwd: string, env: Record<string, string>) {
   return execa(file, args, {
     cwd,
     env,
