@@ -35,18 +35,6 @@ export class Shutdown {
     for (const signal of STOP_SIGNALS) process.on(signal, this.handler);
   }
 
-  /**
-   * Removes every other SIGINT/SIGTERM listener. Miniflare installs its own that dispose workerd and call
-   * `process.exit(130/143)` at once, which would skip the graceful stop (runner child, exit code 0).
-   */
-  claimSignals(): void {
-    for (const signal of STOP_SIGNALS) {
-      for (const listener of process.listeners(signal)) {
-        if (listener !== this.handler) process.removeListener(signal, listener);
-      }
-    }
-  }
-
   /** Registers what a forced exit must still do (e.g. kill a child process). */
   onForce(action: () => void): void {
     this.forceActions.push(action);

@@ -6,6 +6,8 @@ import { existsSync, mkdirSync, readFileSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 
+const STOP_SIGNALS = ["SIGINT", "SIGTERM"] as const;
+
 /** Options for a local control plane. */
 export interface LocalControlPlaneOptions {
   /** TCP port on `host`; 0 picks a free one. */
@@ -58,6 +60,7 @@ export async function startLocalControlPlane(options: LocalControlPlaneOptions):
   mkdirSync(persist, { recursive: true });
   // Loaded here, not at the top: every other `tendril` command would otherwise pay for loading Miniflare.
   const { Miniflare } = await import("miniflare");
+  const before = new Map(STOP_SIGNALS.map((signal) => [signal, process.listeners(signal)]));
   const mf = new Miniflare({
     modules: true,
     scriptPath,
@@ -78,6 +81,13 @@ export async function startLocalControlPlane(options: LocalControlPlaneOptions):
     cf: false,
   });
   const ready = await mf.ready;
+  // Miniflare installs SIGINT/SIGTERM handlers that dispose workerd and exit the process at once. The
+  // embedder decides how to stop (it calls `stop()`), so those handlers are taken away again.
+  for (const signal of STOP_SIGNALS) {
+    for (const listener of process.listeners(signal)) {
+      if (!before.get(signal)!.includes(listener)) process.removeListener(signal, listener);
+    }
+  }
   const url = ready.origin;
   return {
     url,

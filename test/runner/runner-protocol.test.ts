@@ -247,7 +247,7 @@ describe("runner scripts", () => {
     plane.autoWelcome = false;
     const { connection: first, logs } = await connectedRunner();
     first.dispatch("t1", 1, "echo before; while [ ! -e go ]; do sleep 0.02; done; echo after1; echo after2 >&2");
-    const { pid } = await first.frame("started");
+    await first.frame("started");
     await first.frame("output");
     first.send({ type: "ack", ticket: "t1", fence: 1, nextSequence: 1 });
     first.ws.terminate();

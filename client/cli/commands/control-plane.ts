@@ -35,7 +35,6 @@ export async function runControlPlane(flags: ControlPlaneFlags): Promise<number>
   }).catch((error: unknown) => {
     throw new Error(`could not start the control plane on ${flags.host}:${flags.port}: ${describeError(error)}`);
   });
-  shutdown.claimSignals();
   try {
     if (given === undefined) process.stdout.write(`server token: ${serverToken}\n`);
     process.stdout.write(`listening on ${controlPlane.url}\n`);

@@ -40,7 +40,6 @@ export async function startAllInOne(options: StartOptions): Promise<number> {
   }).catch((error: unknown) => {
     throw new Error(`could not start the control plane on port ${options.port}: ${describeError(error)}`);
   });
-  shutdown.claimSignals();
   let runner: RunnerSupervisor | undefined;
   try {
     await writeLocalConfig(cwd, { url: controlPlane.url, serverToken });
