@@ -21,8 +21,11 @@ import { displayUrl } from "./redact.js";
 
 /** What the connection needs from a WebSocket. */
 export interface RunnerSocket {
-  /** Sends a text frame; only called while open. `written` is reported once it has been handed to the OS. */
-  send(data: string): void;
+  /**
+   * Sends a message: text for a string; binary for parts, which are sent as the fragments of one message (no
+   * copy into one buffer). Only called while open. `written` is reported once it has been handed to the OS.
+   */
+  send(data: string | readonly Uint8Array[]): void;
   /** Bytes queued for sending that the OS has not taken yet. */
   readonly bufferedAmount: number;
   /** Starts the closing handshake. */
@@ -88,7 +91,11 @@ export const wsSocketFactory: SocketFactory = (settings, events) => {
   // One callback for every frame; an error (the socket closed first) is reported by `close` anyway.
   const written = () => events.written();
   return {
-    send: (data) => ws.send(data, written),
+    send: (data) => {
+      if (typeof data === "string") return ws.send(data, written);
+      const last = data.length - 1;
+      data.forEach((part, index) => ws.send(part, { binary: true, fin: index === last }, index === last ? written : undefined));
+    },
     get bufferedAmount() {
       return ws.bufferedAmount;
     },
@@ -225,14 +232,15 @@ export class Connection {
    * `ws` queues without limit, so a slow peer would otherwise make the runner hold every frame in memory.
    * False when it cannot go now; after a refusal for a full buffer, `writable` follows once it drained to half.
    */
-  sendBulk(message: RunnerMessage): boolean {
+  sendBulk(message: RunnerMessage | readonly Uint8Array[]): boolean {
     const attempt = this.current;
     if (attempt === undefined || attempt.state !== "welcomed") return false;
     if (attempt.socket.bufferedAmount >= this.options.maxSocketBufferBytes) {
       attempt.congested = true;
       return false;
     }
-    return this.sendRaw(attempt, JSON.stringify(message));
+    // Parts are an encoded binary message already (`encodeOutputFrame`).
+    return this.sendRaw(attempt, Array.isArray(message) ? message : JSON.stringify(message));
   }
 
   /** Closes the socket with 1000 and never reconnects; resolves once it closed (or after a short wait). */
@@ -421,7 +429,7 @@ export class Connection {
     attempt.deadline = undefined;
   }
 
-  private sendRaw(attempt: Attempt, data: string): boolean {
+  private sendRaw(attempt: Attempt, data: string | readonly Uint8Array[]): boolean {
     if (attempt !== this.current) return false;
     try {
       attempt.socket.send(data);

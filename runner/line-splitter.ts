@@ -57,6 +57,27 @@ export class LineSplitter {
     }
   }
 
+  /**
+   * Like `push`, but returns the completed lines as blocks of UTF-8 bytes (lines joined with `\n`) with their
+   * counts: the line this splitter held, ended by the chunk's first newline; the lines up to its last newline,
+   * passed on as the bytes they are (a view of the chunk, no string per line); and pieces of an over-long line.
+   * Decoding the blocks gives exactly the lines `push` gives.
+   */
+  pushBlocks(chunk: Buffer): LineBlock[] {
+    const first = chunk.indexOf(NEWLINE);
+    if (first === -1) return encodeLines(this.push(chunk));
+    const blocks = encodeLines(this.push(chunk.subarray(0, first + 1)));
+    const last = chunk.lastIndexOf(NEWLINE);
+    if (last > first) {
+      const middle = chunk.subarray(first + 1, last);
+      // Nothing to cut and no `\r` to drop: these are whole lines, and the decoder holds nothing between them.
+      if (middle.length <= this.maxLineBytes && middle.indexOf(CARRIAGE_RETURN) === -1) blocks.push({ bytes: middle, count: countLines(middle) });
+      else blocks.push(...encodeLines(this.push(chunk.subarray(first + 1, last + 1))));
+    }
+    blocks.push(...encodeLines(this.push(chunk.subarray(last + 1))));
+    return blocks;
+  }
+
   /** Ends the stream and returns the unterminated last line, if any. */
   end(): string[] {
     if (this.pendingBytes === 0 && !this.started) return [];
@@ -107,4 +128,22 @@ export class LineSplitter {
     this.started = false;
     return lines;
   }
+}
+
+/** Lines as UTF-8 bytes joined with `\n`, and how many there are. */
+export interface LineBlock {
+  bytes: Buffer;
+  count: number;
+}
+
+/** Lines as one block, or none. */
+function encodeLines(lines: string[]): LineBlock[] {
+  return lines.length === 0 ? [] : [{ bytes: Buffer.from(lines.join("\n"), "utf8"), count: lines.length }];
+}
+
+/** How many lines a block of whole lines holds: one more than its newlines. */
+function countLines(bytes: Buffer): number {
+  let count = 1;
+  for (let at = bytes.indexOf(NEWLINE); at !== -1; at = bytes.indexOf(NEWLINE, at + 1)) count += 1;
+  return count;
 }

@@ -2,23 +2,24 @@
  * One script's output on its way to the control plane, apart from any transport.
  *
  * Every line gets the next sequence number (stdout, stderr and the runner's `debug` lines share one sequence,
- * in the order they were added). Lines are handed to an injected `send` callback in batches and kept until the
- * control plane acknowledges them, so a reconnect can send exactly the lines it is missing.
+ * in the order they were added). Lines are held in blocks (the lines of one pipe read, as its bytes) and handed
+ * to an injected `send` callback in batches of whole blocks, and kept until the control plane acknowledges
+ * them, so a reconnect can send exactly the lines it is missing (an acknowledgement inside a block splits it).
  *
- * Memory stays bounded by two limits, both counted in estimated frame bytes (a line's text plus
- * `LINE_OVERHEAD_BYTES`, so a flood of empty lines counts too):
+ * Memory stays bounded by two limits, both counted in estimated frame bytes (a block's bytes plus
+ * `LINE_OVERHEAD_BYTES`; the bytes hold a `\n` between lines, so a flood of empty lines counts too):
  * - **held**: every unacknowledged line. Above `maxUnackedBytes` the spool calls `pressure(true)` (the runner
  *   stops reading the process's pipes, so the process blocks on its next write); once acknowledgements bring it
  *   to half of that, `pressure(false)`.
  * - **in flight**: lines sent and not yet acknowledged. At most `maxInFlightBytes` go out ahead of the
  *   acknowledgements, also when a reconnect resends a backlog; the rest follows as acknowledgements come back.
  */
-import type { OutputLine } from "../shared/protocol.js";
+import { splitByteBlock, type ByteBlock } from "../shared/protocol.js";
 
-/** A batch of consecutive lines: `sequence` is the number of the first one. */
+/** A batch of consecutive lines, in blocks: `sequence` is the number of the first line. */
 export interface OutputBatch {
   sequence: number;
-  lines: OutputLine[];
+  blocks: ByteBlock[];
 }
 
 /** Hands a batch to the transport; returns false when it cannot take it now (disconnected, or its buffer is full). */
@@ -28,9 +29,9 @@ export type SendBatch = (batch: OutputBatch) => boolean;
 export interface OutputSpoolOptions {
   /** Receives each batch. */
   send: SendBatch;
-  /** A batch is closed once its text reaches this many characters. */
+  /** A batch is closed once its text reaches this many bytes. */
   maxBatchChars?: number;
-  /** A batch is closed once it holds this many lines. */
+  /** A batch holds at most this many lines (a longer block is split when it is added). */
   maxBatchLines?: number;
   /** High-water mark of unacknowledged output (estimated bytes): above it, `pressure(true)`; at half, `pressure(false)`. */
   maxUnackedBytes?: number;
@@ -40,15 +41,15 @@ export interface OutputSpoolOptions {
   pressure?: (paused: boolean) => void;
 }
 
-/** Default limits: batches of 256 KiB of text or 5,000 lines; 8 MiB held before the process is made to wait. */
-export const SPOOL_DEFAULTS = { maxBatchChars: 256 * 1024, maxBatchLines: 5_000, maxUnackedBytes: 8 * 1024 * 1024 } as const;
+/** Default limits: batches of 960 KiB of output (a frame stays near 1 MiB) or 50,000 lines; 8 MiB held before the process is made to wait. */
+export const SPOOL_DEFAULTS = { maxBatchChars: 960 * 1024, maxBatchLines: 50_000, maxUnackedBytes: 8 * 1024 * 1024 } as const;
 
-/** What a line costs beyond its text: its source, timestamp and JSON punctuation in a frame (and its object here). */
+/** What a block costs beyond its bytes: its source, timestamp and count in a frame's header (and its object here). */
 export const LINE_OVERHEAD_BYTES = 64;
 
-/** The estimated size of a line: what it takes in a frame, roughly what it takes in memory. */
-export function lineBytes(line: OutputLine): number {
-  return line.text.length + LINE_OVERHEAD_BYTES;
+/** The estimated size of a block: what it takes in a frame, roughly what it takes in memory. */
+export function blockBytes(block: ByteBlock): number {
+  return block.bytes.length + LINE_OVERHEAD_BYTES;
 }
 
 /** Where one spool stands; numbers for logs, tests and the runner's stats. */
@@ -69,7 +70,7 @@ export interface SpoolStats {
   firstUnacknowledged: number;
 }
 
-/** Below this many dropped lines the array is not compacted (compaction is amortised over many acks). */
+/** Below this many spent blocks the array is not compacted (compaction is amortised over many acks). */
 const COMPACT_AFTER = 1024;
 
 /** Numbers, batches and keeps one script's output until it is acknowledged. */
@@ -80,16 +81,20 @@ export class OutputSpool {
   private readonly maxUnackedBytes: number;
   private readonly maxInFlightBytes: number;
   private readonly pressure: (paused: boolean) => void;
-  /** Unacknowledged lines from `lines[head]`, which has sequence `base`; the entries before `head` are spent. */
-  private lines: OutputLine[] = [];
+  /** Unacknowledged blocks from `blocks[head]`, whose first line has sequence `base`; the entries before `head` are spent. */
+  private blocks: ByteBlock[] = [];
   private head = 0;
   private base = 0;
-  /** Lines below this sequence were handed to `send` (on this connection or an earlier one). */
+  /** The sequence the next line gets. */
+  private next = 0;
+  /** Lines below this sequence were handed to `send` (on this connection or an earlier one); always a block's first line. */
   private sentUpTo = 0;
-  /** Estimated bytes of the lines at and above `base`. */
+  /** The index in `blocks` of the block that starts at `sentUpTo`. */
+  private sentIndex = 0;
+  /** Estimated bytes of the blocks from `head`. */
   private held = 0;
   private peakHeld = 0;
-  /** Estimated bytes of the lines from `base` up to `sentUpTo`. */
+  /** Estimated bytes of the blocks from `base` up to `sentUpTo`. */
   private inFlight = 0;
   private scheduled: NodeJS.Immediate | undefined;
   /** The transport refused a batch: stop trying on every new line until the next `flush` or `resendFrom`. */
@@ -108,7 +113,7 @@ export class OutputSpool {
 
   /** How many lines were ever added (the next line's sequence; the `lineCount` of an exit). */
   get nextSequence(): number {
-    return this.base + this.lines.length - this.head;
+    return this.next;
   }
 
   /** The sequence of the first line the control plane has not acknowledged. */
@@ -118,7 +123,7 @@ export class OutputSpool {
 
   /** True when every line was handed to `send` (an exit may follow). */
   get allSent(): boolean {
-    return this.sentUpTo >= this.nextSequence;
+    return this.sentUpTo >= this.next;
   }
 
   /** True while too much is unacknowledged and reading should wait. */
@@ -131,26 +136,36 @@ export class OutputSpool {
     return {
       heldBytes: this.held,
       peakHeldBytes: this.peakHeld,
-      heldLines: this.nextSequence - this.base,
+      heldLines: this.next - this.base,
       inFlightBytes: this.inFlight,
       paused: this.paused,
-      nextSequence: this.nextSequence,
+      nextSequence: this.next,
       firstUnacknowledged: this.base,
     };
   }
 
-  /** Adds a line and returns its sequence; it is sent at the end of this tick, or at once when a batch is full. */
-  append(source: OutputLine["source"], text: string, occurred: string = new Date().toISOString()): number {
+  /** Adds one line and returns its sequence; it is sent at the end of this tick, or at once when a batch is full. */
+  append(source: ByteBlock["source"], text: string, occurred: string = new Date().toISOString()): number {
+    return this.appendBlock({ source, occurred, count: 1, bytes: Buffer.from(text, "utf8") });
+  }
+
+  /**
+   * Adds a block of `count` lines (their bytes joined with `\n`) and returns the sequence of its first line;
+   * like `append`, it is sent at the end of this tick or at once when a batch is full.
+   */
+  appendBlock(block: ByteBlock): number {
     if (this.disposed) throw new Error("the output spool was disposed");
-    const sequence = this.nextSequence;
-    const line: OutputLine = { source, text, occurred };
-    this.lines.push(line);
-    this.held += lineBytes(line);
-    if (this.held > this.peakHeld) this.peakHeld = this.held;
-    if (!this.paused && this.held > this.maxUnackedBytes) this.setPaused(true);
+    const sequence = this.next;
+    let rest = block;
+    // A batch holds whole blocks: none may be longer than a batch.
+    while (rest.count > this.maxBatchLines) {
+      const [first, after] = splitByteBlock(rest, this.maxBatchLines);
+      this.hold(first);
+      rest = after;
+    }
+    this.hold(rest);
     if (this.blocked) return sequence;
-    const unsentLines = this.nextSequence - this.sentUpTo;
-    if (unsentLines >= this.maxBatchLines || this.held - this.inFlight >= this.maxBatchChars) {
+    if (this.next - this.sentUpTo >= this.maxBatchLines || this.held - this.inFlight >= this.maxBatchChars) {
       this.flush();
     } else if (this.scheduled === undefined) {
       this.scheduled = setImmediate(() => {
@@ -168,13 +183,14 @@ export class OutputSpool {
   flush(): void {
     this.cancelScheduled();
     this.blocked = false;
-    while (!this.disposed && this.sentUpTo < this.nextSequence && this.inFlight < this.maxInFlightBytes) {
-      const { batch, bytes } = this.batchFrom(this.sentUpTo);
+    while (!this.disposed && this.sentUpTo < this.next && this.inFlight < this.maxInFlightBytes) {
+      const { batch, lines, bytes } = this.nextBatch();
       if (!this.send(batch)) {
         this.blocked = true;
         return;
       }
-      this.sentUpTo += batch.lines.length;
+      this.sentUpTo += lines;
+      this.sentIndex += batch.blocks.length;
       this.inFlight += bytes;
     }
   }
@@ -192,6 +208,7 @@ export class OutputSpool {
     this.drop(nextSequence);
     // Lines below `base` were acknowledged before and are gone; the control plane already has them.
     this.sentUpTo = this.base;
+    this.sentIndex = this.head;
     this.inFlight = 0;
     this.flush();
   }
@@ -200,34 +217,54 @@ export class OutputSpool {
   dispose(): void {
     this.cancelScheduled();
     this.disposed = true;
-    this.lines = [];
+    this.blocks = [];
     this.head = 0;
+    this.sentIndex = 0;
     this.held = 0;
     this.inFlight = 0;
     if (this.paused) this.setPaused(false);
   }
 
+  private hold(block: ByteBlock): void {
+    this.blocks.push(block);
+    this.next += block.count;
+    this.held += blockBytes(block);
+    if (this.held > this.peakHeld) this.peakHeld = this.held;
+    if (!this.paused && this.held > this.maxUnackedBytes) this.setPaused(true);
+  }
+
   /** Forgets the lines below `nextSequence` (clamped to what exists) and ends a pause once enough is gone. */
   private drop(nextSequence: number): void {
-    const upTo = Math.min(Math.max(nextSequence, this.base), this.nextSequence);
-    if (upTo > this.base) {
-      let freed = 0;
-      const end = this.head + (upTo - this.base);
-      for (let index = this.head; index < end; index++) freed += lineBytes(this.lines[index]!);
-      this.held -= freed;
-      if (upTo >= this.sentUpTo) {
-        // Acknowledged without our sending them on this connection: they were sent on an earlier one.
-        this.sentUpTo = upTo;
-        this.inFlight = 0;
-      } else {
-        this.inFlight -= freed;
+    const upTo = Math.min(Math.max(nextSequence, this.base), this.next);
+    let freed = 0;
+    while (this.base < upTo) {
+      const block = this.blocks[this.head]!;
+      const lines = upTo - this.base;
+      if (lines < block.count) {
+        // Acknowledged up to a line inside this block: keep the rest of it.
+        const [, rest] = splitByteBlock(block, lines);
+        freed += blockBytes(block) - blockBytes(rest);
+        this.blocks[this.head] = rest;
+        this.base = upTo;
+        break;
       }
-      this.head = end;
-      this.base = upTo;
-      if (this.head >= COMPACT_AFTER && this.head * 2 >= this.lines.length) {
-        this.lines = this.lines.slice(this.head);
-        this.head = 0;
-      }
+      freed += blockBytes(block);
+      this.head += 1;
+      this.base += block.count;
+    }
+    this.held -= freed;
+    if (upTo >= this.sentUpTo) {
+      // Acknowledged without our sending them on this connection: they were sent on an earlier one.
+      this.sentUpTo = upTo;
+      this.sentIndex = this.head;
+      this.inFlight = 0;
+    } else {
+      this.inFlight -= freed;
+    }
+    if (this.head >= COMPACT_AFTER && this.head * 2 >= this.blocks.length) {
+      this.blocks = this.blocks.slice(this.head);
+      this.sentIndex -= this.head;
+      this.head = 0;
     }
     if (this.paused && this.held <= this.maxUnackedBytes / 2) this.setPaused(false);
   }
@@ -237,19 +274,22 @@ export class OutputSpool {
     this.pressure(paused);
   }
 
-  private batchFrom(sequence: number): { batch: OutputBatch; bytes: number } {
-    const lines: OutputLine[] = [];
+  /** The next batch of whole blocks from `sentUpTo`. */
+  private nextBatch(): { batch: OutputBatch; lines: number; bytes: number } {
+    const blocks: ByteBlock[] = [];
+    let lines = 0;
     let chars = 0;
     let bytes = 0;
-    for (let index = this.head + (sequence - this.base); index < this.lines.length; index++) {
-      const line = this.lines[index];
-      if (line === undefined) break;
-      lines.push(line);
-      chars += line.text.length;
-      bytes += lineBytes(line);
-      if (lines.length >= this.maxBatchLines || chars >= this.maxBatchChars) break;
+    for (let index = this.sentIndex; index < this.blocks.length; index++) {
+      const block = this.blocks[index]!;
+      if (blocks.length > 0 && lines + block.count > this.maxBatchLines) break;
+      blocks.push(block);
+      lines += block.count;
+      chars += block.bytes.length;
+      bytes += blockBytes(block);
+      if (lines >= this.maxBatchLines || chars >= this.maxBatchChars) break;
     }
-    return { batch: { sequence, lines }, bytes };
+    return { batch: { sequence: this.sentUpTo, blocks }, lines, bytes };
   }
 
   private cancelScheduled(): void {

@@ -8,7 +8,7 @@ import { randomUUID } from "node:crypto";
 import { mkdir } from "node:fs/promises";
 import { join } from "node:path";
 import type { ScriptPayload } from "../shared/api.js";
-import { CAPABILITIES, PROTOCOL_VERSION, type ControlMessage, type Outcome, type RunnerMessage } from "../shared/protocol.js";
+import { CAPABILITIES, PROTOCOL_VERSION, encodeOutputFrame, type ControlMessage, type Outcome, type RunnerMessage } from "../shared/protocol.js";
 import { AbandonedWatch, WATCH_DEFAULTS, type WatchedProcess } from "./abandoned-watch.js";
 import { Connection, type EndReason, type SocketFactory } from "./connection.js";
 import { CgroupTree, type StopResult } from "./containment.js";
@@ -380,7 +380,7 @@ class Runner {
       ticket,
       fence,
       spool: new OutputSpool({
-        send: (batch) => this.connection.sendBulk({ type: "output", ticket, fence, sequence: batch.sequence, lines: batch.lines }),
+        send: (batch) => this.connection.sendBulk(encodeOutputFrame({ ticket, fence, sequence: batch.sequence, blocks: batch.blocks })),
         maxUnackedBytes: this.options.maxUnackedBytes,
         pressure: (paused) => this.onPressure(script, paused),
       }),
@@ -488,7 +488,7 @@ class Runner {
     if (script.dropped) return;
     // Every line of one chunk arrived at the same moment.
     const occurred = new Date().toISOString();
-    for (const text of script.splitters[stream].push(chunk)) script.spool.append(stream, text, occurred);
+    for (const { bytes, count } of script.splitters[stream].pushBlocks(chunk)) script.spool.appendBlock({ source: stream, occurred, count, bytes });
   }
 
   /** The spool holds too much unacknowledged output (or has room again): stop (or go on) reading the pipes. */

@@ -55,6 +55,157 @@ export const OutputLine = z.strictObject({
 /** One output line. */
 export type OutputLine = z.infer<typeof OutputLine>;
 
+/** Most lines one output frame may carry, in `lines` or in all of its blocks together. */
+export const MAX_FRAME_LINES = 100_000;
+
+/**
+ * Consecutive lines of one source that arrived at the same moment, as one text: the lines joined with `\n`
+ * (a line never contains `\n`), `count` of them. This is how a runner sends bulk output: one string per pipe
+ * read instead of one object per line.
+ */
+export const OutputBlock = z
+  .strictObject({
+    source: z.enum(["stdout", "stderr", "debug"]),
+    occurred: Iso,
+    count: z.int().min(1).max(MAX_FRAME_LINES),
+    text: z.string(),
+  })
+  .refine((block) => countNewlines(block.text) === block.count - 1, { message: "count must be one more than the newlines in text" });
+/** A block of output lines. */
+export type OutputBlock = z.infer<typeof OutputBlock>;
+
+/** How many `\n` a text holds. */
+export function countNewlines(text: string): number {
+  let count = 0;
+  for (let at = text.indexOf("\n"); at !== -1; at = text.indexOf("\n", at + 1)) count += 1;
+  return count;
+}
+
+/** Where the line after the first `lines` lines of a block's text begins. */
+function lineStart(text: string, lines: number): number {
+  let at = 0;
+  for (let i = 0; i < lines; i += 1) at = text.indexOf("\n", at) + 1;
+  return at;
+}
+
+/** Splits a block after its first `lines` lines (0 < lines < count). */
+export function splitBlock(block: OutputBlock, lines: number): [OutputBlock, OutputBlock] {
+  const at = lineStart(block.text, lines);
+  return [
+    { source: block.source, occurred: block.occurred, count: lines, text: block.text.slice(0, at - 1) },
+    { source: block.source, occurred: block.occurred, count: block.count - lines, text: block.text.slice(at) },
+  ];
+}
+
+/**
+ * A block as the runner holds and sends it: the lines' raw bytes (UTF-8 as the process wrote them, joined with
+ * `\n`), not yet decoded. The control plane decodes them (invalid bytes become U+FFFD).
+ */
+export interface ByteBlock {
+  source: OutputBlock["source"];
+  occurred: string;
+  count: number;
+  bytes: Uint8Array;
+}
+
+/** Splits a byte block after its first `lines` lines (0 < lines < count). */
+export function splitByteBlock(block: ByteBlock, lines: number): [ByteBlock, ByteBlock] {
+  let at = 0;
+  for (let i = 0; i < lines; i += 1) at = block.bytes.indexOf(NEWLINE_BYTE, at) + 1;
+  return [
+    { source: block.source, occurred: block.occurred, count: lines, bytes: block.bytes.subarray(0, at - 1) },
+    { source: block.source, occurred: block.occurred, count: block.count - lines, bytes: block.bytes.subarray(at) },
+  ];
+}
+
+const NEWLINE_BYTE = 0x0a;
+const utf8Decoder = new TextDecoder();
+const utf8Encoder = new TextEncoder();
+
+/** A byte block's text. */
+export function decodeByteBlock(block: ByteBlock): OutputBlock {
+  return { source: block.source, occurred: block.occurred, count: block.count, text: utf8Decoder.decode(block.bytes) };
+}
+
+/** The header of a binary output frame: the `output` message with each block's byte length instead of its text. */
+const BinaryOutputHeader = z.strictObject({
+  type: z.literal("output"),
+  ticket: Ticket,
+  fence: Fence,
+  sequence: Sequence,
+  blocks: z
+    .array(z.strictObject({ source: z.enum(["stdout", "stderr", "debug"]), occurred: Iso, count: z.int().min(1).max(MAX_FRAME_LINES), bytes: z.int().min(0) }))
+    .min(1)
+    .max(MAX_FRAME_LINES),
+});
+
+/**
+ * Encodes an `output` message as a binary frame: a 4-byte big-endian header length, the header (JSON), then
+ * every block's bytes in order. Bulk output goes this way because JSON would escape every newline on one side
+ * and unescape it on the other. Returns the frame's parts, to be sent as one message (concatenated, in order).
+ */
+export function encodeOutputFrame(frame: { ticket: string; fence: number; sequence: number; blocks: readonly ByteBlock[] }): Uint8Array[] {
+  const header = utf8Encoder.encode(
+    JSON.stringify({
+      type: "output",
+      ticket: frame.ticket,
+      fence: frame.fence,
+      sequence: frame.sequence,
+      blocks: frame.blocks.map((block) => ({ source: block.source, occurred: block.occurred, count: block.count, bytes: block.bytes.length })),
+    }),
+  );
+  const length = new Uint8Array(4);
+  new DataView(length.buffer).setUint32(0, header.length);
+  return [length, header, ...frame.blocks.map((block) => block.bytes)];
+}
+
+/** Decodes a binary frame into the `output` message it carries (still to be checked against the schema). */
+function decodeOutputFrame(data: ArrayBuffer | Uint8Array): { ok: true; json: unknown } | { ok: false; reason: string } {
+  const bytes = data instanceof Uint8Array ? data : new Uint8Array(data);
+  if (bytes.length < 4) return { ok: false, reason: "binary frame without a header" };
+  const headerLength = new DataView(bytes.buffer, bytes.byteOffset, bytes.length).getUint32(0);
+  if (headerLength > bytes.length - 4) return { ok: false, reason: "binary frame shorter than its header" };
+  let json: unknown;
+  try {
+    json = JSON.parse(utf8Decoder.decode(bytes.subarray(4, 4 + headerLength)));
+  } catch {
+    return { ok: false, reason: "binary frame header is not valid JSON" };
+  }
+  const header = BinaryOutputHeader.safeParse(json);
+  if (!header.success) {
+    const issue = header.error.issues[0];
+    const where = ["header", ...(issue?.path ?? [])].join(".");
+    return { ok: false, reason: `${where}: ${issue?.message ?? "invalid"}` };
+  }
+  let at = 4 + headerLength;
+  const blocks: OutputBlock[] = [];
+  for (const block of header.data.blocks) {
+    if (block.bytes > bytes.length - at) return { ok: false, reason: "binary frame shorter than its blocks" };
+    blocks.push({ source: block.source, occurred: block.occurred, count: block.count, text: utf8Decoder.decode(bytes.subarray(at, at + block.bytes)) });
+    at += block.bytes;
+  }
+  if (at !== bytes.length) return { ok: false, reason: "binary frame longer than its blocks" };
+  return { ok: true, json: { ...header.data, blocks } };
+}
+
+/** The lines of blocks, one object each. */
+export function blockLines(blocks: readonly OutputBlock[]): OutputLine[] {
+  return blocks.flatMap((block) => block.text.split("\n").map((text) => ({ source: block.source, text, occurred: block.occurred })));
+}
+
+/** The lines an output frame carries, whichever of its two forms it uses. */
+export function outputLines(message: { lines?: OutputLine[] | undefined; blocks?: OutputBlock[] | undefined }): OutputLine[] {
+  return message.lines ?? blockLines(message.blocks ?? []);
+}
+
+/** How many lines an output frame carries. */
+export function outputLineCount(message: { lines?: OutputLine[] | undefined; blocks?: OutputBlock[] | undefined }): number {
+  if (message.lines) return message.lines.length;
+  let count = 0;
+  for (const block of message.blocks ?? []) count += block.count;
+  return count;
+}
+
 /** How the process ended, as the runner saw it. */
 export const Outcome = z.discriminatedUnion("kind", [
   z.strictObject({ kind: z.literal("exited"), code: z.int().min(0).max(255) }),
@@ -79,14 +230,23 @@ export const RunnerMessage = z.discriminatedUnion("type", [
       .max(10_000),
   }),
   z.strictObject({ type: z.literal("started"), ticket: Ticket, fence: Fence, pid: z.int().min(1) }),
-  z.strictObject({
-    type: z.literal("output"),
-    ticket: Ticket,
-    fence: Fence,
-    /** The runner-side sequence of the first line; lines are numbered consecutively from 0 per script. */
-    sequence: Sequence,
-    lines: z.array(OutputLine).min(1).max(100_000),
-  }),
+  z
+    .strictObject({
+      type: z.literal("output"),
+      ticket: Ticket,
+      fence: Fence,
+      /** The runner-side sequence of the first line; lines are numbered consecutively from 0 per script. */
+      sequence: Sequence,
+      /** The lines one by one; or, instead, */
+      lines: z.array(OutputLine).min(1).max(MAX_FRAME_LINES).optional(),
+      /** the lines in blocks. A frame carries exactly one of the two. */
+      blocks: z.array(OutputBlock).min(1).max(MAX_FRAME_LINES).optional(),
+    })
+    .refine((frame) => (frame.lines === undefined) !== (frame.blocks === undefined), {
+      message: "an output frame carries either lines or blocks",
+      path: ["lines"],
+    })
+    .refine((frame) => outputLineCount(frame) <= MAX_FRAME_LINES, { message: `an output frame carries at most ${MAX_FRAME_LINES} lines`, path: ["blocks"] }),
   z.strictObject({
     type: z.literal("exit"),
     ticket: Ticket,
@@ -135,14 +295,21 @@ export type ControlMessage = z.infer<typeof ControlMessage>;
 /** The result of parsing a frame: the message, or the close code and reason to close with. */
 export type ParseResult<T> = { ok: true; message: T } | { ok: false; code: CloseCode; reason: string };
 
-function parseFrame<T>(schema: z.ZodType<T>, data: string | ArrayBuffer): ParseResult<T> {
-  if (typeof data !== "string") return { ok: false, code: CloseCode.BadFrame, reason: "binary frames are not part of the protocol" };
-  if (utf8Length(data) > MAX_FRAME_BYTES) return { ok: false, code: CloseCode.FrameTooLarge, reason: "frame too large" };
+function parseFrame<T>(schema: z.ZodType<T>, data: string | ArrayBuffer | Uint8Array, binaryOutput: boolean): ParseResult<T> {
   let json: unknown;
-  try {
-    json = JSON.parse(data);
-  } catch {
-    return { ok: false, code: CloseCode.BadFrame, reason: "frame is not valid JSON" };
+  if (typeof data !== "string") {
+    if (!binaryOutput) return { ok: false, code: CloseCode.BadFrame, reason: "binary frames are not part of the protocol here" };
+    if (data.byteLength > MAX_FRAME_BYTES) return { ok: false, code: CloseCode.FrameTooLarge, reason: "frame too large" };
+    const decoded = decodeOutputFrame(data);
+    if (!decoded.ok) return { ok: false, code: CloseCode.BadFrame, reason: closeReason(decoded.reason) };
+    json = decoded.json;
+  } else {
+    if (utf8Length(data) > MAX_FRAME_BYTES) return { ok: false, code: CloseCode.FrameTooLarge, reason: "frame too large" };
+    try {
+      json = JSON.parse(data);
+    } catch {
+      return { ok: false, code: CloseCode.BadFrame, reason: "frame is not valid JSON" };
+    }
   }
   const parsed = schema.safeParse(json);
   if (!parsed.success) {
@@ -173,11 +340,12 @@ export function closeReason(text: string): string {
 }
 
 /** Parses a frame the control plane received from a runner. */
-export function parseRunnerMessage(data: string | ArrayBuffer): ParseResult<RunnerMessage> {
-  return parseFrame(RunnerMessage, data);
+export function parseRunnerMessage(data: string | ArrayBuffer | Uint8Array): ParseResult<RunnerMessage> {
+  // A binary frame is an `output` message (`encodeOutputFrame`).
+  return parseFrame(RunnerMessage, data, true);
 }
 
 /** Parses a frame the runner received from the control plane. */
 export function parseControlMessage(data: string | ArrayBuffer): ParseResult<ControlMessage> {
-  return parseFrame(ControlMessage, data);
+  return parseFrame(ControlMessage, data, false);
 }

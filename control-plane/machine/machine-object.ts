@@ -14,9 +14,13 @@ import {
   HEARTBEAT_PING,
   HEARTBEAT_PONG,
   PROTOCOL_VERSION,
+  blockLines,
+  outputLineCount,
   parseRunnerMessage,
+  splitBlock,
   type ControlMessage,
   type Outcome,
+  type OutputBlock,
   type OutputLine,
   type RunnerMessage,
 } from "../../shared/protocol.js";
@@ -42,6 +46,8 @@ const HEARTBEAT_MS = 10_000;
 const DEAD_AFTER_MS = 25_000;
 /** Expired scripts pruned per alarm, so that one alarm stays short. */
 const PRUNE_BATCH = 200;
+/** The longest a reported pid waits in memory for a write to go with (see `unwrittenPids`). */
+const PID_WRITE_DELAY_MS = 1_000;
 /** The tag every runner socket carries. */
 const RUNNER_TAG = "runner";
 
@@ -96,6 +102,14 @@ export class MachineObject extends DurableObject<Env> {
   private readonly limits: MachineLimits;
   /** When the runner socket is next checked for life; null while no runner is connected. */
   private heartbeatCheckAt: number | null = null;
+  /**
+   * Pids from `started` reports not yet written: each is written with the next change to storage (or after
+   * `PID_WRITE_DELAY_MS`), so that a dispatch costs no commit of its own for it. Nothing depends on the pid
+   * before that write, and the runner keeps sending `started` after every reconnect until an acknowledgement
+   * shows that it arrived; every acknowledgement goes out after a write that included the pid.
+   */
+  private readonly unwrittenPids = new Map<string, { fence: number; pid: number }>();
+  private pidWriteTimer: ReturnType<typeof setTimeout> | null = null;
 
   constructor(ctx: DurableObjectState, env: Env) {
     super(ctx, env);
@@ -332,8 +346,21 @@ export class MachineObject extends DurableObject<Env> {
     this.apply(handle(this.state, event));
   }
 
+  /** Writes the pids that `started` reports left in memory (see `unwrittenPids`). */
+  private writePids(): void {
+    if (this.pidWriteTimer !== null) clearTimeout(this.pidWriteTimer);
+    this.pidWriteTimer = null;
+    for (const [ticket, { fence, pid }] of this.unwrittenPids) {
+      db.setPid(this.sql, ticket, fence, pid);
+      // Abandoned before its pid was written: the abandoned list gets it instead.
+      db.setAbandonedPid(this.sql, ticket, fence, pid);
+    }
+    this.unwrittenPids.clear();
+  }
+
   /** Persists a decision's changes, then carries out its effects. */
   private apply(decision: Decision, insert?: { requestHash: string; payloadJson: string }): void {
+    this.writePids();
     for (const change of decision.changes) {
       switch (change.type) {
         case "insert":
@@ -591,22 +618,57 @@ export class MachineObject extends DurableObject<Env> {
   }
 
   private onStarted(message: Extract<RunnerMessage, { type: "started" }>): void {
-    if (this.currentDispatch(message.ticket, message.fence)) db.setPid(this.sql, message.ticket, message.pid);
-    else db.setAbandonedPid(this.sql, message.ticket, message.fence, message.pid);
+    if (!this.currentDispatch(message.ticket, message.fence)) {
+      db.setAbandonedPid(this.sql, message.ticket, message.fence, message.pid);
+      return;
+    }
+    this.unwrittenPids.set(message.ticket, { fence: message.fence, pid: message.pid });
+    this.pidWriteTimer ??= setTimeout(() => this.writePids(), PID_WRITE_DELAY_MS);
   }
 
   private onOutput(ws: WebSocket, message: Extract<RunnerMessage, { type: "output" }>): void {
+    // The ack below confirms `started` to the runner: the pid must be stored by then.
+    this.writePids();
     const row = this.currentDispatch(message.ticket, message.fence);
     if (!row) return; // a stale dispatch or an abandoned script: it can change nothing
     if (message.sequence > row.runner_next) {
       return this.closeSocket(ws, CloseCode.OutOfOrder, `output for ${message.ticket} starts at ${message.sequence}, expected ${row.runner_next}`);
     }
-    const fresh = message.lines.slice(row.runner_next - message.sequence);
-    if (fresh.length > 0) {
-      db.appendLogs(this.sql, message.ticket, this.withinOutputCap(row, fresh), fresh.length);
+    // A resend may repeat lines already stored: only those from `runner_next` on are new.
+    const known = row.runner_next - message.sequence;
+    const fresh = Math.max(0, outputLineCount(message) - known);
+    if (fresh > 0) {
+      if (message.blocks) this.storeBlocks(row.ticket, message.blocks, known);
+      else {
+        const lines = message.lines!.slice(known);
+        db.appendLogs(this.sql, row.ticket, this.withinOutputCap(row, lines), lines.length);
+      }
       this.notify(message.ticket);
     }
-    this.send({ type: "ack", ticket: message.ticket, fence: message.fence, nextSequence: row.runner_next + fresh.length });
+    this.send({ type: "ack", ticket: message.ticket, fence: message.fence, nextSequence: row.runner_next + fresh });
+  }
+
+  /**
+   * Stores blocks after their first `skip` lines. A block is stored as it came (one row, no object per line)
+   * unless it is too long for one row or reaches the output cap: then it goes line by line, cut and capped.
+   */
+  private storeBlocks(ticket: string, blocks: readonly OutputBlock[], skip: number): void {
+    for (const whole of blocks) {
+      if (skip >= whole.count) {
+        skip -= whole.count;
+        continue;
+      }
+      const block = skip > 0 ? splitBlock(whole, skip)[1] : whole;
+      skip = 0;
+      const row = db.getScript(this.sql, ticket)!;
+      const size = block.text.length - (block.count - 1);
+      if (!row.output_truncated && block.text.length <= db.MAX_BLOCK_CHARS && row.log_bytes + size <= this.limits.maxOutputBytes) {
+        db.appendBlock(this.sql, ticket, block);
+      } else {
+        const lines = blockLines([block]);
+        db.appendLogs(this.sql, ticket, this.withinOutputCap(row, lines), lines.length);
+      }
+    }
   }
 
   /**

@@ -60,6 +60,13 @@ const MIGRATIONS: string[][] = [
     `ALTER TABLE scripts ADD COLUMN output_truncated INTEGER NOT NULL DEFAULT 0`,
     `CREATE INDEX scripts_completed ON scripts (completed_at) WHERE state = 'complete'`,
   ],
+  [
+    // A chunk is either lines as JSON (`lines`), or one block of the runner's: lines of one source and one
+    // moment, joined with "\n" in `block_text` (then `lines` is empty).
+    `ALTER TABLE log_chunks ADD COLUMN block_source TEXT`,
+    `ALTER TABLE log_chunks ADD COLUMN block_occurred TEXT`,
+    `ALTER TABLE log_chunks ADD COLUMN block_text TEXT`,
+  ],
 ];
 
 /** Payloads are split into parts so that no row passes SQLite's 2 MB limit. */
@@ -241,8 +248,8 @@ export function deleteAbandoned(sql: SqlStorage, ticket: string, fence: number):
 }
 
 /** Records the process id the runner reported. */
-export function setPid(sql: SqlStorage, ticket: string, pid: number): void {
-  sql.exec("UPDATE scripts SET pid = ? WHERE ticket = ?", pid, ticket);
+export function setPid(sql: SqlStorage, ticket: string, fence: number, pid: number): void {
+  sql.exec("UPDATE scripts SET pid = ? WHERE ticket = ? AND fence = ?", pid, ticket, fence);
 }
 
 /** Marks a script complete and drops its payload (it will never run again). */
@@ -337,17 +344,53 @@ export function appendLogs(sql: SqlStorage, ticket: string, lines: NewLogLine[],
   return next;
 }
 
+/** The longest block stored as it is: its row stays under SQLite's 2 MB limit whatever its characters. */
+export const MAX_BLOCK_CHARS = 512 * 1024;
+
+/**
+ * Appends a block of the runner's lines to a script's log as one row (the caller keeps it under
+ * `MAX_BLOCK_CHARS`, and every line in it under `MAX_LINE_CHARS`), and advances `runner_next` by its count.
+ * Returns the new `log_next`.
+ */
+export function appendBlock(sql: SqlStorage, ticket: string, block: { source: LogSource; occurred: string; count: number; text: string }): number {
+  const row = sql.exec<{ log_next: number }>("SELECT log_next FROM scripts WHERE ticket = ?", ticket).toArray()[0];
+  if (!row) return 0;
+  const first = row.log_next;
+  const next = first + block.count;
+  sql.exec(
+    "INSERT INTO log_chunks (ticket, first_seq, last_seq, lines, block_source, block_occurred, block_text) VALUES (?, ?, ?, '', ?, ?, ?)",
+    ticket,
+    first,
+    next - 1,
+    block.source,
+    block.occurred,
+    block.text,
+  );
+  // A block holds `count - 1` newlines between its lines; they are not output.
+  sql.exec(
+    "UPDATE scripts SET log_next = ?, runner_next = runner_next + ?, log_bytes = log_bytes + ? WHERE ticket = ?",
+    next,
+    block.count,
+    block.text.length - (block.count - 1),
+    ticket,
+  );
+  return next;
+}
+
 /** Reads log lines from `fromSequence`, at most `limit` lines and about `maxBytes` of text. */
 export function readLogs(sql: SqlStorage, ticket: string, fromSequence: number, limit: number, maxBytes: number): LogLine[] {
   const out: LogLine[] = [];
   let bytes = 0;
-  const cursor = sql.exec<{ first_seq: number; lines: string }>(
-    "SELECT first_seq, lines FROM log_chunks WHERE ticket = ? AND last_seq >= ? ORDER BY first_seq",
+  const cursor = sql.exec<{ first_seq: number; lines: string; block_source: LogSource | null; block_occurred: string | null; block_text: string | null }>(
+    "SELECT first_seq, lines, block_source, block_occurred, block_text FROM log_chunks WHERE ticket = ? AND last_seq >= ? ORDER BY first_seq",
     ticket,
     fromSequence,
   );
   for (const chunk of cursor) {
-    const lines = JSON.parse(chunk.lines) as StoredLine[];
+    const lines: StoredLine[] =
+      chunk.block_text === null
+        ? (JSON.parse(chunk.lines) as StoredLine[])
+        : chunk.block_text.split("\n").map((text) => [chunk.block_source!, text, chunk.block_occurred!]);
     for (let i = Math.max(0, fromSequence - chunk.first_seq); i < lines.length; i += 1) {
       const [source, text, occurred] = lines[i]!;
       // Always return at least one line so that a caller can make progress past a huge line.

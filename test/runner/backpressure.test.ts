@@ -149,7 +149,7 @@ describe("runner backpressure", () => {
         expect(script!.heldBytes).toBeGreaterThan(mark / 2);
         expect(script!.peakHeldBytes).toBeLessThanOrEqual(mark + SLACK);
         // Sent ahead of the acknowledgements: at most half the mark, plus one batch.
-        expect(script!.inFlightBytes).toBeLessThanOrEqual(mark / 2 + 256 * 1024);
+        expect(script!.inFlightBytes).toBeLessThanOrEqual(mark / 2 + MiB);
         expect(written).toBeLessThan(TOTAL_BYTES / 20);
         expect(connection.all("exit")).toEqual([]);
         expect(isAlive(pid)).toBe(true);
@@ -261,15 +261,21 @@ describe("runner backpressure", () => {
   }, 90_000);
 
   it("reports the exit only after every line of a script that exited while its output was paused", async () => {
-    const total = 100_000;
-    const lines = yesLines(total);
+    // Whole lines in both parts: the first is read until the spool pauses reading, the second (less than a pipe
+    // holds) is written only then, so the script exits with it unread.
+    const lineBytes = LINE.length + 1;
+    const first = lineBytes * Math.floor(40_000 / lineBytes);
+    const second = lineBytes * Math.floor(60_000 / lineBytes);
+    const lines = yesLines(first + second);
     plane.keepOutputFrames = false;
     plane.welcomeFromLedger = true;
     plane.checkLine = lines.check;
     // With pipeDrainMs at 1 ms, an exit reported after that wait would come long before the unread output.
     const { handle, connection } = await startConnectedRunner(plane, workDir, { maxUnackedBytes: 16 * 1024, pipeDrainMs: 1 });
-    connection.dispatch("t1", 1, `${yesScript(total)}; exit 3`);
+    connection.dispatch("t1", 1, `${yesScript(first)}; while [ ! -f go ]; do sleep 0.01; done; ${yesScript(second)}; exit 3`);
     const { pid } = await connection.frame("started");
+    await waitFor(() => handle.stats().scripts[0]?.outputPaused === true, "the spool to pause reading");
+    await writeFile(join(workDir, "work", "t-t1", "go"), "");
     await waitFor(() => !isAlive(pid), "the script to exit with output still unread");
     const [script] = handle.stats().scripts;
     expect(script).toMatchObject({ outputPaused: true, phase: "running" });
@@ -306,15 +312,15 @@ describe("runner backpressure", () => {
       await waitFor(() => handle.stats().socketBufferedBytes >= limit, "the socket's send buffer to reach the limit", 30_000);
       // The rest waits in the spool, not in the socket.
       await waitFor(() => (handle.stats().scripts[0]?.heldBytes ?? 0) > 4 * limit, "output to wait in the spool");
-      expect(handle.stats().socketBufferedBytes).toBeLessThan(limit + 256 * 1024);
+      // One frame (at most 960 KiB of output and its header) may go in below the limit.
+      expect(handle.stats().socketBufferedBytes).toBeLessThan(limit + MiB);
 
       connection.tcp.resume();
       const ledger = plane.ledger("t1", 1);
       await waitFor(() => ledger.exits[0], "the exit", 60_000);
       expect(ledger.violations).toEqual([]);
       expect(ledger.next).toBe(lines.count);
-      // One frame (at most 256 KiB of text, under 1 MiB of JSON for these lines) may go in below the limit.
-      expect(peakBuffered).toBeLessThan(limit + 1024 * 1024);
+      expect(peakBuffered).toBeLessThan(limit + MiB);
     } finally {
       clearInterval(sampler);
     }

@@ -16,6 +16,7 @@ import {
   parseProcessStat,
 } from "../../runner/containment.js";
 import type { RunnerDependencies, RunnerInput } from "../../runner/index.js";
+import { outputLines } from "../../shared/protocol.js";
 import { isAlive, killPid, removeDir, tempDir } from "../helpers/processes.js";
 import {
   ScriptTag,
@@ -59,7 +60,7 @@ function comm(pid: number): string {
 
 /** The text of a ticket's output lines of one source. */
 function texts(connection: FakeConnection, ticket: string, source: string): string[] {
-  return connection.all("output", ticket).flatMap((frame) => frame.lines.filter((line) => line.source === source).map((line) => line.text));
+  return connection.all("output", ticket).flatMap((frame) => outputLines(frame).filter((line) => line.source === source).map((line) => line.text));
 }
 
 /** Usable cgroups on this machine, or the reason there are none. */
@@ -129,7 +130,7 @@ describe.each(MODES)("cancel with %s", (_mode, cgroupTree) => {
   it("SIGKILLs a descendant outside the group that ignores SIGTERM, after the grace period", async () => {
     const { connection } = await connectedRunner({ killGraceMs: 300 }, dependencies);
     tag.dispatch(connection, "t1", 1, `setsid bash -c "trap '' TERM; echo ignoring; while :; do sleep 0.05; done" & sleep 600`);
-    await connection.frame("output", (frame) => frame.lines.some((line) => line.text === "ignoring"));
+    await connection.frame("output", (frame) => outputLines(frame).some((line) => line.text === "ignoring"));
     await waitFor(() => sleeps().length >= 1 && tag.pids().length >= 3, "the tagged processes");
     const all = tag.pids();
     const begin = Date.now();
@@ -165,7 +166,7 @@ describe.each(MODES)("cancel with %s", (_mode, cgroupTree) => {
     const all = [(await connection.frame("started")).pid, ...sleeps()];
     for (const pid of all) tag.extraPids.add(pid);
     connection.send({ type: "cancel", ticket: "t1", fence: 1 });
-    await connection.frame("output", (frame) => frame.lines.some((line) => line.source === "debug"));
+    await connection.frame("output", (frame) => outputLines(frame).some((line) => line.source === "debug"));
     // A round trip through a script that outlasts the grace period: any kill would have happened by now.
     tag.dispatch(connection, "t2", 2, "sleep 0.5");
     await connection.frame("exit", (frame) => frame.ticket === "t2");
@@ -262,7 +263,7 @@ describe("cgroups", () => {
     const { connection } = await connectedRunner({}, { cgroups: cgroups as CgroupTree });
     tag.dispatch(connection, "t1", 1, "env -i setsid sleep 600 & echo \"escaped $!\"; sleep 600");
     const first = await connection.frame("output");
-    const escaped = Number(first.lines[0]!.text.split(" ")[1]);
+    const escaped = Number(outputLines(first)[0]!.text.split(" ")[1]);
     tag.extraPids.add(escaped);
     await waitFor(() => comm(escaped) === "sleep", "the escaped sleep");
     connection.send({ type: "cancel", ticket: "t1", fence: 1 });

@@ -6,11 +6,12 @@
 import { randomUUID } from "node:crypto";
 import { createServer, type IncomingMessage, type Server } from "node:http";
 import type { Duplex } from "node:stream";
-import { WebSocketServer, type WebSocket } from "ws";
+import { WebSocketServer, type RawData, type WebSocket } from "ws";
 import type { ScriptPayload } from "../../shared/api.js";
 import {
   ControlMessage,
   PROTOCOL_VERSION,
+  outputLines,
   parseRunnerMessage,
   type OutputLine,
   type RunnerMessage,
@@ -136,9 +137,10 @@ export class FakeConnection {
         if (this.plane.answerPings) ws.send("pong");
         return;
       }
-      const parsed = parseRunnerMessage(text);
+      // Binary frames are output (`encodeOutputFrame`); the control plane parses them the same way.
+      const parsed = parseRunnerMessage(isBinary ? binaryData(data) : text);
       if (!parsed.ok) {
-        this.invalid.push(text);
+        this.invalid.push(isBinary ? `<binary: ${parsed.reason}>` : text);
         return;
       }
       const message = parsed.message;
@@ -194,7 +196,7 @@ export class FakeConnection {
 
   /** Every output line of a ticket as `sequence:source:text`, in arrival order. */
   lines(ticket: string): string[] {
-    return this.all("output", ticket).flatMap((frame) => frame.lines.map((line, i) => describeLine(frame.sequence + i, line)));
+    return this.all("output", ticket).flatMap((frame) => outputLines(frame).map((line, i) => describeLine(frame.sequence + i, line)));
   }
 
   /** A round trip through another script (`true`): every frame sent before it has been handled by the runner. */
@@ -293,13 +295,14 @@ export class FakeControlPlane {
         ledger.violate(`output for ${message.ticket} starts at ${message.sequence}, expected ${ledger.next}`);
         return;
       }
+      const lines = outputLines(message);
       if (this.checkLine !== undefined) {
-        for (let i = 0; i < message.lines.length; i++) {
-          const problem = this.checkLine(message.ticket, message.sequence + i, message.lines[i]!);
+        for (let i = 0; i < lines.length; i++) {
+          const problem = this.checkLine(message.ticket, message.sequence + i, lines[i]!);
           if (problem !== undefined) ledger.violate(problem);
         }
       }
-      ledger.next += message.lines.length;
+      ledger.next += lines.length;
       ledger.frames++;
       if (this.autoAck) connection.send({ type: "ack", ticket: message.ticket, fence: message.fence, nextSequence: ledger.next });
       this.onStored?.(connection, ledger);
@@ -469,4 +472,10 @@ export class ScriptTag {
     this.extraPids.clear();
     await waitFor(() => this.pids().length === 0, "the test's processes to be gone");
   }
+}
+
+/** The bytes of a binary `ws` message, however `ws` delivered them. */
+function binaryData(data: RawData): Uint8Array {
+  if (Array.isArray(data)) return Buffer.concat(data);
+  return data instanceof ArrayBuffer ? new Uint8Array(data) : data;
 }

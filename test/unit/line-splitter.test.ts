@@ -103,3 +103,75 @@ describe("LineSplitter", () => {
     expect(emitted).toBe(total);
   });
 });
+
+describe("LineSplitter.pushBlocks", () => {
+  /** A tiny deterministic generator, so that a failure can be replayed from its seed. */
+  function random(seed: number): () => number {
+    let state = seed >>> 0 || 1;
+    return () => {
+      state ^= state << 13;
+      state ^= state >>> 17;
+      state ^= state << 5;
+      return (state >>> 0) / 2 ** 32;
+    };
+  }
+
+  /** Bytes that exercise every rule: newlines, carriage returns, multi-byte characters, invalid bytes. */
+  const PIECES = [[0x0a], [0x0d], [0x0d, 0x0a], [0x61], [0x62, 0x63], [0xc3, 0xa9], [0xe2, 0x82, 0xac], [0xf0, 0x9f, 0x98, 0x80], [0xff], [0xe2, 0x82]];
+
+  function chunksFor(next: () => number, count: number): Buffer[] {
+    const bytes: number[] = [];
+    for (let i = 0; i < count; i += 1) bytes.push(...PIECES[Math.floor(next() * PIECES.length)]!);
+    const chunks: Buffer[] = [];
+    for (let at = 0; at < bytes.length; ) {
+      const size = 1 + Math.floor(next() * 40);
+      chunks.push(Buffer.from(bytes.slice(at, at + size)));
+      at += size;
+    }
+    return chunks;
+  }
+
+  it("returns the held line, the chunk's whole lines as a view of it, and nothing of an unfinished line", () => {
+    const splitter = new LineSplitter();
+    const blocks = (chunk: Buffer) => splitter.pushBlocks(chunk).map(({ bytes, count }) => [bytes.toString("utf8"), count]);
+    expect(blocks(Buffer.from("par"))).toEqual([]);
+    const chunk = Buffer.from("tial\nb\n\nc\r\nd");
+    expect(blocks(chunk)).toEqual([
+      ["partial", 1],
+      ["b\n\nc", 3],
+    ]);
+    expect(blocks(Buffer.from("\n"))).toEqual([["d", 1]]);
+    expect(splitter.end()).toEqual([]);
+  });
+
+  it("passes whole lines on without copying them", () => {
+    const splitter = new LineSplitter();
+    const chunk = Buffer.from("a\nb\nc\n");
+    const [, middle] = splitter.pushBlocks(chunk);
+    expect(middle?.bytes.buffer).toBe(chunk.buffer);
+  });
+
+  it("gives exactly the lines `push` gives, for any bytes cut into any chunks", () => {
+    for (let seed = 1; seed <= 300; seed += 1) {
+      const next = random(seed);
+      const chunks = chunksFor(next, 20 + Math.floor(next() * 200));
+      const maxLineBytes = seed % 3 === 0 ? MAX_LINE_BYTES : 4 + (seed % 13);
+      const byLine = new LineSplitter(maxLineBytes);
+      const byBlock = new LineSplitter(maxLineBytes);
+      const expected: string[] = [];
+      const actual: string[] = [];
+      for (const chunk of chunks) {
+        expected.push(...byLine.push(chunk));
+        for (const block of byBlock.pushBlocks(chunk)) {
+          // Decoded the way the control plane decodes a block.
+          const lines = new TextDecoder().decode(block.bytes).split("\n");
+          expect(lines).toHaveLength(block.count);
+          actual.push(...lines);
+        }
+      }
+      expected.push(...byLine.end());
+      actual.push(...byBlock.end());
+      expect(actual, `seed ${seed}`).toEqual(expected);
+    }
+  });
+});

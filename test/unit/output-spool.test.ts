@@ -1,15 +1,22 @@
 import { describe, expect, it } from "vitest";
 import { LINE_OVERHEAD_BYTES, OutputSpool, type OutputBatch } from "../../runner/output-spool.js";
+import { blockLines, decodeByteBlock, type OutputLine } from "../../shared/protocol.js";
+
+/** A recorded batch, its blocks expanded into lines. */
+interface LineBatch {
+  sequence: number;
+  lines: OutputLine[];
+}
 
 /** A transport that records every batch and can be switched off. */
 function recorder() {
-  const batches: OutputBatch[] = [];
+  const batches: LineBatch[] = [];
   const transport = {
     batches,
     online: true,
     send: (batch: OutputBatch) => {
       if (!transport.online) return false;
-      batches.push({ sequence: batch.sequence, lines: [...batch.lines] });
+      batches.push({ sequence: batch.sequence, lines: blockLines(batch.blocks.map(decodeByteBlock)) });
       return true;
     },
     /** Every sent line as `sequence:text`. */
@@ -67,30 +74,82 @@ describe("OutputSpool", () => {
     spool.dispose();
   });
 
-  it("sends at once when a batch reaches 256 KiB of text by default", () => {
+  it("sends at once when a batch reaches 960 KiB of output by default", () => {
     const transport = recorder();
     const spool = new OutputSpool({ send: transport.send });
     const big = "x".repeat(64 * 1024);
-    for (let i = 0; i < 3; i++) spool.append("stdout", big, OCCURRED);
+    for (let i = 0; i < 14; i++) spool.append("stdout", big, OCCURRED);
     expect(transport.batches).toHaveLength(0);
     spool.append("stdout", big, OCCURRED);
     expect(transport.batches).toHaveLength(1);
-    expect(transport.batches[0]?.lines).toHaveLength(4);
+    expect(transport.batches[0]?.lines).toHaveLength(15);
     spool.dispose();
   });
 
-  it("cuts a long backlog into batches of at most 5,000 lines by default", () => {
+  it("cuts a long backlog into batches of at most 50,000 lines by default", () => {
     const transport = recorder();
     transport.online = false;
-    const spool = new OutputSpool({ send: transport.send });
-    for (let i = 0; i < 12_000; i++) spool.append("stdout", String(i), OCCURRED);
+    // Room for the whole backlog in flight: only the batch size limits it here.
+    const spool = new OutputSpool({ send: transport.send, maxUnackedBytes: 64 * 1024 * 1024 });
+    for (let i = 0; i < 120_000; i++) spool.append("stdout", String(i), OCCURRED);
     transport.online = true;
     spool.resendFrom(0);
     expect(transport.batches.map((batch) => [batch.sequence, batch.lines.length])).toEqual([
-      [0, 5_000],
-      [5_000, 5_000],
-      [10_000, 2_000],
+      [0, 50_000],
+      [50_000, 50_000],
+      [100_000, 20_000],
     ]);
+    spool.dispose();
+  });
+
+  it("splits a block longer than a batch, so that every batch holds whole blocks", () => {
+    const transport = recorder();
+    const spool = new OutputSpool({ send: transport.send, maxBatchLines: 4 });
+    const text = Array.from({ length: 10 }, (_, i) => `l${i}`).join("\n");
+    expect(spool.appendBlock({ source: "stdout", occurred: OCCURRED, count: 10, bytes: Buffer.from(text) })).toBe(0);
+    expect(transport.batches.map((batch) => [batch.sequence, batch.lines.length])).toEqual([
+      [0, 4],
+      [4, 4],
+      [8, 2],
+    ]);
+    expect(transport.sent()).toEqual(Array.from({ length: 10 }, (_, i) => `${i}:l${i}`));
+    expect(spool.nextSequence).toBe(10);
+    spool.dispose();
+  });
+
+  it("numbers a block's lines and a single line that follows it in one sequence", () => {
+    const transport = recorder();
+    const spool = new OutputSpool({ send: transport.send });
+    expect(spool.appendBlock({ source: "stdout", occurred: OCCURRED, count: 3, bytes: Buffer.from("a\n\nc") })).toBe(0);
+    expect(spool.append("stderr", "d", OCCURRED)).toBe(3);
+    spool.flush();
+    expect(transport.batches).toEqual([
+      {
+        sequence: 0,
+        lines: [
+          { source: "stdout", text: "a", occurred: OCCURRED },
+          { source: "stdout", text: "", occurred: OCCURRED },
+          { source: "stdout", text: "c", occurred: OCCURRED },
+          { source: "stderr", text: "d", occurred: OCCURRED },
+        ],
+      },
+    ]);
+    spool.dispose();
+  });
+
+  it("keeps the rest of a block acknowledged up to a line inside it, and resends exactly that rest", () => {
+    const transport = recorder();
+    const spool = new OutputSpool({ send: transport.send });
+    spool.appendBlock({ source: "stdout", occurred: OCCURRED, count: 5, bytes: Buffer.from("l0\nl1\nl2\nl3\nl4") });
+    spool.appendBlock({ source: "stderr", occurred: OCCURRED, count: 2, bytes: Buffer.from("e5\ne6") });
+    spool.flush();
+    spool.ack(3);
+    expect(spool.stats).toMatchObject({ heldLines: 4, firstUnacknowledged: 3, heldBytes: "l3\nl4".length + "e5\ne6".length + 2 * LINE_OVERHEAD_BYTES });
+    transport.batches.length = 0;
+    spool.resendFrom(4);
+    expect(transport.sent()).toEqual(["4:l4", "5:e5", "6:e6"]);
+    spool.ack(7);
+    expect(spool.stats).toMatchObject({ heldLines: 0, heldBytes: 0, inFlightBytes: 0 });
     spool.dispose();
   });
 

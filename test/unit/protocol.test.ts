@@ -10,8 +10,15 @@ import {
   HEARTBEAT_PONG,
   MAX_FRAME_BYTES,
   PROTOCOL_VERSION,
+  countNewlines,
+  encodeOutputFrame,
+  outputLineCount,
+  outputLines,
   parseControlMessage,
   parseRunnerMessage,
+  splitBlock,
+  splitByteBlock,
+  type ByteBlock,
   type ControlMessage,
   type ParseResult,
   type RunnerMessage,
@@ -92,6 +99,16 @@ const output = {
   ],
 };
 const exitMessage = { type: "exit", ticket: "t1", fence: 3, lineCount: 15, outcome: { kind: "exited", code: 0 } };
+const blockOutput = {
+  type: "output",
+  ticket: "t1",
+  fence: 3,
+  sequence: 12,
+  blocks: [
+    { source: "stdout", occurred: OCCURRED, count: 3, text: "hello\n\nworld" },
+    { source: "stderr", occurred: OCCURRED, count: 1, text: "" },
+  ],
+};
 
 describe("parseRunnerMessage: valid frames", () => {
   it.each([
@@ -131,11 +148,11 @@ describe("parseRunnerMessage: valid frames", () => {
 // ------------------------------------------------------------------ malformed runner frames
 
 describe("parseRunnerMessage: frames that are not JSON objects", () => {
-  it("rejects a binary frame with BadFrame", () => {
+  it("rejects a binary frame that is not an encoded output frame with BadFrame", () => {
     expect(parseRunnerMessage(utf8.encode(JSON.stringify(started)).buffer as ArrayBuffer)).toEqual({
       ok: false,
       code: CloseCode.BadFrame,
-      reason: "binary frames are not part of the protocol",
+      reason: "binary frame shorter than its header",
     });
   });
 
@@ -458,7 +475,7 @@ describe("parseControlMessage: malformed frames", () => {
     expect(parseControlMessage(new ArrayBuffer(8))).toEqual({
       ok: false,
       code: CloseCode.BadFrame,
-      reason: "binary frames are not part of the protocol",
+      reason: "binary frames are not part of the protocol here",
     });
   });
 
@@ -557,5 +574,136 @@ describe("CloseCode", () => {
     expect(codes).toHaveLength(9);
     for (const code of codes) expect(code === 1000 || (code >= 4000 && code <= 4999), `code ${code}`).toBe(true);
     expect(new Set(codes).size).toBe(codes.length);
+  });
+});
+
+describe("output frames in blocks", () => {
+  it("accepts lines in blocks and reads them back one by one", () => {
+    const parsed = parseRunnerMessage(JSON.stringify(blockOutput));
+    expect(parsed.ok).toBe(true);
+    if (!parsed.ok || parsed.message.type !== "output") return;
+    expect(outputLineCount(parsed.message)).toBe(4);
+    expect(outputLines(parsed.message)).toEqual([
+      { source: "stdout", text: "hello", occurred: OCCURRED },
+      { source: "stdout", text: "", occurred: OCCURRED },
+      { source: "stdout", text: "world", occurred: OCCURRED },
+      { source: "stderr", text: "", occurred: OCCURRED },
+    ]);
+  });
+
+  it.each([
+    ["a frame with both lines and blocks", { ...blockOutput, lines: output.lines }, "lines: "],
+    ["a frame with neither", { ...blockOutput, blocks: undefined }, "lines: "],
+    ["empty blocks", withValue(blockOutput, "blocks", []), "blocks: "],
+    ["a count that is one too many", withValue(blockOutput, "blocks.0.count", 4), "blocks.0: "],
+    ["a count that is one too few", withValue(blockOutput, "blocks.0.count", 2), "blocks.0: "],
+    ["a count of 0", withValue(blockOutput, "blocks.1.count", 0), "blocks.1.count: "],
+    ["a block from stdin", withValue(blockOutput, "blocks.0.source", "stdin"), "blocks.0.source: "],
+    ["a block without occurred", withValue(blockOutput, "blocks.0.occurred", undefined), "blocks.0.occurred: "],
+    ["a numeric block text", withValue(blockOutput, "blocks.0.text", 5), "blocks.0.text: "],
+    [
+      "more lines than a frame may carry",
+      withValue(blockOutput, "blocks", [
+        { source: "stdout", occurred: OCCURRED, count: 60_000, text: "\n".repeat(59_999) },
+        { source: "stdout", occurred: OCCURRED, count: 60_000, text: "\n".repeat(59_999) },
+      ]),
+      "blocks: ",
+    ],
+  ])("rejects %s", (_name, frame, prefix) => {
+    expectBadFrame(runner(frame), prefix);
+  });
+
+  it("splits a block after any of its lines", () => {
+    const block = { source: "stdout" as const, occurred: OCCURRED, count: 4, text: "a\n\nbc\nd" };
+    expect(splitBlock(block, 1)).toEqual([
+      { ...block, count: 1, text: "a" },
+      { ...block, count: 3, text: "\nbc\nd" },
+    ]);
+    expect(splitBlock(block, 2)).toEqual([
+      { ...block, count: 2, text: "a\n" },
+      { ...block, count: 2, text: "bc\nd" },
+    ]);
+    expect(splitBlock(block, 3)).toEqual([
+      { ...block, count: 3, text: "a\n\nbc" },
+      { ...block, count: 1, text: "d" },
+    ]);
+    expect(countNewlines(block.text)).toBe(3);
+  });
+});
+
+describe("binary output frames", () => {
+  const bytes = (text: string) => utf8.encode(text);
+  const blocks: ByteBlock[] = [
+    { source: "stdout", occurred: OCCURRED, count: 3, bytes: bytes("hello\n\nwörld") },
+    { source: "stderr", occurred: OCCURRED, count: 1, bytes: bytes("") },
+  ];
+  const frame = { ticket: "t1", fence: 3, sequence: 12, blocks };
+
+  /** An encoded frame with its header replaced. */
+  function withHeader(header: unknown, body: Uint8Array = new Uint8Array(0)): Uint8Array {
+    const json = bytes(JSON.stringify(header));
+    const out = new Uint8Array(4 + json.length + body.length);
+    new DataView(out.buffer).setUint32(0, json.length);
+    out.set(json, 4);
+    out.set(body, 4 + json.length);
+    return out;
+  }
+
+  const header = { type: "output", ticket: "t1", fence: 3, sequence: 12, blocks: [{ source: "stdout", occurred: OCCURRED, count: 2, bytes: 3 }] };
+
+  it("decodes what encodeOutputFrame encodes into the output message with text blocks", () => {
+    expect(parseRunnerMessage(Buffer.concat(encodeOutputFrame(frame)))).toEqual({
+      ok: true,
+      message: {
+        type: "output",
+        ticket: "t1",
+        fence: 3,
+        sequence: 12,
+        blocks: [
+          { source: "stdout", occurred: OCCURRED, count: 3, text: "hello\n\nwörld" },
+          { source: "stderr", occurred: OCCURRED, count: 1, text: "" },
+        ],
+      },
+    });
+  });
+
+  it("takes the frame as an ArrayBuffer too, as the Worker receives it", () => {
+    const encoded = Buffer.concat(encodeOutputFrame(frame));
+    const copy = encoded.buffer.slice(encoded.byteOffset, encoded.byteOffset + encoded.length) as ArrayBuffer;
+    expect(parseRunnerMessage(copy).ok).toBe(true);
+  });
+
+  it("decodes invalid UTF-8 to U+FFFD, as a line of text would", () => {
+    const parsed = parseRunnerMessage(withHeader(header, new Uint8Array([0x61, 0x0a, 0xff])));
+    expect(parsed.ok && parsed.message.type === "output" && parsed.message.blocks?.[0]?.text).toBe("a\n\ufffd");
+  });
+
+  it.each([
+    ["a frame shorter than 4 bytes", new Uint8Array([0, 0, 1]), "binary frame without a header"],
+    ["a header length past the end", withHeader(header).subarray(0, 10), "binary frame shorter than its header"],
+    ["a header that is not JSON", (() => { const out = withHeader(header); out[4] = 0x7b; out[5] = 0x7b; return out; })(), "binary frame header is not valid JSON"],
+    ["a header of another message type", withHeader({ ...header, type: "started" }), "header.type: "],
+    ["a header with an unknown field", withHeader({ ...header, lines: [] }), "header: "],
+    ["a block with a negative length", withHeader({ ...header, blocks: [{ ...header.blocks[0], bytes: -1 }] }), "header.blocks.0.bytes: "],
+    ["blocks longer than the frame", withHeader(header, bytes("a\n")), "binary frame shorter than its blocks"],
+    ["bytes after the last block", withHeader(header, bytes("a\nbc")), "binary frame longer than its blocks"],
+    ["a count that does not match the newlines", withHeader(header, bytes("abc")), "blocks.0: "],
+  ])("rejects %s with BadFrame", (_name, data, prefix) => {
+    const parsed = parseRunnerMessage(data);
+    expect(parsed.ok).toBe(false);
+    if (parsed.ok) return;
+    expect(parsed.code).toBe(CloseCode.BadFrame);
+    expect(parsed.reason.startsWith(prefix), parsed.reason).toBe(true);
+  });
+
+  it("rejects a binary frame over MAX_FRAME_BYTES with FrameTooLarge", () => {
+    expect(parseRunnerMessage(new Uint8Array(MAX_FRAME_BYTES + 1))).toMatchObject({ ok: false, code: CloseCode.FrameTooLarge });
+  });
+
+  it("splits a byte block after any of its lines", () => {
+    const block: ByteBlock = { source: "stdout", occurred: OCCURRED, count: 3, bytes: bytes("a\n\nbc") };
+    const text = ([first, second]: [ByteBlock, ByteBlock]) => [first.count, Buffer.from(first.bytes).toString(), second.count, Buffer.from(second.bytes).toString()];
+    expect(text(splitByteBlock(block, 1))).toEqual([1, "a", 2, "\nbc"]);
+    expect(text(splitByteBlock(block, 2))).toEqual([2, "a\n", 1, "bc"]);
   });
 });
