@@ -1,7 +1,9 @@
 /**
  * OS processes only: spawn a script in its own process group (marked, and in its own cgroup where possible),
  * report its output chunks and how it ended, kill its whole tree (containment.ts finds every process of it), or
- * stop tracking it without killing it. Nothing here knows about the protocol's transport or sequence numbers.
+ * stop tracking it without killing it. A script starts in a shell spawned for it (the cold path) or, usually, in
+ * one spawned ahead of time (warm-shell.ts); either way it becomes the same `ScriptProcess`. Nothing here knows
+ * about the protocol's transport or sequence numbers.
  */
 import { access, stat } from "node:fs/promises";
 import { constants as fsConstants } from "node:fs";
@@ -19,8 +21,10 @@ import {
   signalGroup,
   type CgroupTree,
   type ContainmentOptions,
+  type ScriptCgroup,
   type StopResult,
 } from "./containment.js";
+import type { WarmShellPool } from "./warm-shell.js";
 import type { ShellName } from "./workspace.js";
 
 /** Variables of the runner's own environment that never reach a script: they are the runner's secrets. */
@@ -59,6 +63,8 @@ export interface ProcessManagerOptions {
   cgroups?: CgroupTree;
   /** Timings of a tree kill; default `CONTAINMENT_DEFAULTS`. */
   containment?: ContainmentOptions;
+  /** Shells started ahead of time: a script that one of them can run exactly like the cold path execs into it. */
+  warmShells?: WarmShellPool;
 }
 
 /** Receives a process's output as it arrives. */
@@ -77,39 +83,92 @@ export async function spawnScript(request: SpawnRequest, onOutput: OutputHandler
   if (shellPath === undefined) {
     return failed(`The shell "${request.shell}" was not found on this machine's PATH.`);
   }
+  const launch: Launch = {
+    request,
+    shellPath,
+    args: [...shellArguments(request.shell, request.scriptPath), ...request.arguments],
+    inherited: inheritedEnvironment(base),
+    cgroups: options.cgroups,
+  };
+  const shell = options.warmShells?.claim(launch) ?? (await startColdShell(launch));
+  if (!shell.ok) return shell;
+  const child = track(shell, onOutput, options);
+  options.warmShells?.refillAfter(child, launch);
+  return { ok: true, process: child };
+}
+
+/** What starting one script takes, worked out once for whichever path starts it. */
+export interface Launch {
+  request: SpawnRequest;
+  /** The script's shell, found on the base environment's PATH. */
+  shellPath: string;
+  /** The shell's arguments: the script and the script's own arguments. */
+  args: string[];
+  /** The base environment without the runner's secrets (`inheritedEnvironment`). */
+  inherited: Readonly<Record<string, string>>;
+  cgroups: CgroupTree | undefined;
+}
+
+/** The process that becomes the script: a shell spawned for it, or a warm one. */
+export interface ScriptShell {
+  ok: true;
+  subprocess: ShellSubprocess;
+  /** Its pid, which is also the id of its process group. */
+  pid: number;
+  /** The value of `TENDRIL_SCRIPT_MARKER` in its environment. */
+  marker: string;
+  /** Its cgroup, already holding it; undefined when it has none. */
+  cgroup: ScriptCgroup | undefined;
+  /** Makes it run the script, once our listeners are on its pipes; a shell spawned for the script runs it already. */
+  run?: () => void;
+}
+
+/** The cold path: spawns the script's shell now, in a new cgroup it moves itself into before the script's first line. */
+async function startColdShell(launch: Launch): Promise<ScriptShell | SpawnFailure> {
+  const { request, shellPath, args } = launch;
   const execa = await loadExeca();
   const marker = newScriptMarker();
-  const args = [...shellArguments(request.shell, request.scriptPath), ...request.arguments];
-  let cgroup = options.cgroups?.create(`s-${marker}`);
-  // The shell moves itself into its cgroup before it runs a line of the script.
+  const cgroup = launch.cgroups?.create(`s-${marker}`);
   const command = (cgroup && enterCgroupCommand(cgroup.procsFile, shellPath, args)) ?? { file: shellPath, args };
-  let subprocess: ReturnType<typeof startProcess>;
+  const env = scriptEnvironment(launch.inherited, request.environment, request.ticket, marker);
+  let subprocess: ShellSubprocess;
   try {
-    subprocess = startProcess(execa, command.file, command.args, request.cwd, scriptEnvironment(base, request.environment, request.ticket, marker));
+    subprocess = startProcess(execa, command.file, command.args, request.cwd, env, "ignore");
   } catch (error) {
     cgroup?.release();
     return failed(`Could not start ${request.shell} (${shellPath}): ${describeError(error)}`);
   }
   // With `reject: false` the promise resolves even on failure; nothing here needs its result.
-  subprocess.catch(() => undefined);
+  subprocess.catch(ignore);
   // Node sets the pid synchronously exactly when the spawn succeeded (exec errors are reported by uv_spawn itself).
   if (subprocess.pid === undefined) {
     cgroup?.release();
     const problem = await spawnError(subprocess);
     return failed(`Could not start ${request.shell} (${shellPath}) in ${request.cwd}: ${describeError(problem)}`);
   }
-  const pid = subprocess.pid;
   // Also from here: it tells whether the move worked (the shell's own attempt stays silent).
-  if (cgroup !== undefined && !cgroup.adopt(pid)) cgroup = undefined;
+  return { ok: true, subprocess, pid: subprocess.pid, marker, cgroup: joinCgroup(cgroup, subprocess.pid) };
+}
+
+/** Moves `pid` into `cgroup`; the cgroup when that worked, undefined when there is none or it failed. */
+export function joinCgroup(cgroup: ScriptCgroup | undefined, pid: number): ScriptCgroup | undefined {
+  return cgroup !== undefined && cgroup.adopt(pid) ? cgroup : undefined;
+}
+
+/** Tracks the script's shell as a `ScriptProcess`, then lets it run the script. */
+function track(shell: ScriptShell, onOutput: OutputHandler, options: ProcessManagerOptions): ScriptProcess {
   const tree = new ProcessTree({
-    leaderPid: pid,
-    marker,
+    leaderPid: shell.pid,
+    marker: shell.marker,
     disableKill: options.disableKill,
-    ...(cgroup === undefined ? {} : { cgroup }),
+    ...(shell.cgroup === undefined ? {} : { cgroup: shell.cgroup }),
     ...(options.containment === undefined ? {} : { options: options.containment }),
   });
-  // Attach the output listeners in this same tick: execa resumes unread pipes on the next one.
-  return { ok: true, process: new ScriptProcess(subprocess, pid, tree, onOutput, options) };
+  // The output listeners go on before the event loop turns again: execa resumes unread pipes on its next turn, and
+  // a warm shell's pipes flow already, so nothing may be written to them before the listeners are there.
+  const child = new ScriptProcess(shell.subprocess, shell.pid, tree, onOutput, options);
+  shell.run?.();
+  return child;
 }
 
 /** Why the OS cannot take the request's environment or arguments, in words that never repeat a value. */
@@ -125,27 +184,33 @@ export function unspawnableInput(request: Pick<SpawnRequest, "environment" | "ar
   return undefined;
 }
 
-function failed(message: string): SpawnResult {
+type SpawnFailure = Extract<SpawnResult, { ok: false }>;
+
+function failed(message: string): SpawnFailure {
   return { ok: false, outcome: { kind: "failed", message } };
 }
 
-type Execa = typeof import("execa").execa;
+export type Execa = typeof import("execa").execa;
 let execaModule: Promise<typeof import("execa")> | undefined;
 
 /** execa is loaded at the first spawn: an idle runner never needs it, and stays smaller without it. */
-async function loadExeca(): Promise<Execa> {
+export async function loadExeca(): Promise<Execa> {
   execaModule ??= import("execa");
   return (await execaModule).execa;
 }
 
-function startProcess(execa: Execa, file: string, args: string[], cwd: string, env: Record<string, string>) {
+/** A shell process as execa started it. */
+export type ShellSubprocess = ReturnType<typeof startProcess>;
+
+/** Spawns a script's shell; `stdin` is "pipe" only for a warm shell, which reads the command to run from it. */
+export function startProcess(execa: Execa, file: string, args: string[], cwd: string, env: Record<string, string>, stdin: "ignore" | "pipe") {
   return execa(file, args, {
     cwd,
     env,
     extendEnv: false,
     // Its own process group, so the whole tree can be signalled at once (and our Ctrl-C does not reach it).
     detached: true,
-    stdin: "ignore",
+    stdin,
     stdout: "pipe",
     stderr: "pipe",
     buffer: false,
@@ -173,24 +238,31 @@ function shellArguments(shell: ShellName, scriptPath: string): string[] {
 }
 
 /** The error of a spawn that failed: Node's `error` event, or execa's result when it failed before spawning. */
-async function spawnError(subprocess: ReturnType<typeof startProcess>): Promise<unknown> {
+async function spawnError(subprocess: ShellSubprocess): Promise<unknown> {
   const fromEvent = new Promise<unknown>((resolve) => subprocess.once("error", resolve));
   const fromResult = subprocess.then((result) => result.cause ?? result.message);
   return Promise.race([fromEvent, fromResult]);
 }
 
-/** The runner's environment minus its secrets, plus the request's variables, `TENDRIL_TICKET` and the marker. */
-export function scriptEnvironment(
-  base: NodeJS.ProcessEnv,
-  requested: Readonly<Record<string, string>>,
-  ticket: string,
-  marker: string,
-): Record<string, string> {
+/** The runner's environment minus its secrets: what every script inherits. */
+export function inheritedEnvironment(base: NodeJS.ProcessEnv): Record<string, string> {
   // No prototype: a variable named `__proto__` is then an ordinary key.
   const env: Record<string, string> = Object.create(null);
   for (const [name, value] of Object.entries(base)) {
     if (value !== undefined && !SECRET_ENVIRONMENT_NAMES.includes(name)) env[name] = value;
   }
+  return env;
+}
+
+/** The inherited environment plus the request's variables, `TENDRIL_TICKET` and the marker. */
+export function scriptEnvironment(
+  inherited: Readonly<Record<string, string>>,
+  requested: Readonly<Record<string, string>>,
+  ticket: string,
+  marker: string,
+): Record<string, string> {
+  const env: Record<string, string> = Object.create(null);
+  for (const [name, value] of Object.entries(inherited)) env[name] = value;
   for (const [name, value] of Object.entries(requested)) env[name] = value;
   env.TENDRIL_TICKET = ticket;
   // Last, so a request cannot choose it: the marker is how cancel finds processes that left the group.
@@ -281,7 +353,7 @@ export class ScriptProcess {
   private readonly onExit = (code: number | null, signal: NodeJS.Signals | null) => this.handleExit(code, signal);
 
   constructor(
-    private readonly subprocess: ReturnType<typeof startProcess>,
+    private readonly subprocess: ShellSubprocess,
     /** The process id, which is also the id of its process group. */
     readonly pid: number,
     private readonly tree: ProcessTree,
@@ -502,7 +574,7 @@ interface StreamListeners {
 }
 
 /** Swallows an event or a rejection; module-level so that a listener left behind retains nothing. */
-function ignore(): void {
+export function ignore(): void {
   // Nothing to do.
 }
 

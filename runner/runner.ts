@@ -17,6 +17,7 @@ import { resolveRunnerOptions, type RunnerInput, type RunnerOptions } from "./op
 import { OutputSpool, type SpoolStats } from "./output-spool.js";
 import { spawnScript, type ScriptProcess, type StreamName, type TreeKill } from "./process-manager.js";
 import { displayUrl, environmentSecrets, redact, redactingLogger } from "./redact.js";
+import { WarmShellPool } from "./warm-shell.js";
 import { Workspaces } from "./workspace.js";
 
 /** The capabilities this runner advertises in `hello`. */
@@ -170,6 +171,8 @@ class Runner {
   /** Where the next `pump` starts, so that no script's output can starve the others'. */
   private pumpCursor = 0;
   private halted = false;
+  /** Shells started ahead of the next script (see warm-shell.ts); none when `TENDRIL_WARM_SHELLS=0`. */
+  private readonly warmShells: WarmShellPool | undefined;
 
   constructor(
     private readonly options: RunnerOptions,
@@ -185,6 +188,7 @@ class Runner {
       this.resolveStopped = resolve;
     });
     this.workspaces = new Workspaces(options.workDir);
+    this.warmShells = process.env.TENDRIL_WARM_SHELLS === "0" ? undefined : new WarmShellPool();
     this.connection = new Connection(
       { ...options, ...(dependencies.socketFactory ? { socketFactory: dependencies.socketFactory } : {}) },
       {
@@ -212,6 +216,7 @@ class Runner {
     if (this.halted) return;
     await this.connection.stop();
     this.halt({ kind: "stopped" });
+    await this.warmShells?.dispose();
   }
 
   /** Stops tracking everything without killing any process. */
@@ -220,6 +225,7 @@ class Runner {
     this.halted = true;
     for (const script of this.scripts.values()) this.drop(script);
     this.watch.stop();
+    void this.warmShells?.dispose();
     this.cgroups?.tidy();
     this.resolveStopped(reason);
     if (reason.kind !== "stopped") this.options.onFatal?.(reason.message);
@@ -438,6 +444,7 @@ class Runner {
         disableKill: this.options.disableKill,
         baseEnvironment: this.dependencies.environment,
         ...(this.cgroups === undefined ? {} : { cgroups: this.cgroups }),
+        ...(this.warmShells === undefined ? {} : { warmShells: this.warmShells }),
       },
     );
     if (!spawned.ok) {
