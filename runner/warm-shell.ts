@@ -117,17 +117,27 @@ export class WarmShellPool {
     this.recipe = { inherited: launch.inherited, cgroups: launch.cgroups };
     this.starting += 1;
     let settled = false;
-    const settle = () => {
+    const settle = (refillIn: number) => {
       if (settled) return;
       settled = true;
       clearTimeout(timer);
       this.starting -= 1;
-      this.refill().catch(() => (this.broken = true));
+      if (refillIn === 0) this.refillNow();
+      else setTimeout(() => this.refillNow(), refillIn).unref();
     };
-    const timer = setTimeout(settle, this.refillDelayMs);
+    const timer = setTimeout(() => settle(0), this.refillDelayMs);
     timer.unref();
-    // After the exit is reported: the runner sends it in the continuation of the same `wait()`.
-    void script.wait().then(() => setImmediate(settle));
+    // After the exit is reported (the runner sends it in the continuation of the same `wait()`), while the control
+    // plane stores it. A script released (abandoned) no longer holds refills back, but the next script is usually
+    // dispatched at that very moment: the refill waits a while, and for that script if it started meanwhile.
+    void script.wait().then((outcome) => {
+      if (outcome === undefined) settle(this.refillDelayMs);
+      else setImmediate(() => settle(0));
+    });
+  }
+
+  private refillNow(): void {
+    this.refill().catch(() => (this.broken = true));
   }
 
   /** Kills every waiting shell (its whole process group), resolves once they are gone; no shell is started after. */

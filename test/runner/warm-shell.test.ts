@@ -401,6 +401,21 @@ describe("the pool", () => {
     await within(child.wait(), "the outcome");
   });
 
+  it("after a release, refills only refillDelayMs later, when the next script would have started", async () => {
+    const { pool, options } = await armedPool({ refillDelayMs: 2_000 });
+    const started = await startWarm("t1", payload("sleep 600"), pool, options);
+    const child = processOf(started);
+    try {
+      const released = Date.now();
+      child.release();
+      await waitFor(() => pool.idlePids.length === 1, "the refill", 10_000);
+      // Not at the release (then it would be within milliseconds), but once the delay passed.
+      expect(Date.now() - released).toBeGreaterThanOrEqual(1_900);
+    } finally {
+      killGroup(child.pid);
+    }
+  });
+
   it("kills every waiting shell when disposed, releases their cgroups, and starts no more", async () => {
     const extra = cgroupsUsable ? { cgroups: cgroups as CgroupTree } : {};
     const { pool, options } = await armedPool({ size: 2 }, extra);
