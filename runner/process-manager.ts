@@ -119,6 +119,8 @@ export interface ScriptShell {
   marker: string;
   /** Its cgroup, already holding it; undefined when it has none. */
   cgroup: ScriptCgroup | undefined;
+  /** When it started (clock ticks after boot), when already known. */
+  startTime?: number | undefined;
   /** Makes it run the script, once our listeners are on its pipes; a shell spawned for the script runs it already. */
   run?: () => void;
 }
@@ -166,7 +168,7 @@ function track(shell: ScriptShell, onOutput: OutputHandler, options: ProcessMana
   });
   // The output listeners go on before the event loop turns again: execa resumes unread pipes on its next turn, and
   // a warm shell's pipes flow already, so nothing may be written to them before the listeners are there.
-  const child = new ScriptProcess(shell.subprocess, shell.pid, tree, onOutput, options);
+  const child = new ScriptProcess(shell.subprocess, shell.pid, tree, onOutput, options, shell.startTime);
   shell.run?.();
   return child;
 }
@@ -359,8 +361,9 @@ export class ScriptProcess {
     private readonly tree: ProcessTree,
     onOutput: OutputHandler,
     private readonly options: ProcessManagerOptions,
+    startTime?: number,
   ) {
-    this.startTime = readProcessStat(pid)?.startTime;
+    this.startTime = startTime ?? readProcessStat(pid)?.startTime;
     this.streams = (["stdout", "stderr"] as const).map((name) => {
       const entry: Pipe = {
         name,

@@ -257,6 +257,7 @@ function handOver(shell: WarmShell, command: string): ScriptShell {
     pid: shell.pid,
     marker: shell.marker,
     cgroup: shell.cgroup,
+    startTime: shell.startTime,
     // Ending stdin too: should `cd` or `exec` fail after all, the shell reads EOF and exits rather than wait.
     run: () => shell.stdin.end(command),
   };

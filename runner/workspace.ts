@@ -38,6 +38,9 @@ function extensionFor(shell: ShellName): string {
 
 /** Creates and removes the workspaces under one work directory. */
 export class Workspaces {
+  /** The scripts folder was made: it is not made again on every dispatch. */
+  private scriptsFolderMade = false;
+
   constructor(private readonly workDir: string) {}
 
   /** The paths of a ticket's workspace; throws for a string that is not a ticket. */
@@ -53,11 +56,11 @@ export class Workspaces {
    */
   async create(ticket: string, payload: ScriptPayload): Promise<Workspace> {
     const workspace = this.paths(ticket, payload.shell);
-    // Leftovers of an earlier run of the same ticket must not leak into this one.
-    for (const path of this.pathsOf(ticket)) rmSync(path, { recursive: true, force: true });
+    // Leftovers of an earlier run of the same ticket must not leak into this one. Its script file is overwritten
+    // below; a script file for the other kind of shell is never read (and `remove` deletes it).
+    rmSync(workspace.dir, { recursive: true, force: true });
     // 0o700: the files may hold secrets; only the runner's user may enter these folders.
     mkdirSync(workspace.dir, { recursive: true, mode: 0o700 });
-    mkdirSync(join(this.workDir, "scripts"), { recursive: true, mode: 0o700 });
     for (const file of payload.files) {
       // The schema already refuses paths; this keeps a file inside the workspace even if that ever changes.
       if (basename(file.name) !== file.name || file.name === "." || file.name === "..") {
@@ -65,8 +68,23 @@ export class Workspaces {
       }
       writeFileSync(join(workspace.dir, file.name), Buffer.from(file.contents, "base64"));
     }
-    writeFileSync(workspace.scriptPath, payload.scriptBody, "utf8");
+    this.writeScript(workspace.scriptPath, payload.scriptBody);
     return workspace;
+  }
+
+  /** Writes a script file; the scripts folder is made the first time, and again should it have gone. */
+  private writeScript(path: string, body: string): void {
+    if (this.scriptsFolderMade) {
+      try {
+        writeFileSync(path, body, "utf8");
+        return;
+      } catch (error) {
+        if ((error as NodeJS.ErrnoException).code !== "ENOENT") throw error;
+      }
+    }
+    mkdirSync(join(this.workDir, "scripts"), { recursive: true, mode: 0o700 });
+    this.scriptsFolderMade = true;
+    writeFileSync(path, body, "utf8");
   }
 
   /** Removes a ticket's workspace and script file; removing what is not there is fine. */
