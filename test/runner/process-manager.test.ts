@@ -1,4 +1,4 @@
-import { readdir, stat } from "node:fs/promises";
+import { readFile, readdir, rm, stat, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import type { ScriptPayload } from "../../shared/api.js";
@@ -272,6 +272,22 @@ describe("workspaces", () => {
     await workspaces.remove("t1");
     expect(await readdir(join(workDir, "work"))).toEqual([]);
     expect(await readdir(join(workDir, "scripts"))).toEqual([]);
+  });
+
+  it("starts a ticket's second run in an empty workspace with its new script", async () => {
+    const first = await workspaces.create("t1", payload("echo one", { files: [{ name: "a.txt", contents: "aGk=" }] }));
+    await writeFile(join(first.dir, "left-behind"), "x");
+    const second = await workspaces.create("t1", payload("echo two"));
+    expect(second.dir).toBe(first.dir);
+    expect(await readdir(second.dir)).toEqual([]);
+    expect(await readFile(second.scriptPath, "utf8")).toBe("echo two");
+  });
+
+  it("makes the scripts folder again when it was removed while the runner ran", async () => {
+    await workspaces.create("t1", payload("echo one"));
+    await rm(join(workDir, "scripts"), { recursive: true, force: true });
+    const workspace = await workspaces.create("t2", payload("echo two"));
+    expect(await readFile(workspace.scriptPath, "utf8")).toBe("echo two");
   });
 
   it("refuses a string that is not a ticket", async () => {
