@@ -46,9 +46,12 @@ const Fence = z.int().min(1);
 const Sequence = z.int().min(0);
 const Iso = z.string().min(1).max(64);
 
+/** Where a line of output came from: the process's two streams, or the runner itself. */
+const OutputSource = z.enum(["stdout", "stderr", "debug"]);
+
 /** One line of output as the runner reports it. */
 export const OutputLine = z.strictObject({
-  source: z.enum(["stdout", "stderr", "debug"]),
+  source: OutputSource,
   text: z.string(),
   occurred: Iso,
 });
@@ -60,12 +63,12 @@ export const MAX_FRAME_LINES = 100_000;
 
 /**
  * Consecutive lines of one source that arrived at the same moment, as one text: the lines joined with `\n`
- * (a line never contains `\n`), `count` of them. This is how a runner sends bulk output: one string per pipe
- * read instead of one object per line.
+ * (a line never contains `\n`), `count` of them. A runner sends its output as blocks of bytes in binary frames
+ * (`encodeOutputFrame`), one block per pipe read rather than one object per line; parsed, they are these.
  */
 export const OutputBlock = z
   .strictObject({
-    source: z.enum(["stdout", "stderr", "debug"]),
+    source: OutputSource,
     occurred: Iso,
     count: z.int().min(1).max(MAX_FRAME_LINES),
     text: z.string(),
@@ -134,7 +137,7 @@ const BinaryOutputHeader = z.strictObject({
   fence: Fence,
   sequence: Sequence,
   blocks: z
-    .array(z.strictObject({ source: z.enum(["stdout", "stderr", "debug"]), occurred: Iso, count: z.int().min(1).max(MAX_FRAME_LINES), bytes: z.int().min(0) }))
+    .array(z.strictObject({ source: OutputSource, occurred: Iso, count: z.int().min(1).max(MAX_FRAME_LINES), bytes: z.int().min(0) }))
     .min(1)
     .max(MAX_FRAME_LINES),
 });
