@@ -300,7 +300,12 @@ class Runner {
       case "cancel":
         return this.onCancel(message.ticket, message.fence);
       case "abandon":
-        return this.onAbandon(message.ticket, message.fence, message.killProcess);
+        // The dispatch of the next waiter usually arrives with it: that script starts first, and this (bookkeeping,
+        // and a kill only when asked) follows in the next turn of the event loop.
+        setImmediate(() => {
+          if (!this.halted) this.onAbandon(message.ticket, message.fence, message.killProcess);
+        });
+        return;
       case "delete_workspace":
         return this.onDeleteWorkspace(message.ticket);
       default: {
