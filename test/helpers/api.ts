@@ -51,3 +51,25 @@ export function runnerUpgradeStatus(base: { url: string }, machineId: string, to
     ws.on("error", () => undefined);
   });
 }
+
+/** A runner socket a test drives by hand: every JSON message it received, how it closed, and a JSON send. */
+export interface TestRunnerSocket {
+  ws: WebSocket;
+  messages: any[];
+  closed: Promise<number>;
+  send(message: unknown): void;
+}
+
+/** Opens a machine's runner socket with `ws` and this runner token; rejects when the upgrade is refused. */
+export async function openRunnerSocket(base: { url: string }, machineId: string, token: string): Promise<TestRunnerSocket> {
+  const ws = new WebSocket(`${base.url.replace("http", "ws")}/api/v1/machines/${machineId}/runner`, { headers: { authorization: `Bearer ${token}` } });
+  const messages: any[] = [];
+  ws.on("message", (data) => messages.push(JSON.parse(data.toString())));
+  ws.on("error", () => undefined);
+  const closed = new Promise<number>((resolve) => ws.on("close", (code) => resolve(code)));
+  await new Promise<void>((resolve, reject) => {
+    ws.on("open", () => resolve());
+    ws.on("unexpected-response", (_req, res) => reject(new Error(`upgrade refused: ${res.statusCode}`)));
+  });
+  return { ws, messages, closed, send: (message: unknown) => ws.send(JSON.stringify(message)) };
+}

@@ -1,8 +1,8 @@
 // Output in binary block frames, sent by hand to the real control plane on workerd: what is stored and read
 // back, resends that overlap a block, the output cap, blocks too long for one row, and frames that lie.
 import { describe, expect, it } from "vitest";
-import WebSocket from "ws";
 import { CloseCode, encodeOutputFrame, type ByteBlock } from "../../shared/protocol.js";
+import { openRunnerSocket } from "../helpers/api.js";
 import { useControlPlane } from "../helpers/fixture.js";
 import { waitFor } from "../helpers/wait.js";
 
@@ -19,27 +19,15 @@ function block(source: ByteBlock["source"], lines: string[] | string, count?: nu
 
 /** A hand-driven runner connection that has been welcomed. */
 async function connectRunner(machineId: string) {
-  const token = await f.register(machineId);
-  const ws = new WebSocket(`${f.cp.url.replace("http", "ws")}/api/v1/machines/${machineId}/runner`, { headers: { authorization: `Bearer ${token}` } });
-  const messages: any[] = [];
-  ws.on("message", (data) => messages.push(JSON.parse(data.toString())));
-  ws.on("error", () => undefined);
-  const closed = new Promise<number>((resolve) => ws.on("close", (code) => resolve(code)));
-  await new Promise<void>((resolve, reject) => {
-    ws.on("open", () => resolve());
-    ws.on("unexpected-response", (_req, res) => reject(new Error(`upgrade refused: ${res.statusCode}`)));
-  });
-  ws.send(JSON.stringify({ type: "hello", protocol: 1, runnerId: `r-${machineId}`, version: "0.1.0", capabilities: ["script.v1"], inventory: [] }));
+  const { ws, messages, closed, send } = await openRunnerSocket(f.cp, machineId, await f.register(machineId));
+  send({ type: "hello", protocol: 1, runnerId: `r-${machineId}`, version: "0.1.0", capabilities: ["script.v1"], inventory: [] });
   await waitFor(() => messages.some((m) => m.type === "welcome"), { what: "welcome" });
-  const next = async (predicate: (m: any) => boolean, what: string) => {
-    return waitFor(() => messages.find(predicate), { what });
-  };
   return {
     ws,
     messages,
     closed,
-    next,
-    json: (message: unknown) => ws.send(JSON.stringify(message)),
+    next: (predicate: (m: any) => boolean, what: string) => waitFor(() => messages.find(predicate), { what }),
+    json: send,
     /** Sends an output frame of blocks, as one binary message, split into fragments like the runner does. */
     output(ticket: string, fence: number, sequence: number, blocks: ByteBlock[]) {
       const parts = encodeOutputFrame({ ticket, fence, sequence, blocks });

@@ -6,7 +6,7 @@ import { connect, type Socket } from "node:net";
 import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import WebSocket from "ws";
-import { runnerUpgradeStatus } from "../helpers/api.js";
+import { openRunnerSocket, runnerUpgradeStatus } from "../helpers/api.js";
 import { useControlPlane } from "../helpers/fixture.js";
 import { waitFor } from "../helpers/wait.js";
 
@@ -26,18 +26,7 @@ const hello = (runnerId: string) => ({ type: "hello", protocol: 1, runnerId, ver
 const upgradeStatus = (machineId: string, token: string) => runnerUpgradeStatus(f.cp, machineId, token);
 
 /** A runner socket opened with `ws`: every message it receives, and how it closed. */
-async function openSocket(machineId: string, token: string) {
-  const ws = new WebSocket(`${f.cp.url.replace("http", "ws")}${runnerPath(machineId)}`, { headers: { authorization: `Bearer ${token}` } });
-  const messages: any[] = [];
-  ws.on("message", (data) => messages.push(JSON.parse(data.toString())));
-  ws.on("error", () => undefined);
-  const closed = new Promise<number>((resolve) => ws.on("close", (code) => resolve(code)));
-  await new Promise<void>((resolve, reject) => {
-    ws.on("open", () => resolve());
-    ws.on("unexpected-response", (_req, res) => reject(new Error(`upgrade refused: ${res.statusCode}`)));
-  });
-  return { ws, messages, closed, send: (message: unknown) => ws.send(JSON.stringify(message)) };
-}
+const openSocket = (machineId: string, token: string) => openRunnerSocket(f.cp, machineId, token);
 
 /**
  * A hand-rolled WebSocket client over a plain TCP socket. Unlike `ws` it does not answer a close frame, so a
