@@ -29,7 +29,7 @@ export type SendBatch = (batch: OutputBatch) => boolean;
 export interface OutputSpoolOptions {
   /** Receives each batch. */
   send: SendBatch;
-  /** A batch is closed once its text reaches this many bytes. */
+  /** A batch holds at most this many bytes of output (a single larger block goes alone). */
   maxBatchChars?: number;
   /** A batch holds at most this many lines (a longer block is split when it is added). */
   maxBatchLines?: number;
@@ -282,7 +282,8 @@ export class OutputSpool {
     let bytes = 0;
     for (let index = this.sentIndex; index < this.blocks.length; index++) {
       const block = this.blocks[index]!;
-      if (blocks.length > 0 && lines + block.count > this.maxBatchLines) break;
+      // A batch stays within both limits; only a single block larger than a batch goes alone.
+      if (blocks.length > 0 && (lines + block.count > this.maxBatchLines || chars + block.bytes.length > this.maxBatchChars)) break;
       blocks.push(block);
       lines += block.count;
       chars += block.bytes.length;

@@ -86,6 +86,17 @@ describe("OutputSpool", () => {
     spool.dispose();
   });
 
+  it("never lets a batch grow past its byte limit with the block that would cross it", () => {
+    const transport = recorder();
+    transport.online = false;
+    const spool = new OutputSpool({ send: transport.send, maxBatchChars: 1000, maxUnackedBytes: 64 * 1024 });
+    for (const size of [600, 600, 300, 100]) spool.append("stdout", "x".repeat(size), OCCURRED);
+    transport.online = true;
+    spool.resendFrom(0);
+    expect(transport.batches.map((batch) => batch.lines.map((line) => line.text.length))).toEqual([[600], [600, 300, 100]]);
+    spool.dispose();
+  });
+
   it("cuts a long backlog into batches of at most 50,000 lines by default", () => {
     const transport = recorder();
     transport.online = false;
