@@ -3,10 +3,11 @@ import { join } from "node:path";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import type { ScriptPayload } from "../../shared/api.js";
 import type { Outcome } from "../../shared/protocol.js";
-import { spawnScript, type ProcessManagerOptions, type ScriptProcess, type SpawnResult } from "../../runner/process-manager.js";
+import type { ProcessManagerOptions, ScriptProcess, SpawnResult } from "../../runner/process-manager.js";
 import { Workspaces } from "../../runner/workspace.js";
 import { isAlive, killGroup, killPid, pidsInGroupNamed, removeDir, tempDir } from "../helpers/processes.js";
 import { waitFor, waitForBlockedWriter, within } from "./fake-control-plane.js";
+import { spawnInWorkspace } from "./spawn.js";
 
 let workDir: string;
 let workspaces: Workspaces;
@@ -41,22 +42,10 @@ interface Started {
 
 /** Writes the workspace and spawns the script, collecting its output. */
 async function start(ticket: string, script: ScriptPayload, options: ProcessManagerOptions = OPTIONS): Promise<Started> {
-  const workspace = await workspaces.create(ticket, script);
   const output = { stdout: "", stderr: "" };
-  const result = await spawnScript(
-    {
-      ticket,
-      shell: script.shell,
-      scriptPath: workspace.scriptPath,
-      cwd: workspace.dir,
-      arguments: script.arguments,
-      environment: script.environment,
-    },
-    (stream, chunk) => {
-      output[stream] += chunk.toString("utf8");
-    },
-    options,
-  );
+  const result = await spawnInWorkspace(workspaces, ticket, script, options, (stream, chunk) => {
+    output[stream] += chunk.toString("utf8");
+  });
   if (result.ok) startedGroups.add(result.process.pid);
   return { result, output };
 }
@@ -148,19 +137,7 @@ describe("process manager", () => {
   });
 
   it("reports a spawn error as a failed outcome with a clear message", async () => {
-    const workspace = await workspaces.create("t1", payload("echo hi"));
-    const result = await spawnScript(
-      {
-        ticket: "t1",
-        shell: "bash",
-        scriptPath: workspace.scriptPath,
-        cwd: join(workDir, "missing-folder"),
-        arguments: [],
-        environment: {},
-      },
-      () => undefined,
-      OPTIONS,
-    );
+    const result = await spawnInWorkspace(workspaces, "t1", payload("echo hi"), OPTIONS, () => undefined, join(workDir, "missing-folder"));
     expect(result.ok).toBe(false);
     if (result.ok) return;
     expect(result.outcome.kind).toBe("failed");

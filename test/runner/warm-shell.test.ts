@@ -11,11 +11,12 @@ import { build } from "esbuild";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import type { ScriptPayload } from "../../shared/api.js";
 import { CgroupTree, SCRIPT_MARKER_VARIABLE, environHasEntry, ownCgroupPath, parseProcessStat } from "../../runner/containment.js";
-import { spawnScript, type ProcessManagerOptions, type ScriptProcess, type SpawnResult } from "../../runner/process-manager.js";
+import type { ProcessManagerOptions, ScriptProcess, SpawnResult } from "../../runner/process-manager.js";
 import { WarmShellPool, type WarmShellOptions } from "../../runner/warm-shell.js";
 import { Workspaces } from "../../runner/workspace.js";
 import { ROOT, isAlive, killGroup, killPid, pidsInGroupNamed, removeDir, tempDir } from "../helpers/processes.js";
 import { waitFor, waitForBlockedWriter, within } from "./fake-control-plane.js";
+import { spawnInWorkspace } from "./spawn.js";
 
 let workDir: string;
 let workspaces: Workspaces;
@@ -59,20 +60,8 @@ interface Started {
 
 /** Writes the workspace and spawns the script, collecting its output. */
 async function start(ticket: string, script: ScriptPayload, options: ProcessManagerOptions, cwd?: string): Promise<Started> {
-  const workspace = await workspaces.create(ticket, script);
   const output = { stdout: [] as Buffer[], stderr: [] as Buffer[] };
-  const result = await spawnScript(
-    {
-      ticket,
-      shell: script.shell,
-      scriptPath: workspace.scriptPath,
-      cwd: cwd ?? workspace.dir,
-      arguments: script.arguments,
-      environment: script.environment,
-    },
-    (stream, chunk) => output[stream].push(chunk),
-    options,
-  );
+  const result = await spawnInWorkspace(workspaces, ticket, script, options, (stream, chunk) => output[stream].push(chunk), cwd);
   if (result.ok) startedGroups.add(result.process.pid);
   return { result, output };
 }
