@@ -209,12 +209,40 @@ export function outputLineCount(message: { lines?: OutputLine[] | undefined; blo
   return count;
 }
 
+/** `/proc/sys/kernel/random/boot_id`: tells a process of this boot from one of an earlier boot. */
+export const BootId = z.string().min(1).max(64);
+
+/**
+ * One OS process, named for good: its pid, and where known its start time (`/proc/<pid>/stat` field 22, clock
+ * ticks after boot) and the boot it belongs to. A pid alone may name an unrelated process after a reuse or a reboot.
+ */
+export const ProcessRef = z.strictObject({
+  pid: z.int().min(1),
+  startTime: z.int().min(0).optional(),
+  bootId: BootId.optional(),
+});
+/** A process named by pid, start time and boot. */
+export type ProcessRef = z.infer<typeof ProcessRef>;
+
+/** Most surviving processes one `lost` outcome lists. */
+export const MAX_SURVIVORS = 1_000;
+
 /** How the process ended, as the runner saw it. */
 export const Outcome = z.discriminatedUnion("kind", [
   z.strictObject({ kind: z.literal("exited"), code: z.int().min(0).max(255) }),
   z.strictObject({ kind: z.literal("signaled"), signal: z.string().min(1).max(32), number: z.int().min(1).max(64) }),
   z.strictObject({ kind: z.literal("failed"), message: z.string().max(4096) }),
   z.strictObject({ kind: z.literal("cancelled"), signals: z.array(z.string().min(1).max(32)).max(8) }),
+  /**
+   * The runner lost the script: a new runner process found it left by its predecessor and could not re-attach
+   * to it, so it stopped it as a cancel would (`signals`, none when nothing was left alive). `survivors` are the
+   * processes that would not die: the control plane lists them as abandoned-maybe-running (-46).
+   */
+  z.strictObject({
+    kind: z.literal("lost"),
+    signals: z.array(z.string().min(1).max(32)).max(8),
+    survivors: z.array(ProcessRef).max(MAX_SURVIVORS),
+  }),
 ]);
 /** How the process ended. */
 export type Outcome = z.infer<typeof Outcome>;
@@ -232,7 +260,15 @@ export const RunnerMessage = z.discriminatedUnion("type", [
       .array(z.strictObject({ ticket: Ticket, fence: Fence, nextSequence: Sequence, exited: z.boolean() }))
       .max(10_000),
   }),
-  z.strictObject({ type: z.literal("started"), ticket: Ticket, fence: Fence, pid: z.int().min(1) }),
+  z.strictObject({
+    type: z.literal("started"),
+    ticket: Ticket,
+    fence: Fence,
+    pid: z.int().min(1),
+    /** With the pid, names the process for good (see `ProcessRef`). */
+    startTime: z.int().min(0).optional(),
+    bootId: BootId.optional(),
+  }),
   z
     .strictObject({
       type: z.literal("output"),
@@ -280,10 +316,32 @@ export const ControlMessage = z.discriminatedUnion("type", [
     heartbeatMs: z.int().min(1),
     /** One answer per inventory entry. */
     resume: z.array(
-      z.strictObject({ ticket: Ticket, fence: Fence, action: ResumeAction, nextSequence: Sequence }),
+      z.strictObject({
+        ticket: Ticket,
+        fence: Fence,
+        action: ResumeAction,
+        nextSequence: Sequence,
+        /** With `abandon`: the abandon asked for a kill of the process tree (sent while the runner was away). */
+        killProcess: z.boolean().optional(),
+      }),
     ),
-    /** Abandoned processes that may still be running: report `abandoned_exit` when each is gone. */
-    watch: z.array(z.strictObject({ ticket: Ticket, fence: Fence, pid: z.int().min(1) })).max(10_000),
+    /**
+     * Abandoned processes that may still be running: report `abandoned_exit` when each is gone. `startTime` and
+     * `bootId`, when known, keep a reused pid from being taken for the process; `kill` asks for a best-effort
+     * kill that was requested while no runner was connected.
+     */
+    watch: z
+      .array(
+        z.strictObject({
+          ticket: Ticket,
+          fence: Fence,
+          pid: z.int().min(1),
+          startTime: z.int().min(0).optional(),
+          bootId: BootId.optional(),
+          kill: z.boolean().optional(),
+        }),
+      )
+      .max(10_000),
   }),
   z.strictObject({ type: z.literal("dispatch"), ticket: Ticket, fence: Fence, script: ScriptPayload }),
   z.strictObject({ type: z.literal("ack"), ticket: Ticket, fence: Fence, nextSequence: Sequence }),
