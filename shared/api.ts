@@ -1,5 +1,5 @@
 /**
- * The HTTP API's request schemas, response types and limits (API.md). The control plane validates
+ * The HTTP API's request schemas, response types and limits (docs/api.md). The control plane validates
  * with these; the SDK and CLI use the same types.
  */
 import { z } from "zod";
@@ -17,11 +17,16 @@ export const LIMITS = {
   waitMs: 30_000,
   /** Most log lines in one status page. */
   logPageLines: 10_000,
-  /** A status page is cut once its log text passes about this many bytes. */
+  /** A status page (GET or DELETE) is cut so that its JSON answer stays under this many bytes. */
   logPageBytes: 4 * 1024 * 1024,
   /** Most scripts listed in a machine view. */
   viewScripts: 100,
+  /** Longest duration a request may ask for (`mutexTimeoutMs`, a cancel's `abandonAfterMs`): 30 days. */
+  durationMs: 30 * 24 * 60 * 60 * 1000,
 } as const;
+
+/** A duration in ms: a non-negative integer of at most 30 days, so that every deadline stays a valid date. */
+const DurationMs = z.int().min(0).max(LIMITS.durationMs, `must be at most ${LIMITS.durationMs} ms (30 days)`);
 
 /** The mutex name used when a request names none. */
 export const DEFAULT_MUTEX_NAME = "RunningScript";
@@ -72,7 +77,7 @@ export const StartScriptRequest = z.strictObject({
     .refine((files) => new Set(files.map((f) => f.name)).size === files.length, "file names must be unique"),
   isolation: z.enum(["full", "none"]).default("full"),
   mutexName: z.string().min(1).max(256).default(DEFAULT_MUTEX_NAME),
-  mutexTimeoutMs: z.int().min(0).default(0),
+  mutexTimeoutMs: DurationMs.default(0),
   taskId: z.string().min(1).max(256).optional(),
   waitMs: z.int().min(0).max(LIMITS.waitMs).default(0),
 });
@@ -93,7 +98,7 @@ export const ScriptPayload = z.strictObject({
 export type ScriptPayload = z.infer<typeof ScriptPayload>;
 
 /** Optional body of the cancel call. */
-export const CancelRequest = z.strictObject({ abandonAfterMs: z.int().min(0).optional() });
+export const CancelRequest = z.strictObject({ abandonAfterMs: DurationMs.optional() });
 /** Optional body of the abandon call. */
 export const AbandonRequest = z.strictObject({ killProcess: z.boolean().optional() });
 

@@ -1,6 +1,6 @@
 /**
  * Why a script completed, as a closed union, and the one place that maps each reason to the
- * exit code of the contract (see API.md "Exit codes").
+ * exit code of the contract (see docs/api.md, "Exit codes").
  */
 
 /** How a script's run ended; every completion carries exactly one of these. */

@@ -24,6 +24,8 @@ export const CAPABILITIES = ["script.v1", "script.abandon"] as const;
 export enum CloseCode {
   /** The runner is shutting down, or the control plane closed the socket after the runner did. */
   Normal = 1000,
+  /** The control plane could not store a change (storage failed); the runner reconnects and resumes. */
+  StorageFailure = 1011,
   /** A newer connection for the same machine replaced this one. */
   Replaced = 4000,
   /** The runner token this connection used was revoked. */

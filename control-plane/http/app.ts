@@ -28,15 +28,25 @@ export function createApp(): Hono<AppEnv> {
 
   app.get("/healthz", (c) => c.json({ ok: true }));
 
-  // The runner socket authenticates with its own token, inside the machine's object.
+  // The runner socket authenticates with its own token: the registry refuses a bad one before any machine
+  // object is woken (so a bad token learns nothing of which machines exist); the object checks it again.
   app.get(`${MACHINE}/runner`, async (c) => {
-    const machineId = machineIdParam(c);
-    if (!bearerToken(c.req.header("authorization"))) {
-      return errorJson(c, 401, "unauthorized", "The runner socket needs Authorization: Bearer <runner token>.");
+    const machineId = c.req.param("machineId") ?? "";
+    const presented = bearerToken(c.req.header("authorization"));
+    const tokenHash = presented && isMachineId(machineId) ? await sha256Hex(presented) : null;
+    const verdict = tokenHash ? await registry(c).checkRunnerToken(machineId, tokenHash) : "refused";
+    if (!tokenHash || verdict === "refused") {
+      return errorJson(c, 401, "unauthorized", "Missing or invalid runner token for this machine (Authorization: Bearer <runner token>).");
+    }
+    if (c.req.header("upgrade")?.toLowerCase() !== "websocket") {
+      return errorJson(c, 400, "invalid_request", "The runner endpoint only accepts WebSocket upgrades.");
     }
     const url = new URL(c.req.url);
     url.searchParams.set("machineId", machineId);
-    return machineStub(c, machineId).fetch(new Request(url.toString(), c.req.raw));
+    const response = await machineStub(c, machineId).fetch(new Request(url.toString(), c.req.raw));
+    // A machine registered before the registry kept token hashes: its object accepted the token, so record it.
+    if (verdict === "unverified" && response.status === 101) await registry(c).adoptRunnerToken(machineId, tokenHash);
+    return response;
   });
   app.all(`${MACHINE}/runner`, methodNotAllowed);
 
@@ -52,8 +62,18 @@ export function createApp(): Hono<AppEnv> {
         throw invalid("runner-token takes no body fields.");
       }
     });
-    await registry(c).add(machineId);
-    return respond(c, await machineStub(c, machineId).issueRunnerToken(machineId), 201);
+    // The machine object first: it is the authority, and issuing there revokes the old token at once. Should
+    // the registry then fail, it still holds the old hash, which no longer works: the machine refuses every
+    // runner until the token is issued again (fail closed), and the caller is told to do so.
+    const issued = await machineStub(c, machineId).issueRunnerToken(machineId);
+    if (!issued.ok) return respond(c, issued);
+    try {
+      await registry(c).setRunnerToken(machineId, await sha256Hex(issued.value.runnerToken));
+    } catch (error) {
+      console.error("registry: could not record the runner token of", machineId, error);
+      return errorJson(c, 503, "storage_unavailable", "The runner token was issued but could not be recorded, so no runner can connect with it; issue it again.");
+    }
+    return c.json(issued.value, 201);
   });
   app.all(`${MACHINE}/runner-token`, methodNotAllowed);
 
@@ -124,8 +144,11 @@ export function createApp(): Hono<AppEnv> {
   app.delete(SCRIPT, async (c) => {
     const machineId = machineIdParam(c);
     const ticket = ticketParam(c);
+    // The same page rules as GET: an answer is never larger than a page, whatever the script printed.
     const logSequence = queryInt(c, "logSequence") ?? 0;
-    return respond(c, await machineStub(c, machineId).completeScript(machineId, ticket, logSequence));
+    const limit = queryInt(c, "limit", LIMITS.logPageLines) ?? LIMITS.logPageLines;
+    if (limit < 1) throw invalid("limit must be between 1 and 10000.");
+    return respond(c, await machineStub(c, machineId).completeScript(machineId, ticket, logSequence, limit));
   });
   app.all(SCRIPT, methodNotAllowed);
 

@@ -3,7 +3,7 @@
 /** An API error decided inside the object. */
 export interface RpcError {
   ok: false;
-  status: 400 | 404 | 409 | 413;
+  status: 400 | 404 | 409 | 413 | 503;
   code: string;
   message: string;
 }
@@ -35,4 +35,9 @@ export function unknownMachine(machineId: string): RpcError {
 /** The error for a ticket the machine does not know. */
 export function unknownScript(ticket: string): RpcError {
   return fail(404, "unknown_script", `No script with ticket ${ticket} exists on this machine.`);
+}
+
+/** The error for a request whose changes could not be stored (nothing of it was kept; it may be retried). */
+export function storageUnavailable(): RpcError {
+  return fail(503, "storage_unavailable", "The control plane could not store this change and kept nothing of it; try again.");
 }

@@ -1,13 +1,16 @@
 /**
- * The machine object's SQLite storage: schema migrations (versioned by a meta row) and every query.
- * Timestamps are epoch milliseconds; the API layer turns them into ISO strings.
+ * The machine object's SQLite storage: schema migrations (versioned by a meta row), the queries, and the one
+ * writer of the core's changes. Logs live in `logs.ts`. Timestamps are epoch milliseconds; the API layer turns
+ * them into ISO strings. Nothing here imports the platform: it works on any `Sql` (workerd's, or a test's).
  */
-import type { CompletionReason } from "../../shared/exit-codes.js";
-import type { LogLine, LogSource } from "../../shared/api.js";
-import type { ActiveScript } from "./core/machine-core.js";
+import { exitCodeFor } from "../../shared/exit-codes.js";
+import type { ProcessRef } from "../../shared/protocol.js";
+import type { AbandonedProcess, ActiveScript, Change } from "./core/machine-core.js";
+import { appendLines, appendPieces, deleteLogs } from "./logs.js";
+import type { Sql } from "../sql.js";
 
-/** Ordered migrations; entry i moves the schema from version i to i+1. */
-const MIGRATIONS: string[][] = [
+/** Ordered migrations; entry i moves the schema from version i to i+1 (`migrate` runs them). */
+export const MIGRATIONS: readonly (readonly string[])[] = [
   [
     `CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)`,
     `CREATE TABLE scripts (
@@ -67,28 +70,44 @@ const MIGRATIONS: string[][] = [
     `ALTER TABLE log_chunks ADD COLUMN block_occurred TEXT`,
     `ALTER TABLE log_chunks ADD COLUMN block_text TEXT`,
   ],
+  [
+    // The process of the current dispatch is named for good by its start time and boot, not its pid alone.
+    `ALTER TABLE scripts ADD COLUMN start_time INTEGER`,
+    `ALTER TABLE scripts ADD COLUMN boot_id TEXT`,
+    // One row per process that may still run (a lost script can leave several). pid 0: not reported yet.
+    // kill_requested: an abandon asked for a kill while no runner was connected; the next welcome carries it.
+    `CREATE TABLE abandoned_v5 (
+       ticket TEXT NOT NULL,
+       fence INTEGER NOT NULL,
+       pid INTEGER NOT NULL,
+       start_time INTEGER,
+       boot_id TEXT,
+       abandoned_at INTEGER NOT NULL,
+       kill_requested INTEGER NOT NULL DEFAULT 0,
+       PRIMARY KEY (ticket, fence, pid)
+     )`,
+    `INSERT INTO abandoned_v5 (ticket, fence, pid, abandoned_at) SELECT ticket, fence, IFNULL(pid, 0), abandoned_at FROM abandoned`,
+    `DROP TABLE abandoned`,
+    `ALTER TABLE abandoned_v5 RENAME TO abandoned`,
+  ],
 ];
 
-/** Payloads are split into parts so that no row passes SQLite's 2 MB limit. */
-const PAYLOAD_PART_CHARS = 512 * 1024;
-/** Log chunks are cut at about this many characters of JSON for the same reason. */
-const LOG_CHUNK_CHARS = 256 * 1024;
-/** A single line whose JSON is longer than this is cut (rows stay under 2 MB). */
-const MAX_LINE_CHARS = 1024 * 1024;
+/** The pid of an abandoned entry whose process was not reported yet. */
+const UNKNOWN_PID = 0;
 
 /** True when the schema exists, i.e. the machine was registered. */
-export function isInitialized(sql: SqlStorage): boolean {
+export function isInitialized(sql: Sql): boolean {
   return sql.exec("SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'meta'").toArray().length > 0;
 }
 
 // Durable Objects refuse `PRAGMA user_version` (SQLITE_AUTH), so the schema version is a meta row.
-function schemaVersion(sql: SqlStorage): number {
+function schemaVersion(sql: Sql): number {
   if (!isInitialized(sql)) return 0;
   return Number(getMeta(sql, "schema_version") ?? "0");
 }
 
-/** Brings the schema to the newest version; safe to call on every start. */
-export function migrate(sql: SqlStorage): void {
+/** Brings the schema to the newest version; safe to call on every start (run it in one transaction). */
+export function migrate(sql: Sql): void {
   let version = schemaVersion(sql);
   while (version < MIGRATIONS.length) {
     for (const statement of MIGRATIONS[version]!) sql.exec(statement);
@@ -98,18 +117,18 @@ export function migrate(sql: SqlStorage): void {
 }
 
 /** Reads a meta value. */
-export function getMeta(sql: SqlStorage, key: string): string | null {
+export function getMeta(sql: Sql, key: string): string | null {
   const rows = sql.exec<{ value: string }>("SELECT value FROM meta WHERE key = ?", key).toArray();
   return rows[0]?.value ?? null;
 }
 
 /** Writes a meta value. */
-export function setMeta(sql: SqlStorage, key: string, value: string): void {
+export function setMeta(sql: Sql, key: string, value: string): void {
   sql.exec("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value", key, value);
 }
 
 /** Deletes a meta value. */
-export function deleteMeta(sql: SqlStorage, key: string): void {
+export function deleteMeta(sql: Sql, key: string): void {
   sql.exec("DELETE FROM meta WHERE key = ?", key);
 }
 
@@ -138,15 +157,17 @@ export type ScriptRow = {
   abandon_deadline: number | null;
   log_bytes: number;
   output_truncated: number;
+  start_time: number | null;
+  boot_id: string | null;
 };
 
 /** One script row, or null. */
-export function getScript(sql: SqlStorage, ticket: string): ScriptRow | null {
+export function getScript(sql: Sql, ticket: string): ScriptRow | null {
   return sql.exec<ScriptRow>("SELECT * FROM scripts WHERE ticket = ?", ticket).toArray()[0] ?? null;
 }
 
 /** Every script that is not complete, as the core's state. */
-export function loadActiveScripts(sql: SqlStorage): ActiveScript[] {
+export function loadActiveScripts(sql: Sql): ActiveScript[] {
   return sql
     .exec<ScriptRow>("SELECT * FROM scripts WHERE state <> 'complete'")
     .toArray()
@@ -165,239 +186,222 @@ export function loadActiveScripts(sql: SqlStorage): ActiveScript[] {
       startedAt: row.started_at,
       cancelRequested: row.cancel_requested === 1,
       abandonDeadline: row.abandon_deadline,
+      output: { logNext: row.log_next, runnerNext: row.runner_next, logBytes: row.log_bytes, truncated: row.output_truncated === 1 },
+      process: row.pid === null ? null : processRef(row.pid, row.start_time, row.boot_id),
     }));
 }
 
+function processRef(pid: number, startTime: number | null, bootId: string | null): ProcessRef {
+  return { pid, ...(startTime === null ? {} : { startTime }), ...(bootId === null ? {} : { bootId }) };
+}
+
 /** The newest scripts for the machine view. */
-export function listScripts(sql: SqlStorage, limit: number): ScriptRow[] {
+export function listScripts(sql: Sql, limit: number): ScriptRow[] {
   return sql.exec<ScriptRow>("SELECT * FROM scripts ORDER BY created_at DESC, queue_seq DESC LIMIT ?", limit).toArray();
 }
 
-/** Inserts a new script with its payload. */
-export function insertScript(sql: SqlStorage, script: ActiveScript, requestHash: string, payloadJson: string): void {
-  sql.exec(
-    `INSERT INTO scripts (ticket, request_hash, state, isolation, mutex_name, task_id, created_at, queue_seq, granted, mutex_deadline)
-     VALUES (?, ?, 'pending', ?, ?, ?, ?, ?, 0, ?)`,
-    script.ticket,
-    requestHash,
-    script.mode === "exclusive" ? "full" : "none",
-    script.mutexName,
-    script.taskId,
-    script.createdAt,
-    script.queueSeq,
-    script.mutexDeadline,
-  );
-  for (let part = 0, at = 0; at < payloadJson.length || part === 0; part += 1, at += PAYLOAD_PART_CHARS) {
-    sql.exec("INSERT INTO payload_parts (ticket, part, data) VALUES (?, ?, ?)", script.ticket, part, payloadJson.slice(at, at + PAYLOAD_PART_CHARS));
-  }
-}
+/** Payloads are split into parts so that no row passes SQLite's 2 MB limit. */
+const PAYLOAD_PART_CHARS = 512 * 1024;
 
 /** The stored payload JSON of a script. */
-export function getPayloadJson(sql: SqlStorage, ticket: string): string | null {
+export function getPayloadJson(sql: Sql, ticket: string): string | null {
   const parts = sql.exec<{ data: string }>("SELECT data FROM payload_parts WHERE ticket = ? ORDER BY part", ticket).toArray();
   return parts.length ? parts.map((p) => p.data).join("") : null;
 }
 
-/** Marks a script as holding its mutex. */
-export function markGranted(sql: SqlStorage, ticket: string): void {
-  sql.exec("UPDATE scripts SET granted = 1, mutex_deadline = NULL WHERE ticket = ?", ticket);
-}
-
-/** Marks a script as dispatched under a fencing token. */
-export function markDispatched(sql: SqlStorage, ticket: string, fence: number, runnerId: string, startedAt: number): void {
-  sql.exec(
-    "UPDATE scripts SET state = 'running', fence = ?, runner_id = ?, started_at = ?, pid = NULL, runner_next = 0 WHERE ticket = ?",
-    fence,
-    runnerId,
-    startedAt,
-    ticket,
-  );
-}
-
-/** Records a cancel request and the abandon deadline it set. */
-export function markCancelRequested(sql: SqlStorage, ticket: string, abandonDeadline: number | null): void {
-  sql.exec("UPDATE scripts SET cancel_requested = 1, abandon_deadline = ? WHERE ticket = ?", abandonDeadline, ticket);
-}
-
-/** An abandoned process that may still be running. */
-export type AbandonedRow = { ticket: string; fence: number; pid: number | null; abandoned_at: number };
-
-/** Lists an abandoned dispatch, with the pid the runner reported for it (if any). */
-export function insertAbandoned(sql: SqlStorage, ticket: string, fence: number, at: number): void {
-  sql.exec(
-    "INSERT OR IGNORE INTO abandoned (ticket, fence, pid, abandoned_at) SELECT ticket, fence, pid, ? FROM scripts WHERE ticket = ? AND fence = ?",
-    at,
-    ticket,
-    fence,
-  );
-}
+/** An abandoned process that may still be running, as stored. */
+export type AbandonedRow = {
+  ticket: string;
+  fence: number;
+  pid: number;
+  start_time: number | null;
+  boot_id: string | null;
+  abandoned_at: number;
+  kill_requested: number;
+};
 
 /** Every abandoned process that may still be running, oldest first. */
-export function listAbandoned(sql: SqlStorage): AbandonedRow[] {
-  return sql.exec<AbandonedRow>("SELECT ticket, fence, pid, abandoned_at FROM abandoned ORDER BY abandoned_at, ticket").toArray();
+export function listAbandoned(sql: Sql): AbandonedRow[] {
+  return sql.exec<AbandonedRow>("SELECT * FROM abandoned ORDER BY abandoned_at, ticket, fence, pid").toArray();
 }
 
-/** Fills in the pid of an abandoned dispatch whose `started` report arrived after the abandon. */
-export function setAbandonedPid(sql: SqlStorage, ticket: string, fence: number, pid: number): void {
-  sql.exec("UPDATE abandoned SET pid = ? WHERE ticket = ? AND fence = ? AND pid IS NULL", pid, ticket, fence);
+/** The abandoned processes as the core sees them. */
+export function abandonedProcesses(rows: readonly AbandonedRow[]): AbandonedProcess[] {
+  return rows.map((row) => ({
+    ticket: row.ticket,
+    fence: row.fence,
+    process: row.pid === UNKNOWN_PID ? null : processRef(row.pid, row.start_time, row.boot_id),
+    killRequested: row.kill_requested === 1,
+  }));
 }
 
-/** Removes an abandoned process once the runner reported that it exited. */
-export function deleteAbandoned(sql: SqlStorage, ticket: string, fence: number): void {
-  sql.exec("DELETE FROM abandoned WHERE ticket = ? AND fence = ?", ticket, fence);
-}
-
-/** Records the process id the runner reported. */
-export function setPid(sql: SqlStorage, ticket: string, fence: number, pid: number): void {
-  sql.exec("UPDATE scripts SET pid = ? WHERE ticket = ? AND fence = ?", pid, ticket, fence);
-}
-
-/** Marks a script complete and drops its payload (it will never run again). */
-export function markCompleted(sql: SqlStorage, ticket: string, exitCode: number, reason: CompletionReason, at: number): void {
-  sql.exec(
-    "UPDATE scripts SET state = 'complete', granted = 0, mutex_deadline = NULL, abandon_deadline = NULL, completed_at = ?, exit_code = ?, reason = ? WHERE ticket = ?",
-    at,
-    exitCode,
-    JSON.stringify(reason),
-    ticket,
-  );
-  sql.exec("DELETE FROM payload_parts WHERE ticket = ?", ticket);
-}
-
-/** Marks a script's stored output as cut at the output cap. */
-export function markOutputTruncated(sql: SqlStorage, ticket: string): void {
-  sql.exec("UPDATE scripts SET output_truncated = 1 WHERE ticket = ?", ticket);
-}
-
-/** When the oldest completed script falls out of retention, or null when none is complete. */
-export function oldestCompletion(sql: SqlStorage): number | null {
+/** When the oldest completed script finished, or null when none is complete. */
+export function oldestCompletion(sql: Sql): number | null {
   const row = sql.exec<{ at: number | null }>("SELECT MIN(completed_at) AS at FROM scripts WHERE state = 'complete'").one();
   return row.at;
 }
 
-/** Completed scripts that finished at or before `cutoff`, oldest first, at most `limit`. */
-export function expiredScripts(sql: SqlStorage, cutoff: number, limit: number): string[] {
+/** Completed scripts that finished at or before `cutoff`, oldest first, at most `limit`, with their stored bytes. */
+export function expiredScripts(sql: Sql, cutoff: number, limit: number): Array<{ ticket: string; logBytes: number }> {
   return sql
-    .exec<{ ticket: string }>("SELECT ticket FROM scripts WHERE state = 'complete' AND completed_at <= ? ORDER BY completed_at LIMIT ?", cutoff, limit)
+    .exec<{ ticket: string; log_bytes: number }>(
+      "SELECT ticket, log_bytes FROM scripts WHERE state = 'complete' AND completed_at <= ? ORDER BY completed_at LIMIT ?",
+      cutoff,
+      limit,
+    )
     .toArray()
-    .map((row) => row.ticket);
+    .map((row) => ({ ticket: row.ticket, logBytes: row.log_bytes }));
 }
 
 /** Deletes a script and everything stored for it. */
-export function deleteScript(sql: SqlStorage, ticket: string): void {
+export function deleteScript(sql: Sql, ticket: string): void {
   sql.exec("DELETE FROM scripts WHERE ticket = ?", ticket);
   sql.exec("DELETE FROM payload_parts WHERE ticket = ?", ticket);
-  sql.exec("DELETE FROM log_chunks WHERE ticket = ?", ticket);
+  deleteLogs(sql, ticket);
 }
 
-/** A line to append, before it gets its log sequence. */
-export interface NewLogLine {
-  source: LogSource;
-  text: string;
-  occurred: string;
+/** The counters the core keeps between events. */
+export interface Counters {
+  nextFence: number;
+  nextQueueSeq: number;
 }
 
-type StoredLine = [LogSource, string, string];
+/** Reads the counters (1 and 1 for a new machine). */
+export function readCounters(sql: Sql): Counters {
+  return { nextFence: Number(getMeta(sql, "next_fence") ?? "1"), nextQueueSeq: Number(getMeta(sql, "next_queue_seq") ?? "1") };
+}
+
+/** Writes the counters that differ from `written` (what storage holds). */
+export function writeCounters(sql: Sql, counters: Counters, written: Counters): void {
+  if (counters.nextFence !== written.nextFence) setMeta(sql, "next_fence", String(counters.nextFence));
+  if (counters.nextQueueSeq !== written.nextQueueSeq) setMeta(sql, "next_queue_seq", String(counters.nextQueueSeq));
+}
+
+/** What an `insert` change needs besides the script: its identity hash and its payload. */
+export interface NewScriptRow {
+  requestHash: string;
+  payloadJson: string;
+}
 
 /**
- * Appends lines to a script's log, numbering them from the script's `log_next`, and advances
- * `runner_next` by `runnerLines` (how many of them came from the runner). Returns the new `log_next`.
+ * Writes one change of the core. The caller runs every change of a decision in one transaction. `insert` is the
+ * row of a new script whose hash and payload came with the request.
  */
-export function appendLogs(sql: SqlStorage, ticket: string, lines: NewLogLine[], runnerLines: number): number {
-  let bytes = 0;
-  for (const line of lines) bytes += line.text.length;
-  const row = sql.exec<{ log_next: number }>("SELECT log_next FROM scripts WHERE ticket = ?", ticket).toArray()[0];
-  if (!row) return 0;
-  let next = row.log_next;
-  let chunk: StoredLine[] = [];
-  let chunkChars = 0;
-  let chunkFirst = next;
-  const flush = () => {
-    if (!chunk.length) return;
-    sql.exec(
-      "INSERT INTO log_chunks (ticket, first_seq, last_seq, lines) VALUES (?, ?, ?, ?)",
-      ticket,
-      chunkFirst,
-      chunkFirst + chunk.length - 1,
-      JSON.stringify(chunk),
-    );
-    chunkFirst += chunk.length;
-    chunk = [];
-    chunkChars = 0;
-  };
-  for (const line of lines) {
-    const text = line.text.length > MAX_LINE_CHARS ? `${line.text.slice(0, MAX_LINE_CHARS)} [line cut at ${MAX_LINE_CHARS} characters]` : line.text;
-    const cost = text.length * 2 + line.occurred.length + 16; // worst-case JSON escaping stays well under 2 MB
-    if (chunkChars + cost > LOG_CHUNK_CHARS) flush();
-    chunk.push([line.source, text, line.occurred]);
-    chunkChars += cost;
-    next += 1;
-  }
-  flush();
-  sql.exec(
-    "UPDATE scripts SET log_next = ?, runner_next = runner_next + ?, log_bytes = log_bytes + ? WHERE ticket = ?",
-    next,
-    runnerLines,
-    bytes,
-    ticket,
-  );
-  return next;
-}
-
-/** The longest block stored as it is: its row stays under SQLite's 2 MB limit whatever its characters. */
-export const MAX_BLOCK_CHARS = 512 * 1024;
-
-/**
- * Appends a block of the runner's lines to a script's log as one row (the caller keeps it under
- * `MAX_BLOCK_CHARS`, and every line in it under `MAX_LINE_CHARS`), and advances `runner_next` by its count.
- * Returns the new `log_next`.
- */
-export function appendBlock(sql: SqlStorage, ticket: string, block: { source: LogSource; occurred: string; count: number; text: string }): number {
-  const row = sql.exec<{ log_next: number }>("SELECT log_next FROM scripts WHERE ticket = ?", ticket).toArray()[0];
-  if (!row) return 0;
-  const first = row.log_next;
-  const next = first + block.count;
-  sql.exec(
-    "INSERT INTO log_chunks (ticket, first_seq, last_seq, lines, block_source, block_occurred, block_text) VALUES (?, ?, ?, '', ?, ?, ?)",
-    ticket,
-    first,
-    next - 1,
-    block.source,
-    block.occurred,
-    block.text,
-  );
-  // A block holds `count - 1` newlines between its lines; they are not output.
-  sql.exec(
-    "UPDATE scripts SET log_next = ?, runner_next = runner_next + ?, log_bytes = log_bytes + ? WHERE ticket = ?",
-    next,
-    block.count,
-    block.text.length - (block.count - 1),
-    ticket,
-  );
-  return next;
-}
-
-/** Reads log lines from `fromSequence`, at most `limit` lines and about `maxBytes` of text. */
-export function readLogs(sql: SqlStorage, ticket: string, fromSequence: number, limit: number, maxBytes: number): LogLine[] {
-  const out: LogLine[] = [];
-  let bytes = 0;
-  const cursor = sql.exec<{ first_seq: number; lines: string; block_source: LogSource | null; block_occurred: string | null; block_text: string | null }>(
-    "SELECT first_seq, lines, block_source, block_occurred, block_text FROM log_chunks WHERE ticket = ? AND last_seq >= ? ORDER BY first_seq",
-    ticket,
-    fromSequence,
-  );
-  for (const chunk of cursor) {
-    const lines: StoredLine[] =
-      chunk.block_text === null
-        ? (JSON.parse(chunk.lines) as StoredLine[])
-        : chunk.block_text.split("\n").map((text) => [chunk.block_source!, text, chunk.block_occurred!]);
-    for (let i = Math.max(0, fromSequence - chunk.first_seq); i < lines.length; i += 1) {
-      const [source, text, occurred] = lines[i]!;
-      // Always return at least one line so that a caller can make progress past a huge line.
-      if (out.length >= limit || (out.length > 0 && bytes + text.length > maxBytes)) return out;
-      out.push({ sequence: chunk.first_seq + i, source, text, occurred });
-      bytes += text.length;
+export function writeChange(sql: Sql, change: Change, insert?: NewScriptRow): void {
+  switch (change.type) {
+    case "insert": {
+      if (!insert) throw new Error("insert without a payload");
+      const script = change.script;
+      sql.exec(
+        `INSERT INTO scripts (ticket, request_hash, state, isolation, mutex_name, task_id, created_at, queue_seq, granted, mutex_deadline)
+         VALUES (?, ?, 'pending', ?, ?, ?, ?, ?, 0, ?)`,
+        script.ticket,
+        insert.requestHash,
+        script.mode === "exclusive" ? "full" : "none",
+        script.mutexName,
+        script.taskId,
+        script.createdAt,
+        script.queueSeq,
+        script.mutexDeadline,
+      );
+      const json = insert.payloadJson;
+      for (let part = 0, at = 0; at < json.length || part === 0; part += 1, at += PAYLOAD_PART_CHARS) {
+        sql.exec("INSERT INTO payload_parts (ticket, part, data) VALUES (?, ?, ?)", script.ticket, part, json.slice(at, at + PAYLOAD_PART_CHARS));
+      }
+      return;
+    }
+    case "granted":
+      sql.exec("UPDATE scripts SET granted = 1, mutex_deadline = NULL WHERE ticket = ?", change.ticket);
+      return;
+    case "dispatched":
+      sql.exec(
+        "UPDATE scripts SET state = 'running', fence = ?, runner_id = ?, started_at = ?, pid = NULL, start_time = NULL, boot_id = NULL, runner_next = 0 WHERE ticket = ?",
+        change.fence,
+        change.runnerId,
+        change.startedAt,
+        change.ticket,
+      );
+      return;
+    case "completed":
+      sql.exec(
+        "UPDATE scripts SET state = 'complete', granted = 0, mutex_deadline = NULL, abandon_deadline = NULL, completed_at = ?, exit_code = ?, reason = ? WHERE ticket = ?",
+        change.at,
+        exitCodeFor(change.reason),
+        JSON.stringify(change.reason),
+        change.ticket,
+      );
+      // It will never run again.
+      sql.exec("DELETE FROM payload_parts WHERE ticket = ?", change.ticket);
+      return;
+    case "cancel_requested":
+      sql.exec("UPDATE scripts SET cancel_requested = 1, abandon_deadline = ? WHERE ticket = ?", change.abandonDeadline, change.ticket);
+      return;
+    case "abandoned": {
+      const processes: Array<ProcessRef | null> = change.processes.length ? change.processes : [null];
+      for (const process of processes) {
+        sql.exec(
+          "INSERT OR IGNORE INTO abandoned (ticket, fence, pid, start_time, boot_id, abandoned_at, kill_requested) VALUES (?, ?, ?, ?, ?, ?, ?)",
+          change.ticket,
+          change.fence,
+          process?.pid ?? UNKNOWN_PID,
+          process?.startTime ?? null,
+          process?.bootId ?? null,
+          change.at,
+          change.killRequested ? 1 : 0,
+        );
+      }
+      return;
+    }
+    case "log":
+      appendLines(sql, change.ticket, change.sequence, [{ source: "debug", text: change.text, occurred: new Date(change.at).toISOString() }]);
+      sql.exec("UPDATE scripts SET log_next = ? WHERE ticket = ?", change.sequence + 1, change.ticket);
+      return;
+    case "append": {
+      appendPieces(sql, change.ticket, change.first, change.pieces);
+      const at = change.position;
+      sql.exec(
+        "UPDATE scripts SET log_next = ?, runner_next = ?, log_bytes = ?, output_truncated = ? WHERE ticket = ?",
+        at.logNext,
+        at.runnerNext,
+        at.logBytes,
+        at.truncated ? 1 : 0,
+        change.ticket,
+      );
+      return;
+    }
+    case "process":
+      sql.exec(
+        "UPDATE scripts SET pid = ?, start_time = ?, boot_id = ? WHERE ticket = ? AND fence = ?",
+        change.process.pid,
+        change.process.startTime ?? null,
+        change.process.bootId ?? null,
+        change.ticket,
+        change.fence,
+      );
+      return;
+    case "abandoned_process":
+      // OR REPLACE: should the process be listed already, the entry without a pid merges into it.
+      sql.exec(
+        "UPDATE OR REPLACE abandoned SET pid = ?, start_time = ?, boot_id = ? WHERE ticket = ? AND fence = ? AND pid = ?",
+        change.process.pid,
+        change.process.startTime ?? null,
+        change.process.bootId ?? null,
+        change.ticket,
+        change.fence,
+        UNKNOWN_PID,
+      );
+      return;
+    case "abandoned_exit":
+      // An entry still without a pid is that same dispatch's process, reported before its pid was known here.
+      sql.exec("DELETE FROM abandoned WHERE ticket = ? AND fence = ? AND pid IN (?, ?)", change.ticket, change.fence, change.pid, UNKNOWN_PID);
+      return;
+    case "kill_delivered":
+      if (change.pid === null) sql.exec("UPDATE abandoned SET kill_requested = 0 WHERE ticket = ? AND fence = ?", change.ticket, change.fence);
+      else sql.exec("UPDATE abandoned SET kill_requested = 0 WHERE ticket = ? AND fence = ? AND pid = ?", change.ticket, change.fence, change.pid);
+      return;
+    default: {
+      const unreachable: never = change;
+      throw new Error(`unhandled change ${JSON.stringify(unreachable)}`);
     }
   }
-  return out;
 }

@@ -68,6 +68,21 @@ describe("bad input", () => {
     expect(await snapshot(m)).toBe(before);
   });
 
+  it("rejects a mutexTimeoutMs or a cancel's abandonAfterMs over 30 days with 400, so that no deadline falls past the range of a date (bug 4)", async () => {
+    const m = f.machine();
+    await f.register(m);
+    await f.api("POST", `/api/v1/machines/${m}/scripts`, { ticket: "held", scriptBody: "true" });
+    const before = await snapshot(m);
+    for (const mutexTimeoutMs of [2_592_000_001, Number.MAX_SAFE_INTEGER]) {
+      expectError(await f.api("POST", `/api/v1/machines/${m}/scripts`, { ticket: "late", scriptBody: "true", mutexTimeoutMs }), 400, "invalid_request");
+      expectError(await f.api("POST", `/api/v1/machines/${m}/scripts/held/cancel`, { abandonAfterMs: mutexTimeoutMs }), 400, "invalid_request");
+    }
+    expect(await snapshot(m)).toBe(before);
+    expect((await f.api("GET", `/api/v1/machines/${m}/scripts/held`)).body.state).toBe("pending");
+    const longest = await f.api("POST", `/api/v1/machines/${m}/scripts`, { ticket: "late", scriptBody: "true", mutexTimeoutMs: 2_592_000_000 });
+    expect(longest.status).toBe(201);
+  });
+
   it("rejects oversized requests with 413 too_large", async () => {
     const m = f.machine();
     await f.register(m);
@@ -94,6 +109,9 @@ describe("bad input", () => {
     }
     expectError(await f.api("GET", `/api/v1/machines/${m}/scripts/t/stream?logSequence=-1`), 400, "invalid_request");
     expectError(await f.api("DELETE", `/api/v1/machines/${m}/scripts/t?logSequence=x`), 400, "invalid_request");
+    for (const query of ["limit=0", "limit=10001", "limit=x"]) {
+      expectError(await f.api("DELETE", `/api/v1/machines/${m}/scripts/t?${query}`), 400, "invalid_request");
+    }
     expect((await f.api("GET", `/api/v1/machines/${m}/scripts/t?limit=10000`)).status).toBe(200);
   });
 

@@ -164,7 +164,7 @@ function errorShapeProblem(response: RawResponse): string | null {
 
 // ------------------------------------------------------------------ malformed HTTP requests
 
-/** The routes of the API (API.md), with the methods each one allows. */
+/** The routes of the API (docs/api.md), with the methods each one allows. */
 const ROUTES = [
   { id: "list", allowed: ["GET"] },
   { id: "machine", allowed: ["GET"] },

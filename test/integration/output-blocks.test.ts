@@ -145,6 +145,30 @@ describe("binary output frames", () => {
     runner.ws.close();
   });
 
+  it("counts the output cap in UTF-8 bytes: output outside ASCII stops at the cap's bytes, not at as many characters (bug 12)", async () => {
+    const m = f.machine();
+    const runner = await connectRunner(m);
+    const fence = await dispatched(runner, m, "t1");
+    // 30 lines of 50,000 "é": 1.5 M characters but 3 MB, past the 2 MiB cap.
+    const line = "é".repeat(50_000);
+    for (let frame = 0; frame < 3; frame += 1) runner.output("t1", fence, frame * 10, [block("stdout", Array.from({ length: 10 }, () => line))]);
+    await runner.acked("t1", 30);
+    runner.json({ type: "exit", ticket: "t1", fence, lineCount: 30, outcome: { kind: "exited", code: 0 } });
+    await f.completed(m, "t1");
+    const stored: Array<{ source: string; text: string }> = [];
+    for (let sequence = 0; ; ) {
+      const page = await logs(m, "t1", `?logSequence=${sequence}`);
+      if (page.logs.length === 0) break;
+      stored.push(...page.logs);
+      sequence = page.nextLogSequence;
+    }
+    const kept = stored.filter((l) => l.source === "stdout");
+    expect(kept.length).toBe(Math.floor(MAX_OUTPUT / Buffer.byteLength(line)));
+    expect(kept.reduce((bytes, l) => bytes + Buffer.byteLength(l.text), 0)).toBeLessThanOrEqual(MAX_OUTPUT);
+    expect(stored.filter((l) => l.source === "debug").map((l) => l.text)).toEqual([expect.stringMatching(/^Output truncated: this script wrote more than 2097152 bytes/)]);
+    runner.ws.close();
+  });
+
   it.each([
     ["a count that does not match the block's newlines", (fence: number) => encodeOutputFrame({ ticket: "t1", fence, sequence: 0, blocks: [block("stdout", "a\nb", 3)] })],
     ["a header that promises more bytes than the frame has", (fence: number) => encodeOutputFrame({ ticket: "t1", fence, sequence: 0, blocks: [block("stdout", ["a"])] }).slice(0, 2)],

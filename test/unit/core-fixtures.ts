@@ -118,7 +118,7 @@ export function mutexView(state: MachineState, name: string = MUTEX): { holders:
 export function snapshot(state: MachineState): unknown {
   return {
     machineId: state.machineId,
-    scripts: [...state.scripts.entries()].map(([k, v]) => [k, { ...v }]),
+    scripts: [...state.scripts.entries()].map(([k, v]) => [k, { ...v, output: { ...v.output }, process: v.process ? { ...v.process } : null }]),
     mutexes: [...state.mutexes.entries()].map(([k, m]) => [k, { name: m.name, holders: [...m.holders.entries()], queue: m.queue.map((w) => ({ ...w })) }]),
     runner: state.runner ? { ...state.runner } : null,
     nextFence: state.nextFence,
@@ -142,6 +142,8 @@ export function row(ticket: string, fields: Partial<ActiveScript> & { queueSeq: 
     startedAt: null,
     cancelRequested: false,
     abandonDeadline: null,
+    output: { logNext: 0, runnerNext: 0, logBytes: 0, truncated: false },
+    process: null,
     ...fields,
   };
 }

@@ -1,6 +1,6 @@
 /**
  * Cancel and abandon in the machine core: `(state, event) → {changes, effects}` for the `cancel`,
- * `abandon` and abandon-deadline `tick` events (API.md "Cancel", "Abandon", "Exit codes"). Each test
+ * `abandon` and abandon-deadline `tick` events (docs/api.md, "Cancel", "Abandon", "Exit codes"). Each test
  * drives a real MachineState and asserts the exact changes and effects, then the state they leave.
  */
 import { describe, expect, it } from "vitest";
@@ -27,7 +27,7 @@ import {
 } from "./core-fixtures.js";
 
 const MACHINE = "web-01";
-/** The contract's wording (API.md "Abandon"), spelled out so a change to abandonedLine cannot hide. */
+/** The contract's wording (docs/api.md, "Abandon"), spelled out so a change to abandonedLine cannot hide. */
 const CONTRACT_LINE = "The control plane has abandoned this script. The underlying process may still be running on machine web-01.";
 const CANCELLED_BEFORE_RUN = "Cancelled before it ran; the script never started.";
 const ABANDONED_BEFORE_RUN = "Abandoned before it ran; the script never started.";
@@ -52,7 +52,7 @@ describe("cancel of a pending script", () => {
     const decision = cancel(state, "c", null, T0 + 5);
     expect(decision).toEqual({
       changes: [
-        { type: "log", ticket: "c", text: CANCELLED_BEFORE_RUN, at: T0 + 5 },
+        { type: "log", ticket: "c", text: CANCELLED_BEFORE_RUN, at: T0 + 5, sequence: 1 },
         { type: "completed", ticket: "c", reason: { kind: "cancelled" }, at: T0 + 5 },
       ],
       effects: [{ type: "notify", ticket: "c" }],
@@ -69,7 +69,7 @@ describe("cancel of a pending script", () => {
     const decision = cancel(state, "b", 5000, T0 + 1);
     expect(decision).toEqual({
       changes: [
-        { type: "log", ticket: "b", text: CANCELLED_BEFORE_RUN, at: T0 + 1 },
+        { type: "log", ticket: "b", text: CANCELLED_BEFORE_RUN, at: T0 + 1, sequence: 1 },
         { type: "completed", ticket: "b", reason: { kind: "cancelled" }, at: T0 + 1 },
       ],
       effects: [{ type: "notify", ticket: "b" }],
@@ -88,13 +88,13 @@ describe("cancel of a pending script", () => {
     const decision = cancel(state, "x", null, T0 + 10);
     expect(decision).toEqual({
       changes: [
-        { type: "log", ticket: "x", text: CANCELLED_BEFORE_RUN, at: T0 + 10 },
+        { type: "log", ticket: "x", text: CANCELLED_BEFORE_RUN, at: T0 + 10, sequence: 1 },
         { type: "completed", ticket: "x", reason: { kind: "cancelled" }, at: T0 + 10 },
         { type: "granted", ticket: "s1" },
         { type: "dispatched", ticket: "s1", fence: 2, runnerId: "r1", startedAt: T0 + 10 },
         { type: "granted", ticket: "s2" },
         { type: "dispatched", ticket: "s2", fence: 3, runnerId: "r1", startedAt: T0 + 10 },
-        { type: "log", ticket: "x2", text: 'Waiting for the mutex "RunningScript" (exclusive, full isolation): held by s0, s1, s2.', at: T0 + 10 },
+        { type: "log", ticket: "x2", text: 'Waiting for the mutex "RunningScript" (exclusive, full isolation): held by s0, s1, s2.', at: T0 + 10, sequence: 1 },
       ],
       effects: [
         { type: "notify", ticket: "x" },
@@ -114,7 +114,7 @@ describe("cancel of a pending script", () => {
     const decision = cancel(state, "a", null, T0 + 3);
     expect(decision).toEqual({
       changes: [
-        { type: "log", ticket: "a", text: CANCELLED_BEFORE_RUN, at: T0 + 3 },
+        { type: "log", ticket: "a", text: CANCELLED_BEFORE_RUN, at: T0 + 3, sequence: 0 },
         { type: "completed", ticket: "a", reason: { kind: "cancelled" }, at: T0 + 3 },
         { type: "granted", ticket: "b" },
       ],
@@ -145,7 +145,7 @@ describe("cancel of a running script", () => {
     expect(decision).toEqual({
       changes: [
         { type: "cancel_requested", ticket: "a", abandonDeadline: null },
-        { type: "log", ticket: "a", text: CANCEL_REQUESTED, at: T0 + 20 },
+        { type: "log", ticket: "a", text: CANCEL_REQUESTED, at: T0 + 20, sequence: 0 },
       ],
       effects: [{ type: "cancel", ticket: "a", fence: 2 }],
     });
@@ -162,7 +162,7 @@ describe("cancel of a running script", () => {
     expect(cancel(state, "a", null, T0 + 20)).toEqual({
       changes: [
         { type: "cancel_requested", ticket: "a", abandonDeadline: null },
-        { type: "log", ticket: "a", text: CANCEL_REQUESTED, at: T0 + 20 },
+        { type: "log", ticket: "a", text: CANCEL_REQUESTED, at: T0 + 20, sequence: 0 },
       ],
       effects: [],
     });
@@ -232,7 +232,7 @@ describe("cancel with abandonAfterMs", () => {
     expect(decision).toEqual({
       changes: [
         { type: "cancel_requested", ticket: "a", abandonDeadline: T0 + 5100 },
-        { type: "log", ticket: "a", text: `${CANCEL_REQUESTED} It will be abandoned if it is still running after 5000 ms.`, at: T0 + 100 },
+        { type: "log", ticket: "a", text: `${CANCEL_REQUESTED} It will be abandoned if it is still running after 5000 ms.`, at: T0 + 100, sequence: 0 },
       ],
       effects: [{ type: "cancel", ticket: "a", fence: 1 }],
     });
@@ -328,13 +328,13 @@ describe("tick past an abandon deadline", () => {
     const decision = tick(state, T0 + 5000);
     expect(decision).toEqual({
       changes: [
-        { type: "log", ticket: "a", text: OVERDUE, at: T0 + 5000 },
-        { type: "log", ticket: "a", text: CONTRACT_LINE, at: T0 + 5000 },
-        { type: "abandoned", ticket: "a", fence: 1, at: T0 + 5000 },
+        { type: "log", ticket: "a", text: OVERDUE, at: T0 + 5000, sequence: 1 },
+        { type: "log", ticket: "a", text: CONTRACT_LINE, at: T0 + 5000, sequence: 2 },
+        { type: "abandoned", ticket: "a", fence: 1, at: T0 + 5000, processes: [], killRequested: false },
         { type: "completed", ticket: "a", reason: { kind: "abandoned" }, at: T0 + 5000 },
         { type: "granted", ticket: "b" },
         { type: "dispatched", ticket: "b", fence: 2, runnerId: "r1", startedAt: T0 + 5000 },
-        { type: "log", ticket: "c", text: 'Waiting for the mutex "RunningScript" (exclusive, full isolation): held by b.', at: T0 + 5000 },
+        { type: "log", ticket: "c", text: 'Waiting for the mutex "RunningScript" (exclusive, full isolation): held by b.', at: T0 + 5000, sequence: 1 },
       ],
       effects: [
         { type: "abandon", ticket: "a", fence: 1, killProcess: false },
@@ -370,9 +370,9 @@ describe("tick past an abandon deadline", () => {
     const decision = tick(state, T0 + 1000);
     expect(decision).toEqual({
       changes: [
-        { type: "log", ticket: "a", text: OVERDUE, at: T0 + 1000 },
-        { type: "log", ticket: "a", text: CONTRACT_LINE, at: T0 + 1000 },
-        { type: "abandoned", ticket: "a", fence: 1, at: T0 + 1000 },
+        { type: "log", ticket: "a", text: OVERDUE, at: T0 + 1000, sequence: 1 },
+        { type: "log", ticket: "a", text: CONTRACT_LINE, at: T0 + 1000, sequence: 2 },
+        { type: "abandoned", ticket: "a", fence: 1, at: T0 + 1000, processes: [], killRequested: false },
         { type: "completed", ticket: "a", reason: { kind: "abandoned" }, at: T0 + 1000 },
         { type: "granted", ticket: "b" },
       ],
@@ -428,8 +428,8 @@ describe("abandon", () => {
     const decision = abandon(state, "a", false, T0 + 7);
     expect(decision).toEqual({
       changes: [
-        { type: "log", ticket: "a", text: CONTRACT_LINE, at: T0 + 7 },
-        { type: "abandoned", ticket: "a", fence: 1, at: T0 + 7 },
+        { type: "log", ticket: "a", text: CONTRACT_LINE, at: T0 + 7, sequence: 0 },
+        { type: "abandoned", ticket: "a", fence: 1, at: T0 + 7, processes: [], killRequested: false },
         { type: "completed", ticket: "a", reason: { kind: "abandoned" }, at: T0 + 7 },
         { type: "granted", ticket: "b" },
         { type: "dispatched", ticket: "b", fence: 2, runnerId: "r1", startedAt: T0 + 7 },
@@ -480,8 +480,8 @@ describe("abandon", () => {
     const decision = abandon(state, "a", true, T0 + 9);
     expect(decision).toEqual({
       changes: [
-        { type: "log", ticket: "a", text: CONTRACT_LINE, at: T0 + 9 },
-        { type: "abandoned", ticket: "a", fence: 1, at: T0 + 9 },
+        { type: "log", ticket: "a", text: CONTRACT_LINE, at: T0 + 9, sequence: 0 },
+        { type: "abandoned", ticket: "a", fence: 1, at: T0 + 9, processes: [], killRequested: true },
         { type: "completed", ticket: "a", reason: { kind: "abandoned" }, at: T0 + 9 },
         { type: "granted", ticket: "b" },
       ],
@@ -511,7 +511,7 @@ describe("abandon", () => {
     start(state, "b");
     expect(abandon(state, "b", true, T0 + 4)).toEqual({
       changes: [
-        { type: "log", ticket: "b", text: ABANDONED_BEFORE_RUN, at: T0 + 4 },
+        { type: "log", ticket: "b", text: ABANDONED_BEFORE_RUN, at: T0 + 4, sequence: 1 },
         { type: "completed", ticket: "b", reason: { kind: "cancelled" }, at: T0 + 4 },
       ],
       effects: [{ type: "notify", ticket: "b" }],
@@ -525,7 +525,7 @@ describe("abandon", () => {
     start(state, "b");
     expect(abandon(state, "a", false, T0 + 4)).toEqual({
       changes: [
-        { type: "log", ticket: "a", text: ABANDONED_BEFORE_RUN, at: T0 + 4 },
+        { type: "log", ticket: "a", text: ABANDONED_BEFORE_RUN, at: T0 + 4, sequence: 0 },
         { type: "completed", ticket: "a", reason: { kind: "cancelled" }, at: T0 + 4 },
         { type: "granted", ticket: "b" },
       ],
@@ -612,7 +612,7 @@ describe("runner_connected with a cancel-requested script", () => {
     expect(decision).toEqual({
       changes: [],
       effects: [
-        { type: "resume", decisions: [{ ticket: "a", fence: 1, action: "continue" }] },
+        { type: "welcome", resume: [{ ticket: "a", fence: 1, action: "continue", nextSequence: 0 }], watch: [] },
         { type: "cancel", ticket: "a", fence: 1 },
       ],
     });
@@ -632,13 +632,10 @@ describe("runner_connected with a cancel-requested script", () => {
       { ticket: "b", fence: 2, stored: "none" },
     ]);
     expect(decision.effects).toEqual([
-      {
-        type: "resume",
-        decisions: [
-          { ticket: "a", fence: 1, action: "continue" },
-          { ticket: "b", fence: 2, action: "continue" },
-        ],
-      },
+      { type: "welcome", resume: [
+          { ticket: "a", fence: 1, action: "continue", nextSequence: 0 },
+          { ticket: "b", fence: 2, action: "continue", nextSequence: 0 },
+        ], watch: [] },
       { type: "cancel", ticket: "b", fence: 2 },
     ]);
   });
@@ -672,9 +669,9 @@ describe("restoreState with cancel state", () => {
     const decision = tick(state, T0 + 5000);
     expect(decision).toEqual({
       changes: [
-        { type: "log", ticket: "a", text: OVERDUE, at: T0 + 5000 },
-        { type: "log", ticket: "a", text: CONTRACT_LINE, at: T0 + 5000 },
-        { type: "abandoned", ticket: "a", fence: 3, at: T0 + 5000 },
+        { type: "log", ticket: "a", text: OVERDUE, at: T0 + 5000, sequence: 0 },
+        { type: "log", ticket: "a", text: CONTRACT_LINE, at: T0 + 5000, sequence: 1 },
+        { type: "abandoned", ticket: "a", fence: 3, at: T0 + 5000, processes: [], killRequested: false },
         { type: "completed", ticket: "a", reason: { kind: "abandoned" }, at: T0 + 5000 },
         { type: "granted", ticket: "b" },
       ],
@@ -682,7 +679,7 @@ describe("restoreState with cancel state", () => {
     });
     const connected = connect(state, "r1", [{ ticket: "a", fence: 3, stored: "abandoned" }], T0 + 6000);
     expect(connected.effects).toEqual([
-      { type: "resume", decisions: [{ ticket: "a", fence: 3, action: "abandon" }] },
+      { type: "welcome", resume: [{ ticket: "a", fence: 3, action: "abandon", nextSequence: 0 }], watch: [] },
       { type: "dispatch", ticket: "b", fence: 4 },
       { type: "notify", ticket: "b" },
     ]);
@@ -693,7 +690,7 @@ describe("restoreState with cancel state", () => {
     expect(connect(state, "r1", [{ ticket: "a", fence: 3, stored: "none" }], T0 + 10)).toEqual({
       changes: [],
       effects: [
-        { type: "resume", decisions: [{ ticket: "a", fence: 3, action: "continue" }] },
+        { type: "welcome", resume: [{ ticket: "a", fence: 3, action: "continue", nextSequence: 0 }], watch: [] },
         { type: "cancel", ticket: "a", fence: 3 },
       ],
     });

@@ -72,6 +72,8 @@ describe("start", () => {
             startedAt: null,
             cancelRequested: false,
             abandonDeadline: null,
+            output: { logNext: 0, runnerNext: 0, logBytes: 0, truncated: false },
+            process: null,
           },
         },
         { type: "granted", ticket: "a" },
@@ -154,6 +156,7 @@ describe("start", () => {
           ticket: "t2",
           text: 'Waiting for the mutex "RunningScript" (exclusive, full isolation): held by t1 (task ServerTasks-1).',
           at: T0 + 1,
+          sequence: 0,
         },
       ],
       effects: [],
@@ -217,7 +220,7 @@ describe("start", () => {
 describe("runner_connected without an inventory", () => {
   it("records the runner and answers with an empty resume", () => {
     const state = emptyState();
-    expect(connect(state, "r1")).toEqual({ changes: [], effects: [{ type: "resume", decisions: [] }] });
+    expect(connect(state, "r1")).toEqual({ changes: [], effects: [{ type: "welcome", resume: [], watch: [] }] });
     expect(state.runner).toEqual({ runnerId: "r1" });
   });
 
@@ -233,7 +236,7 @@ describe("runner_connected without an inventory", () => {
       { type: "dispatched", ticket: "c", fence: 3, runnerId: "r1", startedAt: T0 + 10 },
     ]);
     expect(decision.effects).toEqual([
-      { type: "resume", decisions: [] },
+      { type: "welcome", resume: [], watch: [] },
       { type: "dispatch", ticket: "a", fence: 1 },
       { type: "notify", ticket: "a" },
       { type: "dispatch", ticket: "b", fence: 2 },
@@ -310,6 +313,7 @@ describe("exited", () => {
           ticket: "c",
           text: 'Waiting for the mutex "RunningScript" (exclusive, full isolation): held by b (task T-b).',
           at: T0 + 100,
+          sequence: 1,
         },
       ],
       effects: [
@@ -463,6 +467,7 @@ describe("tick", () => {
           ticket: "b",
           text: 'Timed out after 500 ms waiting for the mutex "RunningScript"; held by a (task Deploy-7).',
           at: T0 + 510,
+          sequence: 1,
         },
         { type: "completed", ticket: "b", reason: { kind: "mutex_timeout" }, at: T0 + 510 },
       ],
@@ -549,7 +554,7 @@ describe("tick", () => {
     const decision = tick(state, T0 + 100);
     expect(decision).toEqual({
       changes: [
-        { type: "log", ticket: "x", text: 'Timed out after 100 ms waiting for the mutex "RunningScript"; held by s0.', at: T0 + 100 },
+        { type: "log", ticket: "x", text: 'Timed out after 100 ms waiting for the mutex "RunningScript"; held by s0.', at: T0 + 100, sequence: 1 },
         { type: "completed", ticket: "x", reason: { kind: "mutex_timeout" }, at: T0 + 100 },
         { type: "granted", ticket: "s1" },
         { type: "dispatched", ticket: "s1", fence: 2, runnerId: "r1", startedAt: T0 + 100 },
@@ -674,7 +679,7 @@ describe("runner_connected with an inventory", () => {
     const decision = connect(state, "r1", [{ ticket: "a", fence: 1, stored: "none" }], T0 + 50);
     expect(decision).toEqual({
       changes: [],
-      effects: [{ type: "resume", decisions: [{ ticket: "a", fence: 1, action: "continue" }] }],
+      effects: [{ type: "welcome", resume: [{ ticket: "a", fence: 1, action: "continue", nextSequence: 0 }], watch: [] }],
     });
     expect(script(state, "a")).toMatchObject({ state: "running", fence: 1, runnerId: "r1", startedAt: T0 });
   });
@@ -688,7 +693,7 @@ describe("runner_connected with an inventory", () => {
     expect(decision).toEqual({
       changes: [{ type: "dispatched", ticket: "a", fence: 2, runnerId: "r1", startedAt: T0 + 50 }],
       effects: [
-        { type: "resume", decisions: [] },
+        { type: "welcome", resume: [], watch: [] },
         { type: "dispatch", ticket: "a", fence: 2 },
         { type: "notify", ticket: "a" },
       ],
@@ -704,7 +709,7 @@ describe("runner_connected with an inventory", () => {
     });
     const decision = connect(state, "r1", [{ ticket: "a", fence: 2, stored: "none" }], T0 + 1);
     expect(decision.effects).toEqual([
-      { type: "resume", decisions: [{ ticket: "a", fence: 2, action: "cancel" }] },
+      { type: "welcome", resume: [{ ticket: "a", fence: 2, action: "cancel", nextSequence: 0 }], watch: [] },
       { type: "dispatch", ticket: "a", fence: 4 },
       { type: "notify", ticket: "a" },
     ]);
@@ -723,11 +728,12 @@ describe("runner_connected with an inventory", () => {
           ticket: "a",
           text: "The runner reconnected without this script (it was restarted); the script's result is unknown.",
           at: T0 + 50,
+          sequence: 0,
         },
         { type: "completed", ticket: "a", reason: { kind: "lost" }, at: T0 + 50 },
       ],
       effects: [
-        { type: "resume", decisions: [] },
+        { type: "welcome", resume: [], watch: [] },
         { type: "notify", ticket: "a" },
       ],
     });
@@ -765,13 +771,14 @@ describe("runner_connected with an inventory", () => {
           ticket: "a",
           text: "The runner reconnected without this script (it was restarted); the script's result is unknown.",
           at: T0 + 50,
+          sequence: 0,
         },
         { type: "completed", ticket: "a", reason: { kind: "lost" }, at: T0 + 50 },
         { type: "granted", ticket: "b" },
         { type: "dispatched", ticket: "b", fence: 2, runnerId: "r2", startedAt: T0 + 50 },
       ],
       effects: [
-        { type: "resume", decisions: [] },
+        { type: "welcome", resume: [], watch: [] },
         { type: "notify", ticket: "a" },
         { type: "dispatch", ticket: "b", fence: 2 },
         { type: "notify", ticket: "b" },
@@ -786,7 +793,7 @@ describe("runner_connected with an inventory", () => {
     connect(state, "r1");
     start(state, "a");
     const decision = connect(state, "r2", [{ ticket: "a", fence: 1, stored: "none" }]);
-    expect(decision).toEqual({ changes: [], effects: [{ type: "resume", decisions: [{ ticket: "a", fence: 1, action: "continue" }] }] });
+    expect(decision).toEqual({ changes: [], effects: [{ type: "welcome", resume: [{ ticket: "a", fence: 1, action: "continue", nextSequence: 0 }], watch: [] }] });
     expect(script(state, "a").state).toBe("running");
   });
 
@@ -800,14 +807,11 @@ describe("runner_connected with an inventory", () => {
     expect(decision).toEqual({
       changes: [],
       effects: [
-        {
-          type: "resume",
-          decisions: [
-            { ticket: "done", fence: 4, action: "forget" },
-            { ticket: "dropped", fence: 5, action: "abandon" },
-            { ticket: "stranger", fence: 6, action: "cancel" },
-          ],
-        },
+        { type: "welcome", resume: [
+            { ticket: "done", fence: 4, action: "forget", nextSequence: 0 },
+            { ticket: "dropped", fence: 5, action: "abandon", nextSequence: 0 },
+            { ticket: "stranger", fence: 6, action: "cancel", nextSequence: 0 },
+          ], watch: [] },
       ],
     });
   });
@@ -817,7 +821,7 @@ describe("runner_connected with an inventory", () => {
     start(state, "a");
     const decision = connect(state, "r1", [{ ticket: "a", fence: 7, stored: "none" }]);
     expect(decision.effects).toEqual([
-      { type: "resume", decisions: [{ ticket: "a", fence: 7, action: "cancel" }] },
+      { type: "welcome", resume: [{ ticket: "a", fence: 7, action: "cancel", nextSequence: 0 }], watch: [] },
       { type: "dispatch", ticket: "a", fence: 1 },
       { type: "notify", ticket: "a" },
     ]);
@@ -828,7 +832,7 @@ describe("runner_connected with an inventory", () => {
     start(state, "a");
     start(state, "b");
     const decision = connect(state, "r1", [{ ticket: "b", fence: 9, stored: "none" }]);
-    expect(decision.effects[0]).toEqual({ type: "resume", decisions: [{ ticket: "b", fence: 9, action: "cancel" }] });
+    expect(decision.effects[0]).toEqual({ type: "welcome", resume: [{ ticket: "b", fence: 9, action: "cancel", nextSequence: 0 }], watch: [] });
     expect(dispatches(decision)).toEqual([["a", 1]]);
     expect(script(state, "b")).toMatchObject({ state: "pending", granted: false });
   });
@@ -845,7 +849,7 @@ describe("runner_connected with an inventory", () => {
       { nextFence: 4, nextQueueSeq: 5 },
     );
     const decision = connect(state, "r1", [{ ticket: "kept", fence: 1, stored: "none" }], T0 + 9);
-    expect(decision.effects[0]).toEqual({ type: "resume", decisions: [{ ticket: "kept", fence: 1, action: "continue" }] });
+    expect(decision.effects[0]).toEqual({ type: "welcome", resume: [{ ticket: "kept", fence: 1, action: "continue", nextSequence: 0 }], watch: [] });
     expect(dispatches(decision)).toEqual([
       ["missed", 4],
       ["ready", 5],
@@ -1001,7 +1005,10 @@ function violations(state: MachineState, event: MachineEvent, decision: Decision
         dispatchedNow.add(change.ticket);
         if (!history.granted.has(change.ticket)) problems.push(`${change.ticket} dispatched without a grant`);
         if (history.completed.has(change.ticket)) problems.push(`${change.ticket} dispatched again after it completed (${history.reasons.get(change.ticket)})`);
-        if (row) Object.assign(row, { state: "running", fence: change.fence, runnerId: change.runnerId, startedAt: change.startedAt });
+        if (row) {
+          Object.assign(row, { state: "running", fence: change.fence, runnerId: change.runnerId, startedAt: change.startedAt, process: null });
+          row.output = { ...row.output, runnerNext: 0 };
+        }
         break;
       case "completed":
         if (history.completed.has(change.ticket)) problems.push(`${change.ticket} completed twice`);
@@ -1019,7 +1026,23 @@ function violations(state: MachineState, event: MachineEvent, decision: Decision
         if (row) Object.assign(row, { cancelRequested: true, abandonDeadline: change.abandonDeadline });
         break;
       case "log":
+        if (row && change.sequence !== row.output.logNext) problems.push(`${change.ticket} logged at ${change.sequence}, expected ${row.output.logNext}`);
+        if (row) row.output = { ...row.output, logNext: change.sequence + 1 };
         break;
+      case "append":
+        if (row) row.output = { ...change.position };
+        break;
+      case "process":
+        if (row) row.process = { ...change.process };
+        break;
+      case "abandoned_process":
+      case "abandoned_exit":
+      case "kill_delivered":
+        break;
+      default: {
+        const unreachable: never = change;
+        problems.push(`unknown change ${JSON.stringify(unreachable)}`);
+      }
     }
   }
   if (state.nextFence <= history.lastFence) problems.push(`nextFence ${state.nextFence} not past ${history.lastFence}`);
@@ -1149,6 +1172,13 @@ function eventViolations(before: MachineState, state: MachineState, event: Machi
       if (JSON.stringify(dispatched) !== JSON.stringify(state.runner ? expected : [])) problems.push(`abandon of ${event.ticket} dispatched ${JSON.stringify(dispatched)}`);
     }
   }
+  if (event.type === "exited" && event.survivors?.length) {
+    // The survivors are listed in the same decision that completes the script, before the mutex is released.
+    const completedAt = decision.changes.findIndex((c) => c.type === "completed" && c.ticket === event.ticket);
+    const listedAt = decision.changes.findIndex((c) => c.type === "abandoned" && c.ticket === event.ticket && JSON.stringify(c.processes) === JSON.stringify(event.survivors));
+    if (completedAt >= 0 && !(listedAt >= 0 && listedAt < completedAt)) problems.push(`lost ${event.ticket} completed without its survivors listed first`);
+    if (completedAt < 0 && listedAt >= 0) problems.push(`survivors of ${event.ticket} listed without its completion`);
+  }
   if (event.type === "tick") {
     for (const target of before.scripts.values()) {
       if (target.state === "running" && target.abandonDeadline !== null && target.abandonDeadline <= event.now) {
@@ -1157,10 +1187,10 @@ function eventViolations(before: MachineState, state: MachineState, event: Machi
     }
   }
   if (event.type === "runner_connected") {
-    const resume = decision.effects.find((e) => e.type === "resume");
+    const welcome = decision.effects.find((e) => e.type === "welcome");
     for (const entry of event.inventory) {
       if (entry.stored !== "abandoned" || before.scripts.has(entry.ticket)) continue;
-      const action = resume?.type === "resume" ? resume.decisions.find((d) => d.ticket === entry.ticket)?.action : undefined;
+      const action = welcome?.type === "welcome" ? welcome.resume.find((d) => d.ticket === entry.ticket)?.action : undefined;
       if (action !== "abandon") problems.push(`abandoned ${entry.ticket} listed by the runner got ${action}`);
       if (decision.changes.some((c) => "ticket" in c && c.ticket === entry.ticket)) problems.push(`abandoned ${entry.ticket} listed by the runner changed state`);
     }
@@ -1233,8 +1263,11 @@ function randomRun(seed: number, steps: number, options: { restarts: boolean }):
         const target = pick(active);
         const current = target.fence ?? 1;
         const fence = random() < 0.85 ? current : Math.max(1, current - 1 - Math.floor(random() * 2));
-        const reason: CompletionReason = target.cancelRequested && random() < 0.5 ? { kind: "cancelled" } : { kind: "exited", code: Math.floor(random() * 3) };
-        event = { type: "exited", ticket: target.ticket, fence, reason, now };
+        const reason: CompletionReason =
+          target.cancelRequested && random() < 0.5 ? { kind: "cancelled" } : random() < 0.15 ? { kind: "lost" } : { kind: "exited", code: Math.floor(random() * 3) };
+        // A restarted runner that had to stop the script may name processes that would not die.
+        const survivors = reason.kind === "lost" && random() < 0.6 ? [{ pid: 1_000 + step }, { pid: 2_000 + step, startTime: step }] : undefined;
+        event = { type: "exited", ticket: target.ticket, fence, reason, ...(survivors ? { survivors } : {}), now };
       }
     } else if (roll < 0.72) {
       // Sometimes exactly at the next deadline (as the alarm fires), otherwise some time later.

@@ -556,8 +556,10 @@ describe("CloseCode", () => {
       OutOfOrder: CloseCode.OutOfOrder,
       FrameTooLarge: CloseCode.FrameTooLarge,
       UnsupportedProtocol: CloseCode.UnsupportedProtocol,
+      StorageFailure: CloseCode.StorageFailure,
     }).toEqual({
       Normal: 1000,
+      StorageFailure: 1011,
       Replaced: 4000,
       TokenRevoked: 4001,
       HeartbeatTimeout: 4002,
@@ -571,8 +573,9 @@ describe("CloseCode", () => {
 
   it("uses only codes an application may send in a close frame", () => {
     const codes = Object.values(CloseCode).filter((v): v is number => typeof v === "number");
-    expect(codes).toHaveLength(9);
-    for (const code of codes) expect(code === 1000 || (code >= 4000 && code <= 4999), `code ${code}`).toBe(true);
+    expect(codes).toHaveLength(10);
+    // 1000 and 1011 (an endpoint's internal error) are the standard codes an endpoint may send; 4xxx are private.
+    for (const code of codes) expect(code === 1000 || code === 1011 || (code >= 4000 && code <= 4999), `code ${code}`).toBe(true);
     expect(new Set(codes).size).toBe(codes.length);
   });
 });

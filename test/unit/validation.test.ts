@@ -1,5 +1,5 @@
 /**
- * The HTTP API's validation rules (API.md "Scripts / Start"): the start request schema with its
+ * The HTTP API's validation rules (docs/api.md, "Scripts / Start"): the start request schema with its
  * defaults and limits, the error sentence built from a zod error, query integers, and the one place
  * that maps completion reasons to exit codes.
  */
@@ -100,6 +100,11 @@ describe("StartScriptRequest defaults", () => {
     expect(valid(body({ mutexTimeoutMs: 7 * 24 * 3_600_000 })).mutexTimeoutMs).toBe(604_800_000);
   });
 
+  it("accepts a mutexTimeoutMs of exactly 30 days, the longest allowed", () => {
+    expect(LIMITS.durationMs).toBe(2_592_000_000);
+    expect(valid(body({ mutexTimeoutMs: 2_592_000_000 })).mutexTimeoutMs).toBe(2_592_000_000);
+  });
+
   it("accepts integral numbers written with a fraction part, as JSON cannot tell them apart", () => {
     expect(valid(JSON.parse('{"scriptBody":"x","waitMs":5.0}')).waitMs).toBe(5);
   });
@@ -183,6 +188,22 @@ describe("StartScriptRequest rejections", () => {
     ["a number", 7],
   ])("rejects a body that is %s", (_name, request) => {
     expect(invalid(request).startsWith("body: Invalid input: expected object, received ")).toBe(true);
+  });
+});
+
+describe("durations past the range of a date (bug 4)", () => {
+  it.each([2_592_000_001, 9_007_199_254_740_991])("rejects a mutexTimeoutMs of %i ms, over 30 days, naming the limit", (mutexTimeoutMs) => {
+    expect(invalid(body({ mutexTimeoutMs }))).toBe("mutexTimeoutMs: must be at most 2592000000 ms (30 days).");
+  });
+
+  it.each([2_592_000_001, 9_007_199_254_740_991])("rejects a cancel's abandonAfterMs of %i ms, over 30 days", (abandonAfterMs) => {
+    const parsed = CancelRequest.safeParse({ abandonAfterMs });
+    expect(parsed.success).toBe(false);
+    if (!parsed.success) expect(describeZodError(parsed.error)).toBe("abandonAfterMs: must be at most 2592000000 ms (30 days).");
+  });
+
+  it("accepts a cancel's abandonAfterMs of exactly 30 days", () => {
+    expect(CancelRequest.parse({ abandonAfterMs: 2_592_000_000 })).toStrictEqual({ abandonAfterMs: 2_592_000_000 });
   });
 });
 

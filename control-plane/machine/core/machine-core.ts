@@ -9,9 +9,20 @@
  *   completes as lost (-46). Cancel completes a pending script at once (-43) and asks the runner to stop
  *   a running one; abandon completes a running script at once (-48) and releases its mutex, whatever the
  *   runner does. Completed scripts leave the core; their rows stay in storage.
+ *
+ * What the runner reports (started, output, exit) goes through `runner-reports.ts` first, which checks its
+ * fencing and plans its output (`output.ts`); a reconnecting runner's inventory is classified in
+ * `inventory.ts`. Each change names everything storage must write, so that the machine object can persist a
+ * decision in one transaction without reading anything back.
  */
 import type { CompletionReason } from "../../../shared/exit-codes.js";
+import type { CloseCode, ProcessRef } from "../../../shared/protocol.js";
+import { planWelcome, type AbandonedProcess, type InventoryEntry, type ResumeEntry, type WatchEntry } from "./inventory.js";
 import { isIdle, leaveMutex, newMutex, requestMutex, type LockMode, type MutexState } from "./mutex.js";
+import type { LogPiece, OutputPosition } from "./output.js";
+
+export type { AbandonedProcess, InventoryEntry, ResumeEntry, WatchEntry } from "./inventory.js";
+export type { LogPiece, OutputPosition } from "./output.js";
 
 /** A script that is not complete yet. */
 export interface ActiveScript {
@@ -36,6 +47,10 @@ export interface ActiveScript {
   cancelRequested: boolean;
   /** Epoch ms at which a cancelled script that still runs is abandoned; null = never. */
   abandonDeadline: number | null;
+  /** Where its log stands: the next sequences, the bytes stored, whether the output cap was reached. */
+  output: OutputPosition;
+  /** The process of the current dispatch, once the runner reported it (`started`); null until then. */
+  process: ProcessRef | null;
 }
 
 /** Everything the core decides over. */
@@ -59,44 +74,62 @@ export interface NewScript {
   mutexTimeoutMs: number;
 }
 
-/** One entry of a reconnecting runner's inventory, with what storage knows of it when it is not active. */
-export interface InventoryEntry {
-  ticket: string;
-  fence: number;
-  /** For scripts the core no longer has: whether storage completed that exact dispatch. */
-  stored: "completed" | "abandoned" | "none";
-}
-
-/** What the runner should do with a script it listed; mirrors the protocol's resume actions. */
-export type ResumeDecision = { ticket: string; fence: number; action: "continue" | "cancel" | "abandon" | "forget" };
-
 /** Inputs to the core. */
 export type MachineEvent =
   | { type: "start"; script: NewScript; now: number }
-  | { type: "runner_connected"; runnerId: string; inventory: InventoryEntry[]; now: number }
+  /** `abandoned`: what storage lists as abandoned-maybe-running (for the welcome's resume and watch). */
+  | { type: "runner_connected"; runnerId: string; inventory: InventoryEntry[]; abandoned?: AbandonedProcess[]; now: number }
   | { type: "runner_disconnected"; now: number }
-  | { type: "exited"; ticket: string; fence: number; reason: CompletionReason; now: number }
+  /** `survivors`: processes of a lost script that would not die; they are listed as abandoned. */
+  | { type: "exited"; ticket: string; fence: number; reason: CompletionReason; survivors?: ProcessRef[]; now: number }
   | { type: "cancel"; ticket: string; abandonAfterMs: number | null; now: number }
   | { type: "abandon"; ticket: string; killProcess: boolean; now: number }
   | { type: "tick"; now: number };
 
-/** What to persist. */
+/** What to persist. Each change carries every value storage writes, so a decision is written without reads. */
 export type Change =
   | { type: "insert"; script: ActiveScript }
   | { type: "granted"; ticket: string }
   | { type: "dispatched"; ticket: string; fence: number; runnerId: string; startedAt: number }
   | { type: "completed"; ticket: string; reason: CompletionReason; at: number }
   | { type: "cancel_requested"; ticket: string; abandonDeadline: number | null }
-  /** A running dispatch was abandoned: its process may live on and is listed until the runner reports it gone. */
-  | { type: "abandoned"; ticket: string; fence: number; at: number }
-  | { type: "log"; ticket: string; text: string; at: number };
+  /**
+   * Processes of a dispatch that may live on, listed until the runner reports each gone: an abandoned script's
+   * process (none known yet: listed without a pid), or a lost script's survivors. `killRequested`: a kill was
+   * asked for while no runner could hear it; it goes out with the next welcome.
+   */
+  | { type: "abandoned"; ticket: string; fence: number; at: number; processes: ProcessRef[]; killRequested: boolean }
+  /** A control-plane line in a script's log, at `sequence`. */
+  | { type: "log"; ticket: string; text: string; at: number; sequence: number }
+  /** The runner's output: `pieces` stored from sequence `first`, and where the log stands after them. */
+  | { type: "append"; ticket: string; first: number; pieces: LogPiece[]; position: OutputPosition }
+  /** The process the current dispatch started (written lazily: see `LAZY_CHANGES`). */
+  | { type: "process"; ticket: string; fence: number; process: ProcessRef }
+  /** A `started` that arrived after its dispatch was abandoned: the abandoned entry without a pid gets it. */
+  | { type: "abandoned_process"; ticket: string; fence: number; process: ProcessRef }
+  /** An abandoned process is gone. */
+  | { type: "abandoned_exit"; ticket: string; fence: number; pid: number }
+  /** A requested kill went out with a welcome: for one process (`pid`) or every process of the dispatch (null). */
+  | { type: "kill_delivered"; ticket: string; fence: number; pid: number | null };
+
+/**
+ * Changes that may wait for the next write (or a second) instead of costing a commit of their own: nothing
+ * depends on them before then, and the runner repeats `started` after a reconnect until an acknowledgement
+ * (which goes out only after a write that included them) shows that it arrived.
+ */
+export const LAZY_CHANGES: ReadonlySet<Change["type"]> = new Set(["process"]);
 
 /** What to do outside storage. */
 export type Effect =
   | { type: "dispatch"; ticket: string; fence: number }
-  | { type: "resume"; decisions: ResumeDecision[] }
+  /** The answer to a runner's hello: one resume entry per inventory entry, and the processes to watch. */
+  | { type: "welcome"; resume: ResumeEntry[]; watch: WatchEntry[] }
   | { type: "cancel"; ticket: string; fence: number }
   | { type: "abandon"; ticket: string; fence: number; killProcess: boolean }
+  | { type: "ack"; ticket: string; fence: number; nextSequence: number }
+  | { type: "exit_ack"; ticket: string; fence: number }
+  /** The runner broke the protocol: close its connection with this code. */
+  | { type: "close"; code: CloseCode; reason: string }
   | { type: "notify"; ticket: string };
 
 /** The result of one event. */
@@ -148,7 +181,7 @@ export function handle(state: MachineState, event: MachineEvent): Decision {
       start(state, event.script, event.now, out);
       break;
     case "runner_connected":
-      runnerConnected(state, event.runnerId, event.inventory, event.now, out);
+      runnerConnected(state, event.runnerId, event.inventory, event.abandoned ?? [], event.now, out);
       break;
     case "runner_disconnected":
       state.runner = null;
@@ -157,6 +190,7 @@ export function handle(state: MachineState, event: MachineEvent): Decision {
       const script = state.scripts.get(event.ticket);
       // Fencing: only the current dispatch of a running script may complete it.
       if (script && script.state === "running" && script.fence === event.fence) {
+        if (event.reason.kind === "lost") loseTrack(state, script, event.survivors ?? [], event.now, out);
         complete(state, script, event.reason, event.now, out);
       }
       break;
@@ -203,6 +237,8 @@ function start(state: MachineState, input: NewScript, now: number, out: Decision
     startedAt: null,
     cancelRequested: false,
     abandonDeadline: null,
+    output: { logNext: 0, runnerNext: 0, logBytes: 0, truncated: false },
+    process: null,
   };
   state.scripts.set(script.ticket, script);
   out.changes.push({ type: "insert", script: { ...script } });
@@ -210,8 +246,15 @@ function start(state: MachineState, input: NewScript, now: number, out: Decision
   if (requestMutex(mutex, script.ticket, script.mode)) {
     grant(state, script, now, out);
   } else {
-    out.changes.push({ type: "log", ticket: script.ticket, text: waitingLine(state, mutex, script), at: now });
+    log(script, waitingLine(state, mutex, script), now, out);
   }
+}
+
+/** Adds a control-plane line to a script's log, at its next sequence. */
+function log(script: ActiveScript, text: string, now: number, out: Decision): void {
+  const sequence = script.output.logNext;
+  script.output = { ...script.output, logNext: sequence + 1 };
+  out.changes.push({ type: "log", ticket: script.ticket, text, at: now, sequence });
 }
 
 function grant(state: MachineState, script: ActiveScript, now: number, out: Decision): void {
@@ -226,6 +269,9 @@ function dispatch(state: MachineState, script: ActiveScript, runnerId: string, n
   script.fence = state.nextFence++;
   script.runnerId = runnerId;
   script.startedAt = now;
+  // A new dispatch numbers its lines from 0 again and starts a process of its own.
+  script.output = { ...script.output, runnerNext: 0 };
+  script.process = null;
   out.changes.push({ type: "dispatched", ticket: script.ticket, fence: script.fence, runnerId, startedAt: now });
   out.effects.push({ type: "dispatch", ticket: script.ticket, fence: script.fence });
   out.effects.push({ type: "notify", ticket: script.ticket });
@@ -252,23 +298,22 @@ function announceNewHead(state: MachineState, mutex: MutexState, headBefore: str
   const head = mutex.queue[0];
   if (!head || head.ticket === headBefore) return;
   const script = state.scripts.get(head.ticket);
-  if (script) out.changes.push({ type: "log", ticket: script.ticket, text: waitingLine(state, mutex, script), at: now });
+  if (script) log(script, waitingLine(state, mutex, script), now, out);
 }
 
-function runnerConnected(state: MachineState, runnerId: string, inventory: InventoryEntry[], now: number, out: Decision): void {
+function runnerConnected(
+  state: MachineState,
+  runnerId: string,
+  inventory: InventoryEntry[],
+  abandoned: AbandonedProcess[],
+  now: number,
+  out: Decision,
+): void {
   state.runner = { runnerId };
   const listed = new Map(inventory.map((entry) => [entry.ticket, entry]));
-  const decisions: ResumeDecision[] = [];
-  for (const entry of inventory) {
-    const script = state.scripts.get(entry.ticket);
-    let action: ResumeDecision["action"];
-    if (script && script.state === "running" && script.fence === entry.fence) action = "continue";
-    else if (!script && entry.stored === "completed") action = "forget";
-    else if (!script && entry.stored === "abandoned") action = "abandon";
-    else action = "cancel"; // a stale dispatch, or a script nobody tracks: nobody wants its result.
-    decisions.push({ ticket: entry.ticket, fence: entry.fence, action });
-  }
-  out.effects.push({ type: "resume", decisions });
+  const welcome = planWelcome(state, inventory, abandoned);
+  out.changes.push(...welcome.delivered);
+  out.effects.push({ type: "welcome", resume: welcome.resume, watch: welcome.watch });
 
   // Decide which scripts to look at before completing any: a completion grants and dispatches waiters,
   // and those fresh dispatches must not be mistaken for missing ones.
@@ -282,24 +327,38 @@ function runnerConnected(state: MachineState, runnerId: string, inventory: Inven
     }
     if (script.runnerId === runnerId && script.cancelRequested) {
       // It never reached the runner and was cancelled meanwhile: it must not run now.
-      out.changes.push({ type: "log", ticket: script.ticket, text: "Cancelled before it ran; the script never started.", at: now });
+      log(script, "Cancelled before it ran; the script never started.", now, out);
       complete(state, script, { kind: "cancelled" }, now, out);
     } else if (script.runnerId === runnerId) {
       // The same runner process never received this dispatch (it would list it): send it again.
       dispatch(state, script, runnerId, now, out);
     } else {
-      out.changes.push({
-        type: "log",
-        ticket: script.ticket,
-        text: "The runner reconnected without this script (it was restarted); the script's result is unknown.",
-        at: now,
-      });
+      log(script, "The runner reconnected without this script (it was restarted); the script's result is unknown.", now, out);
       complete(state, script, { kind: "lost" }, now, out);
     }
   }
   for (const script of [...state.scripts.values()].sort((a, b) => a.queueSeq - b.queueSeq)) {
     if (script.state === "pending" && script.granted) dispatch(state, script, runnerId, now, out);
   }
+}
+
+/**
+ * A new runner process found the script left by its predecessor and stopped it (outcome `lost`): says so, and
+ * lists the processes that would not die as abandoned in the same decision that completes the script and
+ * releases its mutex, so that the next script never runs beside a process nobody can see.
+ */
+function loseTrack(state: MachineState, script: ActiveScript, survivors: ProcessRef[], now: number, out: Decision): void {
+  log(script, "The runner restarted and could not re-attach to this script, so it stopped it; the script's result is unknown.", now, out);
+  if (survivors.length === 0) return;
+  const shown = survivors.slice(0, NAMED).map((p) => p.pid).join(", ");
+  const more = survivors.length > NAMED ? ` and ${survivors.length - NAMED} more` : "";
+  log(
+    script,
+    `${survivors.length === 1 ? "A process" : `${survivors.length} processes`} of this script would not die and may still be running on machine ${state.machineId} (pid ${shown}${more}); listed as abandoned until the runner sees ${survivors.length === 1 ? "it" : "them"} exit.`,
+    now,
+    out,
+  );
+  out.changes.push({ type: "abandoned", ticket: script.ticket, fence: script.fence!, at: now, processes: survivors, killRequested: false });
 }
 
 /** The honest line every abandoned script's log gets (the contract's wording). */
@@ -311,7 +370,7 @@ function cancel(state: MachineState, ticket: string, abandonAfterMs: number | nu
   const script = state.scripts.get(ticket);
   if (!script) return; // complete (or unknown): a cancel changes nothing
   if (script.state === "pending") {
-    out.changes.push({ type: "log", ticket, text: "Cancelled before it ran; the script never started.", at: now });
+    log(script, "Cancelled before it ran; the script never started.", now, out);
     complete(state, script, { kind: "cancelled" }, now, out);
     return;
   }
@@ -325,7 +384,7 @@ function cancel(state: MachineState, ticket: string, abandonAfterMs: number | nu
   }
   if (firstCancel) {
     const escalation = deadline === null ? "" : ` It will be abandoned if it is still running after ${abandonAfterMs} ms.`;
-    out.changes.push({ type: "log", ticket, text: `Cancellation requested; asking the runner to stop the process tree.${escalation}`, at: now });
+    log(script, `Cancellation requested; asking the runner to stop the process tree.${escalation}`, now, out);
   }
   // Sent again on every cancel: harmless for the runner, and it recovers a cancel lost with a connection.
   if (state.runner) out.effects.push({ type: "cancel", ticket, fence: script.fence! });
@@ -335,7 +394,7 @@ function abandon(state: MachineState, ticket: string, killProcess: boolean, now:
   const script = state.scripts.get(ticket);
   if (!script) return; // complete: its real result stands
   if (script.state === "pending") {
-    out.changes.push({ type: "log", ticket, text: "Abandoned before it ran; the script never started.", at: now });
+    log(script, "Abandoned before it ran; the script never started.", now, out);
     complete(state, script, { kind: "cancelled" }, now, out);
     return;
   }
@@ -345,8 +404,10 @@ function abandon(state: MachineState, ticket: string, killProcess: boolean, now:
 /** Completes a running script as abandoned: the mutex is released now, whatever its process does. */
 function abandonRunning(state: MachineState, script: ActiveScript, killProcess: boolean, now: number, out: Decision): void {
   const fence = script.fence!;
-  out.changes.push({ type: "log", ticket: script.ticket, text: abandonedLine(state.machineId), at: now });
-  out.changes.push({ type: "abandoned", ticket: script.ticket, fence, at: now });
+  log(script, abandonedLine(state.machineId), now, out);
+  // A kill asked for while no runner is connected is kept with the entry and goes out with the next welcome.
+  const processes = script.process ? [script.process] : [];
+  out.changes.push({ type: "abandoned", ticket: script.ticket, fence, at: now, processes, killRequested: killProcess && !state.runner });
   if (state.runner) out.effects.push({ type: "abandon", ticket: script.ticket, fence, killProcess });
   complete(state, script, { kind: "abandoned" }, now, out);
 }
@@ -370,12 +431,7 @@ function serveDeadlines(state: MachineState, now: number, out: Decision): void {
     if (!state.scripts.has(script.ticket)) continue;
     if (kind === "timeout" && !script.granted) timeOut(state, script, now, out);
     if (kind === "abandon" && script.state === "running") {
-      out.changes.push({
-        type: "log",
-        ticket: script.ticket,
-        text: "The script was still running when the abandon deadline set by its cancel passed; abandoning it.",
-        at: now,
-      });
+      log(script, "The script was still running when the abandon deadline set by its cancel passed; abandoning it.", now, out);
       abandonRunning(state, script, false, now, out);
     }
   }
@@ -384,12 +440,7 @@ function serveDeadlines(state: MachineState, now: number, out: Decision): void {
 function timeOut(state: MachineState, script: ActiveScript, now: number, out: Decision): void {
   const mutex = state.mutexes.get(script.mutexName);
   const waitedMs = now - script.createdAt;
-  out.changes.push({
-    type: "log",
-    ticket: script.ticket,
-    text: `Timed out after ${waitedMs} ms waiting for the mutex "${script.mutexName}"${mutex ? `; ${describeBlockers(state, mutex, script)}` : ""}.`,
-    at: now,
-  });
+  log(script, `Timed out after ${waitedMs} ms waiting for the mutex "${script.mutexName}"${mutex ? `; ${describeBlockers(state, mutex, script)}` : ""}.`, now, out);
   complete(state, script, { kind: "mutex_timeout" }, now, out);
 }
 
