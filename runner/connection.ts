@@ -67,11 +67,10 @@ export const wsSocketFactory: SocketFactory = (settings, events) => {
     handshakeTimeout: settings.handshakeTimeoutMs,
     maxPayload: MAX_FRAME_BYTES,
     perMessageDeflate: false,
-    // Masking protects browsers' intermediaries from script-crafted bytes; the runner is not a browser,
-    // and an all-zero mask (valid for every server) lets `ws` skip XOR-ing every byte of the output.
-    generateMask: (mask) => {
-      mask.fill(0);
-    },
+    // No `generateMask`: RFC 6455 requires a client to mask every frame with a fresh, unpredictable key, which is
+    // what `ws` does by default. Script output is attacker-influenced bytes, and a known key (all zeros is no mask at
+    // all) would let it reach an intermediary unmasked. The XOR is done in JavaScript, or by the optional native
+    // `bufferutil` when it happens to be installed; the runner needs neither it nor any other native module.
   });
   ws.on("open", () => events.open());
   ws.on("message", (data, isBinary) => {

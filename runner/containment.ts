@@ -13,7 +13,7 @@
  */
 import { randomBytes } from "node:crypto";
 import { closeSync, existsSync, mkdirSync, openSync, readFileSync, readSync, readdirSync, rmdirSync, statSync, writeFileSync } from "node:fs";
-import { isAbsolute, join, relative } from "node:path";
+import { basename, dirname, isAbsolute, join, relative } from "node:path";
 import { setImmediate as yieldToEventLoop } from "node:timers/promises";
 
 /** The environment variable that marks every process of one script. */
@@ -121,11 +121,90 @@ export function isLiveStat(stat: ProcessStat | undefined): stat is ProcessStat {
   return stat !== undefined && stat.state !== "Z" && stat.state !== "X";
 }
 
-/** True when `pid` no longer names a running process: gone, a zombie, or (given `startTime`) reused since. */
-export function isProcessGone(pid: number, startTime?: number): boolean {
+/**
+ * True when `pid` no longer names the process meant: gone, a zombie, (given `startTime`) reused since, or (given
+ * `bootId`) of another boot than this one.
+ */
+export function isProcessGone(pid: number, startTime?: number, bootId?: string): boolean {
+  if (bootId !== undefined && currentBootId() !== undefined && bootId !== currentBootId()) return true;
   const stat = readProcessStat(pid);
   if (!isLiveStat(stat)) return true;
   return startTime !== undefined && stat.startTime !== startTime;
+}
+
+/** One process, named for good by its pid and start time (clock ticks after boot). */
+export interface ProcessIdentity {
+  pid: number;
+  startTime: number;
+}
+
+let bootId: string | null | undefined;
+
+/** This boot's id (`/proc/sys/kernel/random/boot_id`), read once; undefined where there is none. */
+export function currentBootId(): string | undefined {
+  if (bootId === undefined) {
+    try {
+      bootId = readFileSync("/proc/sys/kernel/random/boot_id", "utf8").trim() || null;
+    } catch {
+      bootId = null;
+    }
+  }
+  return bootId ?? undefined;
+}
+
+let startTimeOfThisProcess: number | undefined;
+
+/** This process's own start time (clock ticks after boot), read once; with its pid it names this runner process for good. */
+export function ownStartTime(): number {
+  startTimeOfThisProcess ??= readProcessStat(process.pid)?.startTime ?? 0;
+  return startTimeOfThisProcess;
+}
+
+/**
+ * Best-effort SIGKILL of a process known by pid and start time, and of its process group: the process only when the
+ * pid still names it; the group too when no other process holds the pid now (a group's id stays taken while any
+ * member lives, so the group of that id is still its group).
+ */
+export function killProcessAndGroup(pid: number, startTime: number | undefined): void {
+  const stat = readProcessStat(pid);
+  const reused = isLiveStat(stat) && startTime !== undefined && stat.startTime !== startTime;
+  if (reused) return;
+  signalGroup(pid, "SIGKILL");
+  if (isLiveStat(stat)) signalPid(pid, "SIGKILL");
+}
+
+/** The value of the first `name=` entry of a raw `/proc/<pid>/environ`; undefined when there is none. */
+export function environValue(environ: Buffer, name: string): string | undefined {
+  const prefix = Buffer.from(`${name}=`, "utf8");
+  let start = 0;
+  while (start < environ.length) {
+    let end = environ.indexOf(NUL, start);
+    if (end === -1) end = environ.length;
+    if (end - start >= prefix.length && environ.compare(prefix, 0, prefix.length, start, start + prefix.length) === 0) {
+      return environ.toString("utf8", start + prefix.length, end);
+    }
+    start = end + 1;
+  }
+  return undefined;
+}
+
+/**
+ * One sweep of /proc for many scripts at once: which of `markers` some live process carries, and which process groups
+ * of `groups` still have a live member. Synchronous: a runner does it once, when it starts.
+ */
+export function sweepLive(markers: ReadonlySet<string>, groups: ReadonlySet<number>): { markers: Set<string>; groups: Set<number> } {
+  const found = { markers: new Set<string>(), groups: new Set<number>() };
+  if (markers.size === 0 && groups.size === 0) return found;
+  for (const pid of listPids()) {
+    const stat = readProcessStat(pid);
+    if (!isLiveStat(stat)) continue;
+    if (groups.has(stat.pgrp)) found.groups.add(stat.pgrp);
+    if (markers.size === 0) continue;
+    const environ = readProcFile(`/proc/${pid}/environ`);
+    const marker = environ === undefined ? undefined : environValue(environ, SCRIPT_MARKER_VARIABLE);
+    if (marker !== undefined && markers.has(marker)) found.markers.add(marker);
+  }
+  return found;
 }
 
 function markerEntry(marker: string): Buffer {
@@ -155,22 +234,35 @@ const SWEEP_SLICE = 256;
 // ---------------------------------------------------------------------------------------------------
 // cgroup v2
 
-/** Where the runner's per-script cgroups go; `CgroupTree.detect` finds out whether there can be any. */
+/**
+ * Where the runner's per-script cgroups go; `CgroupTree.detect` finds out whether there can be any. Under the base
+ * folder (`.../tendril`), each runner process has a folder of its own, `r-<pid>-<start time>`, and its scripts'
+ * cgroups go in there (`s-<marker>`): a later runner tells by the name whether the folder's owner still lives, and
+ * prunes the empty cgroups of dead owners. A cgroup that still holds a process is never removed (the kernel refuses
+ * anyway): it may be a script that a later runner takes over.
+ */
 export class CgroupTree {
   /** Script cgroups that still held processes when their script was done; removed once they are empty. */
   private readonly lingering = new Set<string>();
+  /** Script cgroups this tree made and has not removed yet. */
+  private readonly created = new Set<string>();
   private failure: string | undefined;
+  /** This runner process's folder under the base, made at its first script. */
+  readonly own: string;
 
   private constructor(
-    /** The folder the script cgroups are created in (a cgroup itself). */
+    /** The folder the runners' folders are created in (a cgroup itself). */
     readonly base: string,
     private readonly onFailure: (reason: string) => void,
-  ) {}
+  ) {
+    this.own = join(base, runnerFolderName(process.pid, ownStartTime()));
+  }
 
   /**
    * Finds a writable cgroup v2 folder for script cgroups: a `tendril` child of the runner's own cgroup, else a
-   * `tendril` folder at the top of the hierarchy. Returns the reason instead when there is none. `onFailure`
-   * hears, once, why placing a script in a cgroup failed later (every later script then goes without one).
+   * `tendril` folder at the top of the hierarchy, and prunes what dead runners left there. Returns the reason
+   * instead when there is none. `onFailure` hears, once, why placing a script in a cgroup failed later (every
+   * later script then goes without one).
    */
   static detect(onFailure: (reason: string) => void, paths: CgroupPaths = SYSTEM_CGROUP_PATHS): CgroupTree | string {
     let mount: { mountPoint: string; root: string } | undefined;
@@ -196,7 +288,7 @@ export class CgroupTree {
         // A real cgroup folder gets its interface files from the kernel; a plain folder does not.
         if (!existsSync(join(base, "cgroup.procs"))) throw new Error(`${base} is not a cgroup`);
         const tree = new CgroupTree(base, onFailure);
-        tree.removeStale();
+        tree.prune();
         return tree;
       } catch (error) {
         problems.push(`${base}: ${describe(error)}`);
@@ -205,13 +297,21 @@ export class CgroupTree {
     return `cannot create a cgroup for scripts (${problems.join("; ")})`;
   }
 
-  /** Creates the cgroup `name` for a script about to start; undefined (reported once) when that fails. */
+  /** Creates the cgroup `name` for a script about to start, in this runner's folder; undefined (reported once) when that fails. */
   create(name: string): ScriptCgroup | undefined {
     if (this.failure !== undefined) return undefined;
     this.tidy();
-    const path = join(this.base, name);
+    const path = join(this.own, name);
     try {
-      mkdirSync(path);
+      try {
+        mkdirSync(path);
+      } catch (error) {
+        // The runner's folder is made with its first script (and again should it have been removed since).
+        if (errorCode(error) !== "ENOENT") throw error;
+        mkdirSync(this.own, { recursive: true });
+        mkdirSync(path);
+      }
+      this.created.add(path);
       return new ScriptCgroup(path, this);
     } catch (error) {
       this.fail(`cannot create the cgroup ${path} (${describe(error)})`);
@@ -219,9 +319,24 @@ export class CgroupTree {
     }
   }
 
+  /** A script cgroup named in a run's record (maybe another runner's); undefined when the path is not one of ours. */
+  existing(path: string): ScriptCgroup | undefined {
+    return isScriptCgroupPath(this.base, path) ? new ScriptCgroup(path, this) : undefined;
+  }
+
   /** Removes a script's cgroup now if it is empty, else once it is. */
   release(path: string): void {
-    if (!tryRemove(path)) this.lingering.add(path);
+    if (!this.remove(path)) this.lingering.add(path);
+  }
+
+  /** Removes an empty script cgroup, and then its runner's folder if that is a dead runner's and now empty; false when it is not empty. */
+  private remove(path: string): boolean {
+    if (!tryRemove(path)) return false;
+    this.created.delete(path);
+    this.lingering.delete(path);
+    const folder = dirname(path);
+    if (folder !== this.own && dirname(folder) === this.base && isDeadRunnerFolder(basename(folder))) tryRemove(folder);
+    return true;
   }
 
   /** Stops using cgroups for later scripts, and says why once. */
@@ -233,22 +348,64 @@ export class CgroupTree {
 
   /** Removes the script cgroups that have emptied since their script was done. */
   tidy(): void {
-    for (const path of this.lingering) if (tryRemove(path)) this.lingering.delete(path);
+    for (const path of [...this.lingering]) this.remove(path);
   }
 
-  /** Removes empty script cgroups an earlier runner left behind; recent ones may be another runner's, just made. */
-  private removeStale(): void {
+  /**
+   * Removes every empty cgroup this tree made, then this runner's folder if it is empty (for a runner that stops);
+   * cgroups that still hold processes stay for the next runner. Creating a cgroup later makes the folder again.
+   */
+  removeEmpty(): void {
+    for (const path of [...this.created, ...this.lingering]) this.remove(path);
+    tryRemove(this.own);
+  }
+
+  /**
+   * Removes what dead runner processes left: the empty script cgroups in their folders, then the folders once
+   * empty; and empty script cgroups of the older layout (directly under the base) that are more than a minute old
+   * (a recent one may be an older runner's, just made).
+   */
+  prune(): void {
     const cutoff = Date.now() - 60_000;
     for (const entry of readdirSync(this.base, { withFileTypes: true })) {
-      if (!entry.isDirectory() || !entry.name.startsWith("s-")) continue;
+      if (!entry.isDirectory()) continue;
       const path = join(this.base, entry.name);
       try {
-        if (statSync(path).mtimeMs < cutoff) tryRemove(path);
+        if (isDeadRunnerFolder(entry.name)) {
+          for (const child of readdirSync(path, { withFileTypes: true })) {
+            if (child.isDirectory() && child.name.startsWith("s-")) tryRemove(join(path, child.name));
+          }
+          tryRemove(path);
+        } else if (entry.name.startsWith("s-") && statSync(path).mtimeMs < cutoff) {
+          tryRemove(path);
+        }
       } catch {
         // Removed by someone else meanwhile.
       }
     }
   }
+}
+
+/** The name of a runner process's folder of script cgroups. */
+function runnerFolderName(pid: number, startTime: number): string {
+  return `r-${pid}-${startTime}`;
+}
+
+/** True for a runner folder (`r-<pid>-<start time>`) whose runner process is gone. */
+function isDeadRunnerFolder(name: string): boolean {
+  const match = /^r-(\d+)-(\d+)$/.exec(name);
+  if (match === null) return false;
+  return isProcessGone(Number(match[1]), Number(match[2]));
+}
+
+/** A script cgroup's name: `s-<marker>`. */
+const SCRIPT_CGROUP_NAME = /^s-[0-9a-f]{32}$/;
+
+/** True when `path` is a script cgroup (`s-<marker>`) inside a runner folder of `base`, or of the older layout. */
+function isScriptCgroupPath(base: string, path: string): boolean {
+  if (!isAbsolute(path) || !SCRIPT_CGROUP_NAME.test(basename(path))) return false;
+  const parent = dirname(path);
+  return parent === base || (dirname(parent) === base && /^r-\d+-\d+$/.test(basename(parent)));
 }
 
 /** Files that tell where the cgroup v2 hierarchy is and where this process sits in it. */
@@ -301,8 +458,14 @@ export class ScriptCgroup {
   constructor(
     /** The cgroup's folder. */
     readonly path: string,
-    private readonly tree: CgroupTree,
+    private readonly tree: CgroupTree | undefined,
   ) {}
+
+  /** A script cgroup a record names, where this runner has no cgroup tree of its own: found, killed, removed alone. */
+  static detached(path: string): ScriptCgroup | undefined {
+    if (!isAbsolute(path) || !SCRIPT_CGROUP_NAME.test(basename(path))) return undefined;
+    return new ScriptCgroup(path, undefined);
+  }
 
   /** The file a pid is written to, to move that process in. */
   get procsFile(): string {
@@ -318,7 +481,7 @@ export class ScriptCgroup {
       writeFileSync(this.procsFile, `${pid}\n`);
       return true;
     } catch (error) {
-      this.tree.fail(`cannot move a script into the cgroup ${this.path} (${describe(error)})`);
+      this.tree?.fail(`cannot move a script into the cgroup ${this.path} (${describe(error)})`);
       this.release();
       return false;
     }
@@ -347,9 +510,10 @@ export class ScriptCgroup {
     }
   }
 
-  /** Removes the cgroup once it is empty. */
+  /** Removes the cgroup once it is empty (without a tree: now, if it is). */
   release(): void {
-    this.tree.release(this.path);
+    if (this.tree === undefined) tryRemove(this.path);
+    else this.tree.release(this.path);
   }
 }
 
@@ -377,14 +541,19 @@ export interface StopResult {
   signals: NodeJS.Signals[];
   /** How many processes outside the process group (found by marker or cgroup) were signalled. */
   escaped: number;
-  /** Pids still alive after the last SIGKILL round; empty when the whole tree is gone. */
-  survivors: number[];
+  /**
+   * Processes still alive at the end: they survived the last SIGKILL round, or (`aborted`) the stop was ended
+   * before it was done with them. Empty when the whole tree is gone.
+   */
+  survivors: ProcessIdentity[];
+  /** The stop was ended early (`StopRequest.abort`): the survivors were let go, not failed to die. */
+  aborted: boolean;
 }
 
 /** Everything that identifies one script's processes. */
 export interface ProcessTreeSettings {
-  /** The script's shell: its pid is also the id of the process group. */
-  leaderPid: number;
+  /** The script's shell: its pid is also the id of the process group. Unknown for a run whose record lacks it. */
+  leaderPid: number | undefined;
   /** The value of `TENDRIL_SCRIPT_MARKER` in the script's environment. */
   marker: string;
   /** The script's cgroup, when it got one. */
@@ -430,6 +599,11 @@ export class ProcessTree {
     return this.settings.marker;
   }
 
+  /** Every live process of the tree now: in the process group (when asked), in the cgroup, or carrying the marker. */
+  async live(includeGroup: boolean): Promise<ProcessIdentity[]> {
+    return (await this.members(includeGroup)).map(({ pid, startTime }) => ({ pid, startTime }));
+  }
+
   /** Every live process of the tree: in the process group (when asked), in the cgroup, or carrying the marker. */
   private async members(includeGroup: boolean): Promise<Member[]> {
     const inCgroup = new Set(this.settings.cgroup?.pids() ?? []);
@@ -440,7 +614,7 @@ export class ProcessTree {
       const pid = pids[index]!;
       const stat = readProcessStat(pid);
       if (!isLiveStat(stat)) continue;
-      const inGroup = includeGroup && stat.pgrp === this.settings.leaderPid;
+      const inGroup = includeGroup && this.settings.leaderPid !== undefined && stat.pgrp === this.settings.leaderPid;
       if (inGroup || inCgroup.has(pid) || hasEnvironEntry(pid, this.entry)) found.push({ pid, startTime: stat.startTime, inGroup });
     }
     return found;
@@ -453,7 +627,7 @@ export class ProcessTree {
    * the tree survives, or it gave up.
    */
   async stop(request: StopRequest): Promise<StopResult> {
-    const result: StopResult = { signals: [], escaped: 0, survivors: [] };
+    const result: StopResult = { signals: [], escaped: 0, survivors: [], aborted: false };
     if (this.settings.disableKill) return result;
     const escaped = new Set<number>();
     const found = await this.members(request.includeGroup);
@@ -471,7 +645,8 @@ export class ProcessTree {
       alive = await this.round("SIGKILL", current, request, escaped, this.options.killRoundMs);
     }
     result.escaped = escaped.size;
-    result.survivors = alive.map((member) => member.pid);
+    result.survivors = alive.map(({ pid, startTime }) => ({ pid, startTime }));
+    result.aborted = alive.length > 0 && request.abort?.aborted === true;
     return result;
   }
 
@@ -479,7 +654,7 @@ export class ProcessTree {
   async killNow(includeGroup: boolean): Promise<void> {
     if (this.settings.disableKill) return;
     // The group and the cgroup at once, before the slower sweep of /proc.
-    if (includeGroup) signalGroup(this.settings.leaderPid, "SIGKILL");
+    if (includeGroup && this.settings.leaderPid !== undefined) signalGroup(this.settings.leaderPid, "SIGKILL");
     this.settings.cgroup?.killAll();
     this.signal("SIGKILL", await this.members(includeGroup), new Set());
   }
@@ -517,7 +692,7 @@ export class ProcessTree {
   private signal(signal: NodeJS.Signals, members: Member[], escaped: Set<number>): void {
     if (members.length === 0) return;
     // The group as a whole: it also reaches members forked since the sweep.
-    if (members.some((member) => member.inGroup)) signalGroup(this.settings.leaderPid, signal);
+    if (this.settings.leaderPid !== undefined && members.some((member) => member.inGroup)) signalGroup(this.settings.leaderPid, signal);
     if (signal === "SIGKILL") this.settings.cgroup?.killAll();
     for (const member of members) {
       if (member.inGroup) continue;
@@ -525,6 +700,29 @@ export class ProcessTree {
       signalPid(member.pid, signal);
     }
   }
+}
+
+/** The script cgroup at `path` (named in a run's record), through `tree` when this runner has one; undefined when it is not one. */
+export function cgroupAt(path: string | undefined, tree: CgroupTree | undefined): ScriptCgroup | undefined {
+  if (path === undefined) return undefined;
+  // Outside this runner's tree (its cgroup moved since), it is still found, killed and removed on its own.
+  return tree?.existing(path) ?? ScriptCgroup.detached(path);
+}
+
+/**
+ * Best-effort SIGKILL of an abandoned process, without waiting: by pid and start time and its process group (see
+ * `killProcessAndGroup`), and, when its run's marker and cgroup are known, every process that carries the one or
+ * sits in the other. Nothing of another boot is touched: its pid and group would name someone else's.
+ */
+export async function killAbandoned(
+  process: { pid: number; startTime?: number | undefined; bootId?: string | undefined },
+  run: { marker: string; cgroup: ScriptCgroup | undefined } | undefined,
+): Promise<void> {
+  if (process.bootId !== undefined && currentBootId() !== undefined && process.bootId !== currentBootId()) return;
+  killProcessAndGroup(process.pid, process.startTime);
+  if (run === undefined) return;
+  const tree = new ProcessTree({ leaderPid: undefined, marker: run.marker, disableKill: false, ...(run.cgroup === undefined ? {} : { cgroup: run.cgroup }) });
+  await tree.killNow(false);
 }
 
 function memberKey(member: Member): string {

@@ -17,7 +17,7 @@ export interface RunnerOptions {
   machineId: string;
   /** The machine's runner token, sent as `Authorization: Bearer <token>` on the WebSocket upgrade. */
   token: string;
-  /** Root folder for workspaces (`<workDir>/work/t-<ticket>/`) and script files (`<workDir>/scripts/`). */
+  /** Root folder of the run folders (`<workDir>/runs/<run id>/`: record, script file, working directory; see run-folder.ts). */
   workDir: string;
   /** Cancel: how long to wait after SIGTERM before sending SIGKILL to the process group. */
   killGraceMs: number;

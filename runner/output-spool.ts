@@ -195,6 +195,15 @@ export class OutputSpool {
     }
   }
 
+  /**
+   * Numbers the lines from `sequence` on instead of 0: for a script whose earlier lines another runner process sent
+   * (the control plane has them up to there). Only before the first line.
+   */
+  startAt(sequence: number): void {
+    if (this.next !== 0 || this.disposed) throw new Error("a spool starts at a sequence only before its first line");
+    this.base = this.next = this.sentUpTo = sequence;
+  }
+
   /** Drops the lines below `nextSequence` (the control plane has stored them) and sends what that makes room for. */
   ack(nextSequence: number): void {
     if (this.disposed) return;

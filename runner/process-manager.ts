@@ -2,8 +2,8 @@
  * OS processes only: spawn a script in its own process group (marked, and in its own cgroup where possible),
  * report its output chunks and how it ended, kill its whole tree (containment.ts finds every process of it), or
  * stop tracking it without killing it. A script starts in a shell spawned for it (the cold path) or, usually, in
- * one spawned ahead of time (warm-shell.ts); either way it becomes the same `ScriptProcess`. Nothing here knows
- * about the protocol's transport or sequence numbers.
+ * one spawned ahead of time (warm-shell.ts); either way it becomes the same `ScriptProcess`. The primitives both
+ * paths share are in spawn.ts. Nothing here knows about the protocol's transport or sequence numbers.
  */
 import { access, stat } from "node:fs/promises";
 import { constants as fsConstants } from "node:fs";
@@ -13,7 +13,6 @@ import type { Readable } from "node:stream";
 import type { Outcome } from "../shared/protocol.js";
 import {
   ProcessTree,
-  SCRIPT_MARKER_VARIABLE,
   enterCgroupCommand,
   isProcessGone,
   newScriptMarker,
@@ -21,35 +20,32 @@ import {
   signalGroup,
   type CgroupTree,
   type ContainmentOptions,
-  type ScriptCgroup,
+  type ProcessIdentity,
   type StopResult,
 } from "./containment.js";
+import {
+  ignore,
+  inheritedEnvironment,
+  joinCgroup,
+  loadExeca,
+  scriptEnvironment,
+  startProcess,
+  type BeforeStart,
+  type Launch,
+  type ScriptShell,
+  type ShellName,
+  type ShellSubprocess,
+  type SpawnRequest,
+} from "./spawn.js";
 import type { WarmShellPool } from "./warm-shell.js";
-import type { ShellName } from "./workspace.js";
 
-/** Variables of the runner's own environment that never reach a script: they are the runner's secrets. */
-export const SECRET_ENVIRONMENT_NAMES: readonly string[] = ["TENDRIL_RUNNER_TOKEN", "TENDRIL_SERVER_TOKEN"];
+export type { SpawnRequest } from "./spawn.js";
 
 /** The two output streams of a process. */
 export type StreamName = "stdout" | "stderr";
 
 /** The outcome of a process that never ran. */
 export type FailedOutcome = Extract<Outcome, { kind: "failed" }>;
-
-/** What to run. */
-export interface SpawnRequest {
-  /** Exported to the script as `TENDRIL_TICKET`. */
-  ticket: string;
-  shell: ShellName;
-  /** The script file, passed to the shell. */
-  scriptPath: string;
-  /** The working directory. */
-  cwd: string;
-  /** Passed to the script after its path. */
-  arguments: readonly string[];
-  /** Added to (and overriding) the runner's environment. */
-  environment: Readonly<Record<string, string>>;
-}
 
 /** How processes are handled. */
 export interface ProcessManagerOptions {
@@ -73,8 +69,16 @@ export type OutputHandler = (stream: StreamName, chunk: Buffer) => void;
 /** A spawn either produced a process, or a `failed` outcome with a sentence saying why. */
 export type SpawnResult = { ok: true; process: ScriptProcess } | { ok: false; outcome: FailedOutcome };
 
-/** Spawns a script in its own process group; output goes to `onOutput` until the process ends or is released. */
-export async function spawnScript(request: SpawnRequest, onOutput: OutputHandler, options: ProcessManagerOptions): Promise<SpawnResult> {
+/**
+ * Spawns a script in its own process group; output goes to `onOutput` until the process ends or is released.
+ * `beforeStart` hears who the process will be before it can run the script (see `BeforeStart`).
+ */
+export async function spawnScript(
+  request: SpawnRequest,
+  onOutput: OutputHandler,
+  options: ProcessManagerOptions,
+  beforeStart?: BeforeStart,
+): Promise<SpawnResult> {
   // Node's own error for these would quote the offending value, and environment values may be secrets.
   const unfit = unspawnableInput(request);
   if (unfit !== undefined) return failed(unfit);
@@ -89,40 +93,24 @@ export async function spawnScript(request: SpawnRequest, onOutput: OutputHandler
     args: [...shellArguments(request.shell, request.scriptPath), ...request.arguments],
     inherited: inheritedEnvironment(base),
     cgroups: options.cgroups,
+    beforeStart,
   };
-  const shell = options.warmShells?.claim(launch) ?? (await startColdShell(launch));
+  const warm = options.warmShells?.claim(launch);
+  if (warm !== undefined) {
+    try {
+      beforeStart?.({ marker: warm.marker, cgroup: warm.cgroup?.path, pid: warm.pid, startTime: warm.startTime });
+    } catch (error) {
+      // It never ran anything of the script: end it (it was taken out of the pool).
+      signalGroup(warm.pid, "SIGKILL");
+      warm.cgroup?.release();
+      return failed(`Could not record the run before starting it: ${describeError(error)}`);
+    }
+  }
+  const shell = warm ?? (await startColdShell(launch));
   if (!shell.ok) return shell;
   const child = track(shell, onOutput, options);
   options.warmShells?.refillAfter(child, launch);
   return { ok: true, process: child };
-}
-
-/** What starting one script takes, worked out once for whichever path starts it. */
-export interface Launch {
-  request: SpawnRequest;
-  /** The script's shell, found on the base environment's PATH. */
-  shellPath: string;
-  /** The shell's arguments: the script and the script's own arguments. */
-  args: string[];
-  /** The base environment without the runner's secrets (`inheritedEnvironment`). */
-  inherited: Readonly<Record<string, string>>;
-  cgroups: CgroupTree | undefined;
-}
-
-/** The process that becomes the script: a shell spawned for it, or a warm one. */
-export interface ScriptShell {
-  ok: true;
-  subprocess: ShellSubprocess;
-  /** Its pid, which is also the id of its process group. */
-  pid: number;
-  /** The value of `TENDRIL_SCRIPT_MARKER` in its environment. */
-  marker: string;
-  /** Its cgroup, already holding it; undefined when it has none. */
-  cgroup: ScriptCgroup | undefined;
-  /** When it started (clock ticks after boot), when already known. */
-  startTime?: number | undefined;
-  /** Makes it run the script, once our listeners are on its pipes; a shell spawned for the script runs it already. */
-  run?: () => void;
 }
 
 /** The cold path: spawns the script's shell now, in a new cgroup it moves itself into before the script's first line. */
@@ -131,6 +119,12 @@ async function startColdShell(launch: Launch): Promise<ScriptShell | SpawnFailur
   const execa = await loadExeca();
   const marker = newScriptMarker();
   const cgroup = launch.cgroups?.create(`s-${marker}`);
+  try {
+    launch.beforeStart?.({ marker, cgroup: cgroup?.path });
+  } catch (error) {
+    cgroup?.release();
+    return failed(`Could not record the run before starting it: ${describeError(error)}`);
+  }
   const command = (cgroup && enterCgroupCommand(cgroup.procsFile, shellPath, args)) ?? { file: shellPath, args };
   const env = scriptEnvironment(launch.inherited, request.environment, request.ticket, marker);
   let subprocess: ShellSubprocess;
@@ -150,11 +144,6 @@ async function startColdShell(launch: Launch): Promise<ScriptShell | SpawnFailur
   }
   // Also from here: it tells whether the move worked (the shell's own attempt stays silent).
   return { ok: true, subprocess, pid: subprocess.pid, marker, cgroup: joinCgroup(cgroup, subprocess.pid) };
-}
-
-/** Moves `pid` into `cgroup`; the cgroup when that worked, undefined when there is none or it failed. */
-export function joinCgroup(cgroup: ScriptCgroup | undefined, pid: number): ScriptCgroup | undefined {
-  return cgroup !== undefined && cgroup.adopt(pid) ? cgroup : undefined;
 }
 
 /** Tracks the script's shell as a `ScriptProcess`, then lets it run the script. */
@@ -192,38 +181,6 @@ function failed(message: string): SpawnFailure {
   return { ok: false, outcome: { kind: "failed", message } };
 }
 
-export type Execa = typeof import("execa").execa;
-let execaModule: Promise<typeof import("execa")> | undefined;
-
-/** execa is loaded at the first spawn: an idle runner never needs it, and stays smaller without it. */
-export async function loadExeca(): Promise<Execa> {
-  execaModule ??= import("execa");
-  return (await execaModule).execa;
-}
-
-/** A shell process as execa started it. */
-export type ShellSubprocess = ReturnType<typeof startProcess>;
-
-/** Spawns a script's shell; `stdin` is "pipe" only for a warm shell, which reads the command to run from it. */
-export function startProcess(execa: Execa, file: string, args: string[], cwd: string, env: Record<string, string>, stdin: "ignore" | "pipe") {
-  return execa(file, args, {
-    cwd,
-    env,
-    extendEnv: false,
-    // Its own process group, so the whole tree can be signalled at once (and our Ctrl-C does not reach it).
-    detached: true,
-    stdin,
-    stdout: "pipe",
-    stderr: "pipe",
-    buffer: false,
-    reject: false,
-    shell: false,
-    // Running scripts outlive the runner; a new runner reports them lost (-46) instead.
-    cleanup: false,
-    windowsHide: true,
-  });
-}
-
 /** The shell's arguments before the script's own. */
 function shellArguments(shell: ShellName, scriptPath: string): string[] {
   switch (shell) {
@@ -244,32 +201,6 @@ async function spawnError(subprocess: ShellSubprocess): Promise<unknown> {
   const fromEvent = new Promise<unknown>((resolve) => subprocess.once("error", resolve));
   const fromResult = subprocess.then((result) => result.cause ?? result.message);
   return Promise.race([fromEvent, fromResult]);
-}
-
-/** The runner's environment minus its secrets: what every script inherits. */
-export function inheritedEnvironment(base: NodeJS.ProcessEnv): Record<string, string> {
-  // No prototype: a variable named `__proto__` is then an ordinary key.
-  const env: Record<string, string> = Object.create(null);
-  for (const [name, value] of Object.entries(base)) {
-    if (value !== undefined && !SECRET_ENVIRONMENT_NAMES.includes(name)) env[name] = value;
-  }
-  return env;
-}
-
-/** The inherited environment plus the request's variables, `TENDRIL_TICKET` and the marker. */
-export function scriptEnvironment(
-  inherited: Readonly<Record<string, string>>,
-  requested: Readonly<Record<string, string>>,
-  ticket: string,
-  marker: string,
-): Record<string, string> {
-  const env: Record<string, string> = Object.create(null);
-  for (const [name, value] of Object.entries(inherited)) env[name] = value;
-  for (const [name, value] of Object.entries(requested)) env[name] = value;
-  env.TENDRIL_TICKET = ticket;
-  // Last, so a request cannot choose it: the marker is how cancel finds processes that left the group.
-  env[SCRIPT_MARKER_VARIABLE] = marker;
-  return env;
 }
 
 /** Finds an executable file named `name` on a PATH value, like the shell would. */
@@ -328,8 +259,10 @@ export interface TreeKill {
   signals: string[];
   /** How many processes that had left the process group were signalled too. */
   escaped: number;
-  /** Pids that survived every SIGKILL round; empty when the whole tree is gone. */
-  survivors: number[];
+  /** Processes still alive at the end: they survived every SIGKILL round, or (`aborted`) were let go. */
+  survivors: ProcessIdentity[];
+  /** The kill was ended early because the process was released (abandoned): its survivors were let go, not failed to die. */
+  aborted: boolean;
   /** When the script had exited by itself: the kill of what it left behind, still under way. */
   leftovers?: Promise<StopResult>;
 }
@@ -480,7 +413,7 @@ export class ScriptProcess {
   }
 
   private async runKillTree(graceMs: number): Promise<TreeKill> {
-    const nothing: TreeKill = { signals: [], escaped: 0, survivors: [] };
+    const nothing: TreeKill = { signals: [], escaped: 0, survivors: [], aborted: false };
     if (this.options.disableKill || this.released) return nothing;
     // A zombie has exited too, even before Node reaps it and reports the exit.
     if (this.hasExited || isProcessGone(this.pid, this.startTime)) {
@@ -490,7 +423,7 @@ export class ScriptProcess {
     }
     const result = await this.tree.stop({ graceMs, includeGroup: true, abort: this.releasing.signal });
     this.tree.dispose();
-    return { signals: result.signals, escaped: result.escaped, survivors: result.survivors };
+    return { signals: result.signals, escaped: result.escaped, survivors: result.survivors, aborted: result.aborted };
   }
 
   private handleExit(code: number | null, signal: NodeJS.Signals | null): void {
@@ -574,11 +507,6 @@ interface StreamListeners {
   data: (chunk: Buffer | string) => void;
   close: () => void;
   resume: () => void;
-}
-
-/** Swallows an event or a rejection; module-level so that a listener left behind retains nothing. */
-export function ignore(): void {
-  // Nothing to do.
 }
 
 /** A pipe to a child is a socket: unref'd, it keeps the runner's event loop alive no more. */

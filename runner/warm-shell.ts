@@ -19,12 +19,12 @@ import {
   loadExeca,
   scriptEnvironment,
   startProcess,
+  type Ending,
   type Execa,
   type Launch,
-  type ScriptProcess,
   type ScriptShell,
   type ShellSubprocess,
-} from "./process-manager.js";
+} from "./spawn.js";
 
 /** The shell that waits; it execs the script's own shell when claimed. */
 const WARM_SHELL = "/bin/sh";
@@ -112,7 +112,7 @@ export class WarmShellPool {
    * milliseconds: done while a script is starting, it would delay that script; done right after the exit, it
    * happens while the control plane is busy storing the exit, before it dispatches the next script.
    */
-  refillAfter(script: ScriptProcess, launch: Launch): void {
+  refillAfter(script: Ending, launch: Launch): void {
     if (this.disposal !== undefined) return;
     this.recipe = { inherited: launch.inherited, cgroups: launch.cgroups };
     this.starting += 1;
@@ -237,7 +237,12 @@ export class WarmShellPool {
   /** Kills a waiting shell by its process group; resolves once it is gone (its cgroup released). */
   private retire(shell: WarmShell): Promise<void> {
     this.remove(shell);
-    if (!shell.exited) signalGroup(shell.pid, "SIGKILL");
+    if (!shell.exited) {
+      // Referenced again until its exit is seen: a runner that waits for it while stopping has nothing else to keep
+      // its event loop alive, and Node would exit (code 13) with the shell's cgroup still there.
+      shell.subprocess.ref();
+      signalGroup(shell.pid, "SIGKILL");
+    }
     return shell.gone;
   }
 

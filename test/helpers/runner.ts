@@ -58,3 +58,38 @@ export async function startRunner(
   }
   return runner;
 }
+
+/**
+ * Starts a runner for `machineId` with its runner token on a work dir of the caller's (say, the one a killed runner
+ * used: a restarted runner on the same machine); waits until the machine view shows it connected. Its `stop` stops
+ * it and whatever still runs in that work dir, by PID, and leaves the folder to the caller.
+ */
+export async function startRunnerInWorkDir(
+  cp: TestControlPlane,
+  machineId: string,
+  token: string,
+  workDir: string,
+  { env = {}, args = [] }: { env?: NodeJS.ProcessEnv; args?: string[] } = {},
+): Promise<TestRunner> {
+  const proc = startTendril(["runner", "--url", cp.url, "--machine", machineId, "--work-dir", workDir, ...args], { TENDRIL_RUNNER_TOKEN: token, ...env });
+  const runner: TestRunner = {
+    machineId,
+    workDir,
+    process: proc,
+    async stop() {
+      await proc.stop();
+      for (const pid of pidsWorkingIn(workDir)) killScript(pid);
+      await waitFor(() => pidsWorkingIn(workDir).length === 0, { timeoutMs: 5_000, what: "scripts of a stopped runner to exit" });
+    },
+  };
+  try {
+    await waitFor(async () => (await call(cp, "GET", `/api/v1/machines/${machineId}`)).body?.runner?.connected === true, {
+      timeoutMs: 15_000,
+      what: `runner for ${machineId} to connect`,
+    });
+  } catch (error) {
+    await runner.stop();
+    throw new Error(`${String(error)}\nrunner output:\n${proc.output()}`);
+  }
+  return runner;
+}

@@ -4,6 +4,7 @@ import { existsSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { useControlPlane } from "../helpers/fixture.js";
 import { isAlive, pidFrom, signalGroup } from "../helpers/processes.js";
+import { startRunnerInWorkDir, type TestRunner } from "../helpers/runner.js";
 import { waitFor } from "../helpers/wait.js";
 
 const f = useControlPlane();
@@ -90,6 +91,62 @@ describe("abandon", () => {
     await waitFor(async () => (await f.api("GET", `/api/v1/machines/${m}`)).body.abandoned.length === 0, {
       what: "the orphan to leave the machine view",
     });
+  });
+
+  it("kills the process once a runner connects when the abandon asked for killProcess while none was connected (bug 7)", async () => {
+    const m = f.machine();
+    const token = await f.register(m);
+    const first = await f.runner(m, { token });
+    const pidFile = join(f.scratch, `${m}.pid`);
+    await f.api("POST", `/api/v1/machines/${m}/scripts`, { ticket: "orphan", scriptBody: `echo $$ > '${pidFile}'; sleep 600` });
+    const pid = await pidFrom(pidFile);
+    try {
+      await first.process.stop(); // the runner goes away; its script keeps running
+      await waitFor(async () => (await f.api("GET", `/api/v1/machines/${m}`)).body.runner.connected === false, { what: "the runner to be gone" });
+      const abandoned = await f.api("POST", `/api/v1/machines/${m}/scripts/orphan/abandon`, { killProcess: true });
+      expect(abandoned.body).toMatchObject({ state: "complete", exitCode: -48 });
+      expect(isAlive(pid)).toBe(true);
+
+      // A runner on another work dir knows the process only from the machine's abandoned list.
+      await f.runner(m, { token });
+      await waitFor(() => !isAlive(pid), { what: "the abandoned process to be killed" });
+      await waitFor(async () => (await f.api("GET", `/api/v1/machines/${m}`)).body.abandoned.length === 0, {
+        what: "the killed process to leave the machine view",
+      });
+    } finally {
+      kill(pid);
+    }
+  });
+
+  it("kills the process when the runner that restarts on its work dir finds it, if the abandon asked for killProcess while it was away (bug 7)", async () => {
+    const m = f.machine();
+    const token = await f.register(m);
+    const first = await f.runner(m, { token });
+    const pidFile = join(f.scratch, `${m}.pid`);
+    const escapedFile = join(f.scratch, `${m}.escaped`);
+    await f.api("POST", `/api/v1/machines/${m}/scripts`, {
+      ticket: "orphan",
+      scriptBody: `echo $$ > '${pidFile}'; setsid sleep 600 >/dev/null 2>&1 & echo $! > '${escapedFile}'; sleep 600`,
+    });
+    const pid = await pidFrom(pidFile);
+    const escaped = await pidFrom(escapedFile);
+    let second: TestRunner | undefined;
+    try {
+      signalGroup(first.process.pid, "SIGKILL");
+      await first.process.exited;
+      await waitFor(async () => (await f.api("GET", `/api/v1/machines/${m}`)).body.runner.connected === false, { what: "the runner to be gone" });
+      await f.api("POST", `/api/v1/machines/${m}/scripts/orphan/abandon`, { killProcess: true });
+      second = await startRunnerInWorkDir(f.cp, m, token, first.workDir);
+      // Also what left the script's process group: the run's record names its marker.
+      await waitFor(() => !isAlive(pid) && !isAlive(escaped), { what: "the abandoned script and what it started to be killed" });
+      await waitFor(async () => (await f.api("GET", `/api/v1/machines/${m}`)).body.abandoned.length === 0, {
+        what: "the killed process to leave the machine view",
+      });
+    } finally {
+      kill(pid);
+      kill(escaped);
+      await second?.stop();
+    }
   });
 
   it("abandons by itself abandonAfterMs after a cancel that does not land", async () => {

@@ -1,8 +1,7 @@
 // Storage cannot grow without bound: retention of completed scripts and a per-script output cap.
 import { describe, expect, it } from "vitest";
-import { existsSync } from "node:fs";
-import { join } from "node:path";
 import { useControlPlane } from "../helpers/fixture.js";
+import { runFoldersOf } from "../helpers/run-folders.js";
 import { waitFor } from "../helpers/wait.js";
 
 const f = useControlPlane({ args: ["--retention", "1500ms", "--max-output", "4KiB"] });
@@ -20,7 +19,7 @@ describe("storage limits", () => {
     });
     const view = await f.api("GET", `/api/v1/machines/${m}`);
     expect(view.body.scripts).toEqual([]);
-    await waitFor(() => !existsSync(join(runner.workDir, "work", "t-old")), { what: "its workspace to be removed" });
+    await waitFor(() => runFoldersOf(runner.workDir, "old").length === 0, { what: "its workspace to be removed" });
   });
 
   it("keeps pending and running scripts whatever their age", async () => {

@@ -1,5 +1,5 @@
-// Restarts end to end: a runner killed mid-script, the control plane killed and restarted on its state folder,
-// and the machine object idling past its hibernation time. Real processes throughout, stopped by PID.
+// Restarts end to end: a runner killed mid-script (and started again on the same work dir), and the control plane
+// killed and restarted on its state folder. Real processes throughout, stopped by PID. (Hibernation: hibernation.test.ts.)
 import { describe, expect, it } from "vitest";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -9,7 +9,7 @@ import { startControlPlane, type TestControlPlane } from "../helpers/control-pla
 import { startFaultProxy, type FaultProxy } from "../helpers/fault-proxy.js";
 import { useControlPlane } from "../helpers/fixture.js";
 import { isAlive, killScript, pidFrom, pidsInGroup, signalGroup } from "../helpers/processes.js";
-import { startRunner, type TestRunner } from "../helpers/runner.js";
+import { startRunner, startRunnerInWorkDir, type TestRunner } from "../helpers/runner.js";
 import { waitFor } from "../helpers/wait.js";
 
 const f = useControlPlane();
@@ -105,6 +105,86 @@ describe("a runner killed mid-script", () => {
   });
 });
 
+describe("a runner killed mid-script and started again on the same work dir", () => {
+  /** A script that waits, and one behind it that says whether the first one's process still runs when it starts. */
+  async function twoScripts(m: string): Promise<{ pidFile: string }> {
+    const pidFile = join(f.scratch, `${m}.pid`);
+    await f.api("POST", `/api/v1/machines/${m}/scripts`, { ticket: "main", scriptBody: `echo $$ > '${pidFile}'; echo started; exec sleep 600` });
+    await f.api("POST", `/api/v1/machines/${m}/scripts`, {
+      ticket: "next",
+      // A zombie has ended (it waits only for its new parent to reap it): only a process in another state still runs.
+      scriptBody: `state=$(sed 's/.*) //' "/proc/$(cat '${pidFile}')/stat" 2>/dev/null | cut -d' ' -f1); if [ -n "$state" ] && [ "$state" != Z ]; then echo "beside the earlier script"; else echo alone; fi`,
+    });
+    return { pidFile };
+  }
+
+  /** Starts a runner, runs the two scripts, SIGKILLs the runner while the first one runs; returns what the test needs. */
+  async function killedMidScript(m: string) {
+    const token = await f.register(m);
+    const first = await f.runner(m, { token });
+    const { pidFile } = await twoScripts(m);
+    const pid = await pidFrom(pidFile);
+    await waitFor(async () => stdout((await f.api("GET", `/api/v1/machines/${m}/scripts/main`)).body).includes("started"), {
+      what: "the script's first line",
+    });
+    // The script runs in a process group of its own and outlives the runner.
+    signalGroup(first.process.pid, "SIGKILL");
+    await first.process.exited;
+    expect(isAlive(pid)).toBe(true);
+    await waitFor(async () => (await f.api("GET", `/api/v1/machines/${m}`)).body.runner.connected === false, {
+      what: "the control plane to see the runner gone",
+    });
+    return { token, workDir: first.workDir, pid };
+  }
+
+  it("stops what its predecessor left before the mutex is released: the next full script never runs beside it (bug 2)", async () => {
+    const m = f.machine();
+    const { token, workDir, pid } = await killedMidScript(m);
+    let second: TestRunner | undefined;
+    try {
+      second = await startRunnerInWorkDir(f.cp, m, token, workDir);
+      const main = await f.completed(m, "main");
+      expect(isAlive(pid)).toBe(false);
+      const next = await f.completed(m, "next");
+      expect(stdout(next)).toEqual(["alone"]);
+      expect(next.exitCode).toBe(0);
+      expect(main.exitCode).toBe(-46);
+      expect(main.logs.some((l: Line) => l.source === "debug" && /could not re-attach to it, so it stopped it: sent SIGTERM/.test(l.text))).toBe(true);
+      const view = (await f.api("GET", `/api/v1/machines/${m}`)).body;
+      expect(view.abandoned).toEqual([]);
+      expect(view.mutexes).toEqual([]);
+    } finally {
+      killScript(pid);
+      await second?.stop();
+    }
+  });
+
+  it("lists a process of it that will not die as abandoned before the next full script starts, until it is gone (bug 2)", async () => {
+    const m = f.machine();
+    const { token, workDir, pid } = await killedMidScript(m);
+    let second: TestRunner | undefined;
+    try {
+      // A runner that cannot kill: the script's process survives the stop.
+      second = await startRunnerInWorkDir(f.cp, m, token, workDir, { env: { TENDRIL_UNSAFE_DISABLE_PROCESS_KILL: "1" } });
+      const main = await f.completed(m, "main");
+      const next = await f.completed(m, "next");
+      const view = (await f.api("GET", `/api/v1/machines/${m}`)).body;
+      expect(view.abandoned).toEqual([{ ticket: "main", pid, abandonedAt: expect.any(String) }]);
+      expect(main.exitCode).toBe(-46);
+      // It ran beside the earlier process, but that one was listed before the mutex went to it.
+      expect(stdout(next)).toEqual(["beside the earlier script"]);
+      expect(isAlive(pid)).toBe(true);
+      killScript(pid);
+      await waitFor(async () => (await f.api("GET", `/api/v1/machines/${m}`)).body.abandoned.length === 0, {
+        what: "the process to leave the abandoned list once it is gone",
+      });
+    } finally {
+      killScript(pid);
+      await second?.stop();
+    }
+  });
+});
+
 describe("a control plane killed mid-script", () => {
   it("finishes the script with all its output once and in order after a restart on the same state, and keeps its waiters and their deadline", async () => {
     const stateDir = mkdtempSync(join(tmpdir(), "tendril-restart-"));
@@ -194,48 +274,4 @@ describe("a control plane killed mid-script", () => {
       rmSync(scratch, { recursive: true, force: true });
     }
   }, 90_000);
-});
-
-describe("an idle machine object", () => {
-  it("keeps its runner, holders, waiters and logs over an idle period longer than hibernation, and runs scripts afterwards", async () => {
-    const m = f.machine();
-    const runner = await f.runner(m);
-    const release = join(f.scratch, `${m}.release`);
-    await f.api("POST", `/api/v1/machines/${m}/scripts`, {
-      ticket: "holder",
-      scriptBody: `echo before-idle; while [ ! -f '${release}' ]; do sleep 0.05; done; echo after-idle`,
-    });
-    await f.api("POST", `/api/v1/machines/${m}/scripts`, { ticket: "waiter", scriptBody: "echo waiter-ran", taskId: "Task-7" });
-    await waitFor(async () => stdout((await f.api("GET", `/api/v1/machines/${m}/scripts/holder`)).body).includes("before-idle"), {
-      what: "the holder's first line",
-    });
-    const viewBefore = await viewWithoutTimes(f.cp, m);
-    const holderBefore = (await f.api("GET", `/api/v1/machines/${m}/scripts/holder`)).body;
-    const waiterBefore = (await f.api("GET", `/api/v1/machines/${m}/scripts/waiter`)).body;
-    expect(viewBefore.mutexes).toEqual([{ name: "RunningScript", mode: "exclusive", holders: ["holder"], waiting: ["waiter"] }]);
-    expect(holderBefore.state).toBe("running");
-
-    // Nobody calls the object now: only the runner's heartbeats, which the runtime answers without waking it.
-    const idleFrom = Date.now();
-    await waitFor(() => Date.now() - idleFrom > 15_000, { timeoutMs: 20_000, intervalMs: 250, what: "an idle period longer than hibernation" });
-
-    await waitFor(async () => (await f.api("GET", `/api/v1/machines/${m}`)).body.runner.connected === true, {
-      timeoutMs: 15_000,
-      what: "the runner to be connected after the idle period",
-    });
-    expect(await viewWithoutTimes(f.cp, m)).toEqual(viewBefore);
-    expect((await f.api("GET", `/api/v1/machines/${m}/scripts/holder`)).body).toEqual(holderBefore);
-    expect((await f.api("GET", `/api/v1/machines/${m}/scripts/waiter`)).body).toEqual(waiterBefore);
-    expect(runner.process.child.exitCode).toBeNull();
-
-    writeFileSync(release, "");
-    const holder = await f.completed(m, "holder");
-    expect(holder.exitCode).toBe(0);
-    expect(stdout(holder)).toEqual(["before-idle", "after-idle"]);
-    const waiter = await f.completed(m, "waiter");
-    expect(waiter.exitCode).toBe(0);
-    expect(stdout(waiter)).toEqual(["waiter-ran"]);
-    const fresh = await f.api("POST", `/api/v1/machines/${m}/scripts`, { scriptBody: "echo fresh", waitMs: 20_000 });
-    expect(fresh.body).toMatchObject({ state: "complete", exitCode: 0 });
-  }, 60_000);
 });

@@ -3,6 +3,7 @@ import { describe, expect, it } from "vitest";
 import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { useControlPlane } from "../helpers/fixture.js";
+import { runFoldersOf } from "../helpers/run-folders.js";
 import { waitFor } from "../helpers/wait.js";
 
 const f = useControlPlane();
@@ -169,12 +170,13 @@ describe("running scripts", () => {
       files: [{ name: "data.txt", contents: Buffer.from("x").toString("base64") }],
     });
     expect(status.exitCode).toBe(0);
+    expect(runFoldersOf(runner.workDir, "to-delete")).toHaveLength(1);
     const deleted = await f.api("DELETE", `/api/v1/machines/${m}/scripts/to-delete?logSequence=1`);
     expect(deleted.status).toBe(200);
     expect(deleted.body).toMatchObject({ ticket: "to-delete", state: "complete", exitCode: 0 });
     expect(deleted.body.logs.map((l: { text: string }) => l.text)).toEqual(["b"]);
     expect((await f.api("GET", `/api/v1/machines/${m}/scripts/to-delete`)).status).toBe(404);
-    await waitFor(() => !existsSync(join(runner.workDir, "work", "t-to-delete")), { what: "the workspace to be removed" });
+    await waitFor(() => runFoldersOf(runner.workDir, "to-delete").length === 0, { what: "the workspace to be removed" });
     const view = await f.api("GET", `/api/v1/machines/${m}`);
     expect(view.body.scripts.map((s: { ticket: string }) => s.ticket)).not.toContain("to-delete");
   });

@@ -1,7 +1,9 @@
 // Warm shells in a real runner process: after its first script it keeps two /bin/sh waiting, the next script
 // runs in one of them, stopping the runner stops them, and TENDRIL_WARM_SHELLS=0 turns them off.
-import { readFileSync, readdirSync } from "node:fs";
+import { existsSync, readFileSync, readdirSync } from "node:fs";
+import { join } from "node:path";
 import { describe, expect, it } from "vitest";
+import { CgroupTree, findCgroup2Mount, ownCgroupPath } from "../../runner/containment.js";
 import { isAlive } from "../helpers/processes.js";
 import { useControlPlane } from "../helpers/fixture.js";
 import { waitFor } from "../helpers/wait.js";
@@ -63,5 +65,36 @@ describe("warm shells in a runner process", () => {
     expect(waitingShells(runner.process.pid)).toEqual([]);
     expect(isAlive(pid)).toBe(false);
     await runner.stop();
+  });
+});
+
+/** Where cgroup v2 is mounted, when this machine lets a runner make cgroups. */
+const cgroupMount = typeof CgroupTree.detect(() => undefined) === "string" ? undefined : findCgroup2Mount(readFileSync("/proc/self/mountinfo", "utf8"));
+
+/** The cgroup folder a process is in. */
+function cgroupFolder(pid: number): string {
+  return join(cgroupMount!.mountPoint, ownCgroupPath(readFileSync(`/proc/${pid}/cgroup`, "utf8"))!);
+}
+
+describe.runIf(cgroupMount !== undefined)("cgroups of a runner process", () => {
+  it("are removed when it stops: its warm shells' and its own folder (bug 17)", async () => {
+    const m = f.machine();
+    const runner = await f.runner(m);
+    await scriptPid(m, "first");
+    const waiting = await waitFor(() => {
+      const pids = waitingShells(runner.process.pid);
+      return pids.length === 2 ? pids : undefined;
+    }, { what: "two waiting shells" });
+    const folders = waiting.map(cgroupFolder);
+    const startTime = readFileSync(`/proc/${runner.process.pid}/stat`, "utf8").split(") ")[1]!.split(" ")[19];
+    await runner.stop();
+    // It waited for its shells to go (it used to exit with 13, Node's code for an await that never settled).
+    expect(await runner.process.exited).toEqual({ code: 0, signal: null });
+    expect(folders.filter(existsSync)).toEqual([]);
+    // They were cgroups of their own in the runner process's folder, which went with them.
+    const own = join(folders[0]!, "..");
+    expect(own.endsWith(`/tendril/r-${runner.process.pid}-${startTime}`)).toBe(true);
+    expect(folders.every((folder) => /\/s-[0-9a-f]{32}$/.test(folder) && join(folder, "..") === own)).toBe(true);
+    expect(existsSync(own)).toBe(false);
   });
 });

@@ -4,9 +4,9 @@
  * across reconnects and runner restarts. Real runner, real processes, a fake control plane.
  */
 import { spawn } from "node:child_process";
-import { existsSync } from "node:fs";
+import { existsSync, readFileSync, readlinkSync, writeFileSync } from "node:fs";
 import { writeFile } from "node:fs/promises";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { CAPABILITIES } from "../../shared/protocol.js";
 import { AbandonedWatch, type WatchedProcess } from "../../runner/abandoned-watch.js";
@@ -17,8 +17,10 @@ import {
   setUpRunnerTest,
   startConnectedRunner,
   startTestRunner,
+  runDir,
   tearDownRunnerTest,
   waitFor,
+  workspaceOf,
   type FakeConnection,
   type FakeControlPlane,
 } from "./fake-control-plane.js";
@@ -63,7 +65,6 @@ describe("abandon", () => {
 
   it("releases the script at once and the process keeps running, even when it writes plenty after the abandon", async () => {
     const { connection } = await connectedRunner();
-    const dir = join(workDir, "work", "t-t1");
     // After the abandon the script writes 2 MB to stdout and 1 MB to stderr: a closed pipe would kill it
     // (SIGPIPE), an undrained one would block it for good. Only a drained pipe lets it reach `done`.
     tag.dispatch(
@@ -83,6 +84,7 @@ describe("abandon", () => {
     );
     const { pid } = await connection.frame("started");
     await connection.frame("output");
+    const dir = workspaceOf(workDir, "t1");
     connection.send({ type: "abandon", ticket: "t1", fence: 1, killProcess: false });
     const atAbandon = connection.frames.length;
     await connection.roundTrip("t2", 2);
@@ -128,16 +130,16 @@ describe("abandon", () => {
 
   it("waits with delete_workspace until the abandoned process is gone", async () => {
     const { connection } = await connectedRunner();
-    const dir = join(workDir, "work", "t-t1");
     tag.dispatch(connection, "t1", 1, "echo ready; sleep 600");
     const { pid } = await connection.frame("started");
     await connection.frame("output");
+    const dir = runDir(workDir, "t1");
     connection.send({ type: "abandon", ticket: "t1", fence: 1, killProcess: false });
     connection.send({ type: "delete_workspace", ticket: "t1" });
     await connection.roundTrip("t2", 2);
     expect(existsSync(dir)).toBe(true);
     killGroup(pid);
-    await waitFor(() => !existsSync(dir) && !existsSync(join(workDir, "scripts", "t-t1.sh")), "the workspace to be deleted");
+    await waitFor(() => !existsSync(dir), "the run folder to be deleted");
     await connection.frame("abandoned_exit");
   });
 
@@ -207,7 +209,95 @@ describe("abandon", () => {
   });
 });
 
+describe("abandon after a cancel", () => {
+  it("lets go of the processes the cancel could not stop yet, says so, and claims no SIGKILL it never sent (bug 15)", async () => {
+    const { logs, connection } = await connectedRunner({ killGraceMs: 60_000 });
+    // Both the shell and its sleep ignore SIGTERM: the cancel waits out its grace.
+    tag.dispatch(connection, "t1", 1, "trap '' TERM; echo ready; sleep 600");
+    const { pid } = await connection.frame("started");
+    await connection.frame("output");
+    await waitFor(() => tag.pids().length === 2, "the shell and its sleep");
+    const both = tag.pids();
+    connection.send({ type: "cancel", ticket: "t1", fence: 1 });
+    await waitFor(() => logs.some((line) => line.includes("Cancelling t1 (fence 1).")), "the cancel to start");
+    connection.send({ type: "abandon", ticket: "t1", fence: 1, killProcess: false });
+    const said = await waitFor(
+      () => logs.find((line) => /survived every SIGKILL|let go of/.test(line)),
+      "the runner to say what became of the processes",
+    );
+    expect(said).toBe(
+      `info: t1 (fence 1): the control plane abandoned it while the runner was stopping it, so the runner let go of 2 processes of it that still ran (pid ${both.join(", ")}) and sent them no more signals.`,
+    );
+    expect(both.filter(isAlive)).toEqual(both);
+    // The cancel's escalation ended with the abandon: nothing more goes out for the script, and it is watched.
+    await connection.roundTrip("t2", 2);
+    expect(both.filter(isAlive)).toEqual(both);
+    expect(logs.filter((line) => line.startsWith("error:"))).toEqual([]);
+    expect(connection.all("exit", "t1")).toEqual([]);
+    killGroup(pid);
+    expect(await connection.frame("abandoned_exit")).toEqual({ type: "abandoned_exit", ticket: "t1", fence: 1, pid });
+  });
+});
+
+describe("a ticket started again after its abandoned run was deleted", () => {
+  it("gets a script file and workspace of its own: the abandoned process never runs a line of the new script (bug 1)", async () => {
+    const { connection } = await connectedRunner();
+    const steps = join(workDir, "steps.log");
+    const release = join(workDir, "release");
+    // The first run waits, then takes one more step; bash reads its script file as it goes.
+    tag.dispatch(connection, "t1", 1, ["echo ready", `while [ ! -e '${release}' ]; do sleep 0.02; done`, `echo "old-step $$" >> '${steps}'`].join("\n"));
+    const { pid: old } = await connection.frame("started");
+    await connection.frame("output");
+    const oldWorkspace = readlinkSync(`/proc/${old}/cwd`);
+    connection.send({ type: "abandon", ticket: "t1", fence: 1, killProcess: false });
+    connection.send({ type: "delete_workspace", ticket: "t1" });
+    // A round trip through another script: the abandon and the delete have been handled by now.
+    await connection.roundTrip("t2", 2);
+    // The second run: a longer script, every line of which is a deployment step that says who took it (no quotes: a
+    // shell that starts reading it in the middle of a line still runs the lines after).
+    const deploy = Array.from({ length: 200 }, () => `echo deploy-step $$ >> ${steps}`).join("\n");
+    tag.dispatch(connection, "t1", 3, deploy);
+    const { pid: fresh } = await connection.frame("started", (frame) => frame.fence === 3);
+    await connection.frame("exit", (frame) => frame.fence === 3);
+    // While it runs, the abandoned process keeps its working directory and its script file.
+    const keptWhileRunning = existsSync(oldWorkspace) && existsSync(join(dirname(oldWorkspace), "script.sh"));
+
+    writeFileSync(release, "");
+    expect(await connection.frame("abandoned_exit")).toEqual({ type: "abandoned_exit", ticket: "t1", fence: 1, pid: old });
+    const lines = readFileSync(steps, "utf8").trim().split("\n");
+    expect(lines.filter((line) => line.endsWith(` ${old}`))).toEqual([`old-step ${old}`]);
+    expect(lines.filter((line) => line === `deploy-step ${fresh}`)).toHaveLength(200);
+    // The two runs had folders of their own; the abandoned one's goes once its process has exited (the delete
+    // asked for it), the new one's stays until its own delete.
+    expect(keptWhileRunning).toBe(true);
+    const oldRun = dirname(oldWorkspace);
+    const freshRun = runDir(workDir, "t1", 3);
+    expect(freshRun).not.toBe(oldRun);
+    await waitFor(() => !existsSync(oldRun), "the abandoned run's folder to be removed");
+    expect(existsSync(freshRun)).toBe(true);
+  });
+});
+
 describe("the abandoned watch", () => {
+  it("only watches an entry added without a report, and reports it once a welcome asks for it", () => {
+    const { watch, alive, sent, gone } = fakeWatch();
+    alive.add(10);
+    watch.add({ ticket: "a", fence: 1, pid: 10 }, {}, false);
+    alive.delete(10);
+    watch.check();
+    expect(gone).toHaveLength(1);
+    expect(sent).toEqual([]);
+    expect(watch.size).toBe(0);
+    alive.add(11);
+    watch.add({ ticket: "b", fence: 1, pid: 11 }, {}, false);
+    watch.add({ ticket: "b", fence: 1, pid: 11 });
+    alive.delete(11);
+    watch.check();
+    expect(sent).toEqual([{ ticket: "b", fence: 1, pid: 11 }]);
+    watch.stop();
+  });
+
+
   /** A watch over fake processes: `alive` says which pids still run; `connected` whether reports can go out. */
   function fakeWatch() {
     const alive = new Set<number>();
@@ -234,14 +324,14 @@ describe("the abandoned watch", () => {
     watch.add({ ticket: "a", fence: 1, pid: 10 });
     watch.check();
     expect(sent).toEqual([]);
-    expect(watch.isWatching("a")).toBe(true);
+    expect(gone).toEqual([]);
+    expect(watch.size).toBe(1);
     alive.delete(10);
     watch.check();
     watch.check();
     expect(sent).toEqual([{ ticket: "a", fence: 1, pid: 10 }]);
     expect(gone).toEqual([{ ticket: "a", fence: 1, pid: 10 }]);
     expect(watch.size).toBe(0);
-    expect(watch.isWatching("a")).toBe(false);
     watch.stop();
   });
 
@@ -251,8 +341,7 @@ describe("the abandoned watch", () => {
     watch.add({ ticket: "a", fence: 1, pid: 10 });
     expect(sent).toEqual([]);
     expect(gone).toHaveLength(1);
-    // Gone already: a delete_workspace need not wait for it any more.
-    expect(watch.isWatching("a")).toBe(false);
+    // Gone already (its run's folder may go), but the report is still due.
     expect(watch.size).toBe(1);
     state.connected = true;
     watch.flush();
@@ -265,10 +354,10 @@ describe("the abandoned watch", () => {
   it("treats a pid that now names another process as gone", () => {
     const watch = new AbandonedWatch({ pollMs: 60_000, report: () => true });
     const sleeper = startSleeper();
-    watch.add({ ticket: "a", fence: 1, pid: sleeper }, 1);
+    watch.add({ ticket: "a", fence: 1, pid: sleeper }, { startTime: 1 });
     expect(watch.size).toBe(0);
     watch.add({ ticket: "b", fence: 1, pid: sleeper });
-    expect(watch.isWatching("b")).toBe(true);
+    expect(watch.size).toBe(1);
     watch.stop();
     expect(watch.size).toBe(0);
   });

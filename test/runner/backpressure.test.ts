@@ -18,6 +18,7 @@ import {
   startTestRunner as startAgainst,
   tearDownRunnerTest,
   waitFor,
+  workspaceOf,
   waitForBlockedWriter,
   type FakeConnection,
   type FakeControlPlane,
@@ -244,7 +245,7 @@ describe("runner backpressure", () => {
     plane.acceptUpgrades = false;
     first.cut("terminate");
     await waitFor(() => !handle.connected, "the runner to notice the cut");
-    await writeFile(join(workDir, "work", "t-t1", "go"), "");
+    await writeFile(join(workspaceOf(workDir, "t1"), "go"), "");
     const head = await waitFor(() => pidsInGroupNamed(pid, "head")[0], "the script's head process");
     await waitForBlockedWriter(head, "head to block while the runner is disconnected");
     const [script] = handle.stats().scripts;
@@ -275,7 +276,7 @@ describe("runner backpressure", () => {
     connection.dispatch("t1", 1, `${yesScript(first)}; while [ ! -f go ]; do sleep 0.01; done; ${yesScript(second)}; exit 3`);
     const { pid } = await connection.frame("started");
     await waitFor(() => handle.stats().scripts[0]?.outputPaused === true, "the spool to pause reading");
-    await writeFile(join(workDir, "work", "t-t1", "go"), "");
+    await writeFile(join(workspaceOf(workDir, "t1"), "go"), "");
     await waitFor(() => !isAlive(pid), "the script to exit with output still unread");
     const [script] = handle.stats().scripts;
     expect(script).toMatchObject({ outputPaused: true, phase: "running" });

@@ -5,7 +5,7 @@
  */
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import { afterAll, afterEach, beforeEach, describe, expect, it } from "vitest";
 import {
   CgroupTree,
   SCRIPT_MARKER_VARIABLE,
@@ -66,6 +66,10 @@ function texts(connection: FakeConnection, ticket: string, source: string): stri
 /** Usable cgroups on this machine, or the reason there are none. */
 const cgroups = CgroupTree.detect(() => undefined);
 const cgroupsUsable = typeof cgroups !== "string";
+// The tree is this file's: what it made and is empty by now goes with the file (scripts' cgroups, this process's folder).
+afterAll(() => {
+  if (typeof cgroups !== "string") cgroups.removeEmpty();
+});
 
 const MODES: Array<[string, CgroupTree | null]> = [["the marker sweep alone", null]];
 if (typeof cgroups !== "string") MODES.push(["cgroups and the marker sweep", cgroups]);
@@ -255,8 +259,10 @@ describe("cgroups", () => {
     const marker = out.find((line) => line.startsWith("marker="))!.slice("marker=".length);
     const own = ownCgroupPath(out.join("\n"));
     const tree = cgroups as CgroupTree;
-    expect(own?.endsWith(`/tendril/s-${marker}`)).toBe(true);
-    await waitFor(() => !existsSync(join(tree.base, `s-${marker}`)), "the script's cgroup to be removed");
+    // In this runner process's own folder of the tree.
+    expect(own?.endsWith(`/tendril/${tree.own.split("/").at(-1)}/s-${marker}`)).toBe(true);
+    expect(tree.own).toMatch(/\/tendril\/r-\d+-\d+$/);
+    await waitFor(() => !existsSync(join(tree.own, `s-${marker}`)), "the script's cgroup to be removed");
   });
 
   it.runIf(cgroupsUsable)("kills a process that left both the group and the marked environment, through the cgroup", async () => {

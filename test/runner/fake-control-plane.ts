@@ -4,6 +4,8 @@
  * (observable conditions with deadlines, never bare sleeps).
  */
 import { randomUUID } from "node:crypto";
+import { existsSync, readFileSync, readdirSync, rmdirSync } from "node:fs";
+import { join } from "node:path";
 import { createServer, type IncomingMessage, type Server } from "node:http";
 import type { Duplex } from "node:stream";
 import { WebSocketServer, type RawData, type WebSocket } from "ws";
@@ -17,6 +19,8 @@ import {
   type RunnerMessage,
 } from "../../shared/protocol.js";
 import { startRunner, type RunnerDependencies, type RunnerHandle, type RunnerInput } from "../../runner/index.js";
+import { CgroupTree } from "../../runner/containment.js";
+import type { RunRecord } from "../../runner/run-folder.js";
 import { closeServer, listenLocally } from "../helpers/http-server.js";
 import { bytesWritten, isBlockedOnWrite, killGroup, killPid, pidsWithEnvironment, removeDir, tempDir } from "../helpers/processes.js";
 
@@ -375,6 +379,38 @@ export async function tearDownRunnerTest({ plane, workDir }: RunnerTestSetup, ta
   await tag?.killAll();
   await plane.stop();
   await removeDir(workDir);
+  await removeLeftCgroups();
+}
+
+/** This test process's folder of script cgroups, where its runners make them (none where cgroups are not usable). */
+const cgroupFolder = (() => {
+  const tree = CgroupTree.detect(() => undefined);
+  return typeof tree === "string" ? undefined : tree.own;
+})();
+
+/**
+ * Removes the cgroups of scripts a test killed after their runner had stopped (a runner leaves a cgroup that still
+ * holds a process to its successor), once they are empty; best effort, within a few seconds.
+ */
+async function removeLeftCgroups(): Promise<void> {
+  if (cgroupFolder === undefined || !existsSync(cgroupFolder)) return;
+  const folder = cgroupFolder;
+  const removeAll = () => {
+    for (const name of readdirSync(folder).filter((entry) => entry.startsWith("s-"))) {
+      try {
+        rmdirSync(join(folder, name));
+      } catch {
+        // Still holds a process that is dying: tried again.
+      }
+    }
+    try {
+      rmdirSync(folder);
+      return true;
+    } catch {
+      return false;
+    }
+  };
+  await waitFor(removeAll, "the test's cgroups to be removed").catch(() => undefined);
 }
 
 /** A runner started for a test, with what it logged. */
@@ -478,4 +514,42 @@ export class ScriptTag {
 function binaryData(data: RawData): Uint8Array {
   if (Array.isArray(data)) return Buffer.concat(data);
   return data instanceof ArrayBuffer ? new Uint8Array(data) : data;
+}
+
+// ---------------------------------------------------------------------------------------------------
+// run folders: where a runner ran what
+
+/** The run folders in a runner's work dir that have a record, with it (each run's folder is `dir`). */
+export function runRecords(workDir: string): Array<{ dir: string; record: RunRecord }> {
+  const root = join(workDir, "runs");
+  let names: string[];
+  try {
+    names = readdirSync(root);
+  } catch {
+    return [];
+  }
+  return names.flatMap((name) => {
+    try {
+      // Read as the test sees the file (the runner's own reader is what is under test elsewhere).
+      const record = JSON.parse(readFileSync(join(root, name, "record.json"), "utf8")) as RunRecord;
+      return [{ dir: join(root, name), record }];
+    } catch {
+      return [];
+    }
+  });
+}
+
+/** The run folder of a dispatch (`fence`, or the ticket's latest), from the runs' records; throws when there is none. */
+export function runDir(workDir: string, ticket: string, fence?: number): string {
+  const runs = runRecords(workDir)
+    .filter(({ record }) => record.ticket === ticket && (fence === undefined || record.fence === fence))
+    .sort((a, b) => a.record.fence - b.record.fence);
+  const run = runs.at(-1);
+  if (run === undefined) throw new Error(`no run of ${ticket}${fence === undefined ? "" : ` (fence ${fence})`} in ${workDir}`);
+  return run.dir;
+}
+
+/** The working directory of a dispatch's run (see `runDir`). */
+export function workspaceOf(workDir: string, ticket: string, fence?: number): string {
+  return join(runDir(workDir, ticket, fence), "work");
 }

@@ -1,22 +1,23 @@
-import { readFile, readdir, rm, stat, writeFile } from "node:fs/promises";
+import { readdirSync } from "node:fs";
 import { join } from "node:path";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import type { ScriptPayload } from "../../shared/api.js";
 import type { Outcome } from "../../shared/protocol.js";
 import type { ProcessManagerOptions, ScriptProcess, SpawnResult } from "../../runner/process-manager.js";
-import { Workspaces } from "../../runner/workspace.js";
+import { RunFolders, type Run } from "../../runner/run-folder.js";
 import { isAlive, killGroup, killPid, pidsInGroupNamed, removeDir, tempDir } from "../helpers/processes.js";
 import { waitFor, waitForBlockedWriter, within } from "./fake-control-plane.js";
-import { spawnInWorkspace } from "./spawn.js";
+import { spawnInRun } from "./spawn.js";
 
 let workDir: string;
-let workspaces: Workspaces;
+let runs: RunFolders;
 /** Process groups a test started; each test also stops its own, this is the safety net. */
 const startedGroups = new Set<number>();
 
 beforeEach(async () => {
   workDir = await tempDir("pm");
-  workspaces = new Workspaces(workDir);
+  runs = new RunFolders(workDir);
+  runs.prepare();
 });
 
 afterEach(async () => {
@@ -37,17 +38,18 @@ function payload(scriptBody: string, extra: Partial<ScriptPayload> = {}): Script
 
 interface Started {
   result: SpawnResult;
+  run: Run;
   output: { stdout: string; stderr: string };
 }
 
 /** Writes the workspace and spawns the script, collecting its output. */
 async function start(ticket: string, script: ScriptPayload, options: ProcessManagerOptions = OPTIONS): Promise<Started> {
   const output = { stdout: "", stderr: "" };
-  const result = await spawnInWorkspace(workspaces, ticket, script, options, (stream, chunk) => {
+  const { result, run } = await spawnInRun(runs, ticket, script, options, (stream, chunk) => {
     output[stream] += chunk.toString("utf8");
   });
   if (result.ok) startedGroups.add(result.process.pid);
-  return { result, output };
+  return { result, run, output };
 }
 
 function processOf(started: Started): ScriptProcess {
@@ -60,7 +62,7 @@ async function run(ticket: string, script: ScriptPayload, options: ProcessManage
   const started = await start(ticket, script, options);
   const child = processOf(started);
   const outcome = await within(child.wait(), "the outcome");
-  return { outcome, ...started.output, pid: child.pid };
+  return { outcome, ...started.output, pid: child.pid, run: started.run };
 }
 
 describe("process manager", () => {
@@ -77,7 +79,7 @@ describe("process manager", () => {
   });
 
   it("runs the script with sh too", async () => {
-    const result = await run("t1", payload('echo "sh says $0" | grep -c scripts', { shell: "sh" }));
+    const result = await run("t1", payload('echo "sh says $0" | grep -c script.sh', { shell: "sh" }));
     expect(result.outcome).toEqual({ kind: "exited", code: 0 });
     expect(result.stdout).toBe("1\n");
   });
@@ -96,26 +98,25 @@ describe("process manager", () => {
     expect(result.stdout).toBe("token=unset keep=overridden mine=value with spaces ticket=ticket-7\n");
   });
 
-  it("runs in the ticket's workspace with the request's files decoded", async () => {
+  it("runs in its run's working directory with the request's files decoded", async () => {
     const files = [
       { name: "config.json", contents: Buffer.from('{"a":1}').toString("base64") },
       { name: "binary.dat", contents: Buffer.from([0, 1, 2, 255]).toString("base64") },
     ];
     const result = await run("t1", payload('pwd; cat config.json; echo; od -An -tu1 binary.dat | tr -s " "', { files }));
-    expect(result.stdout).toBe(`${join(workDir, "work", "t-t1")}\n{"a":1}\n 0 1 2 255\n`);
+    expect(result.stdout).toBe(`${result.run.cwd}\n{"a":1}\n 0 1 2 255\n`);
+    expect(result.run.cwd).toBe(join(workDir, "runs", result.run.id, "work"));
   });
 
-  it("gives tickets made of dots or starting with a dash their own workspaces inside the work directory", async () => {
+  it("gives every run a folder of its own inside the work directory, whatever its ticket", async () => {
     const dots = await run("...", payload("pwd"));
     const dash = await run("-rf", payload("pwd"));
-    const hidden = await run(".hidden", payload("pwd"));
-    expect(dots.stdout).toBe(`${join(workDir, "work", "t-...")}\n`);
-    expect(dash.stdout).toBe(`${join(workDir, "work", "t--rf")}\n`);
-    expect(hidden.stdout).toBe(`${join(workDir, "work", "t-.hidden")}\n`);
-    await workspaces.remove("...");
-    await workspaces.remove("...");
-    expect((await readdir(join(workDir, "work"))).sort()).toEqual(["t--rf", "t-.hidden"]);
-    expect((await readdir(join(workDir, "scripts"))).sort()).toEqual(["t--rf.sh", "t-.hidden.sh"]);
+    const again = await run("-rf", payload("pwd"));
+    for (const each of [dots, dash, again]) expect(each.stdout).toBe(`${each.run.cwd}\n`);
+    expect(new Set([dots.run.dir, dash.run.dir, again.run.dir]).size).toBe(3);
+    runs.requestDelete("...");
+    await waitFor(() => readdirSync(runs.root).length === 2, "the run of ... to be removed");
+    expect(readdirSync(runs.root).sort()).toEqual([dash.run.id, again.run.id].sort());
   });
 
   it("starts each script in its own process group", async () => {
@@ -137,7 +138,7 @@ describe("process manager", () => {
   });
 
   it("reports a spawn error as a failed outcome with a clear message", async () => {
-    const result = await spawnInWorkspace(workspaces, "t1", payload("echo hi"), OPTIONS, () => undefined, join(workDir, "missing-folder"));
+    const { result } = await spawnInRun(runs, "t1", payload("echo hi"), OPTIONS, () => undefined, join(workDir, "missing-folder"));
     expect(result.ok).toBe(false);
     if (result.ok) return;
     expect(result.outcome.kind).toBe("failed");
@@ -238,42 +239,6 @@ describe("process manager", () => {
       killGroup(child.pid);
     }
     await waitFor(() => !isAlive(child.pid), "the released process to die");
-  });
-});
-
-describe("workspaces", () => {
-  it("removes a workspace and its script file, and removing again is harmless", async () => {
-    const workspace = await workspaces.create("t1", payload("echo hi", { files: [{ name: "a.txt", contents: "aGk=" }] }));
-    expect((await stat(workspace.dir)).isDirectory()).toBe(true);
-    await workspaces.remove("t1");
-    await workspaces.remove("t1");
-    expect(await readdir(join(workDir, "work"))).toEqual([]);
-    expect(await readdir(join(workDir, "scripts"))).toEqual([]);
-  });
-
-  it("starts a ticket's second run in an empty workspace with its new script", async () => {
-    const first = await workspaces.create("t1", payload("echo one", { files: [{ name: "a.txt", contents: "aGk=" }] }));
-    await writeFile(join(first.dir, "left-behind"), "x");
-    const second = await workspaces.create("t1", payload("echo two"));
-    expect(second.dir).toBe(first.dir);
-    expect(await readdir(second.dir)).toEqual([]);
-    expect(await readFile(second.scriptPath, "utf8")).toBe("echo two");
-  });
-
-  it("makes the scripts folder again when it was removed while the runner ran", async () => {
-    await workspaces.create("t1", payload("echo one"));
-    await rm(join(workDir, "scripts"), { recursive: true, force: true });
-    const workspace = await workspaces.create("t2", payload("echo two"));
-    expect(await readFile(workspace.scriptPath, "utf8")).toBe("echo two");
-  });
-
-  it("refuses a string that is not a ticket", async () => {
-    await expect(workspaces.create("../etc", payload("echo hi"))).rejects.toThrow(/not a valid ticket/);
-    await expect(workspaces.remove("a/b")).rejects.toThrow(/not a valid ticket/);
-  });
-
-  it("writes pwsh scripts as .ps1 files", () => {
-    expect(workspaces.paths("t1", "pwsh").scriptPath).toBe(join(workDir, "scripts", "t-t1.ps1"));
   });
 });
 

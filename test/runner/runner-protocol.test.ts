@@ -2,7 +2,7 @@
  * The runner against a fake control plane: a real `ws` server on 127.0.0.1 that speaks the protocol, with
  * real scripts running as real processes.
  */
-import { existsSync } from "node:fs";
+import { existsSync, readdirSync } from "node:fs";
 import { writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
@@ -15,7 +15,9 @@ import {
   startConnectedRunner,
   startTestRunner as startAgainst,
   tearDownRunnerTest,
+  runDir,
   waitFor,
+  workspaceOf,
   within,
   type FakeControlPlane,
   type TestRunner,
@@ -258,7 +260,7 @@ describe("runner scripts", () => {
     expect(hello.inventory).toHaveLength(1);
     expect(hello.inventory[0]).toMatchObject({ ticket: "t1", fence: 1, exited: false });
     // Let the script finish while the runner waits for the welcome: nothing may be sent yet.
-    await writeFile(join(workDir, "work", "t-t1", "go"), "");
+    await writeFile(join(workspaceOf(workDir, "t1"), "go"), "");
     await waitFor(() => logs.some((line) => line.includes("t1 (fence 1) ended: exited with code 0")), "the runner to see the exit");
     expect(second.frames.map((frame) => frame.type)).toEqual(["hello"]);
 
@@ -289,7 +291,7 @@ describe("runner scripts", () => {
     const third = await plane.connection(3);
     await third.frame("hello");
     third.welcome([{ ticket: "t1", fence: 1, action: "continue", nextSequence: 0 }, { ticket: "t2", fence: 2, action: "forget", nextSequence: 0 }]);
-    await writeFile(join(workDir, "work", "t-t1", "go"), "");
+    await writeFile(join(workspaceOf(workDir, "t1"), "go"), "");
     const exit = await third.frame("exit");
     expect(exit).toMatchObject({ ticket: "t1", lineCount: 1 });
     expect(third.all("started")).toEqual([]);
@@ -430,24 +432,26 @@ describe("runner scripts", () => {
     expect(connection.lines("t1")).toEqual(["0:stdout:fine"]);
   });
 
-  it("deletes a workspace on delete_workspace, and only after the ticket's script ended", async () => {
+  it("deletes a run folder on delete_workspace, and only after the ticket's script ended", async () => {
     const { connection } = await connectedRunner();
-    const dir = join(workDir, "work", "t-t1");
     connection.dispatch("t1", 1, "echo ready; while [ ! -e go ]; do sleep 0.02; done; cat data.txt", {
       files: [{ name: "data.txt", contents: Buffer.from("still here").toString("base64") }],
     });
     await connection.frame("output");
+    const dir = runDir(workDir, "t1");
     connection.send({ type: "delete_workspace", ticket: "t1" });
     // A round trip through another script: the delete request has been handled by now.
     await connection.roundTrip("t2", 2);
-    await writeFile(join(dir, "go"), "");
+    await writeFile(join(dir, "work", "go"), "");
     const exit = await connection.frame("exit", (frame) => frame.ticket === "t1");
     expect(exit.outcome).toEqual({ kind: "exited", code: 0 });
     expect(connection.lines("t1")).toEqual(["0:stdout:ready", "1:stdout:still here"]);
-    await waitFor(() => !existsSync(dir) && !existsSync(join(workDir, "scripts", "t-t1.sh")), "the workspace and script file to be deleted");
+    await waitFor(() => !existsSync(dir), "the run folder, script file included, to be deleted");
 
+    const finished = runDir(workDir, "t2");
     connection.send({ type: "delete_workspace", ticket: "t2" });
-    await waitFor(() => !existsSync(join(workDir, "work", "t-t2")), "the finished ticket's workspace to be deleted");
+    await waitFor(() => !existsSync(finished), "the finished ticket's run folder to be deleted");
+    expect(readdirSync(join(workDir, "runs"))).toEqual([]);
   });
 });
 

@@ -8,25 +8,26 @@ import { spawn } from "node:child_process";
 import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { build } from "esbuild";
-import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import { afterAll, afterEach, beforeEach, describe, expect, it } from "vitest";
 import type { ScriptPayload } from "../../shared/api.js";
 import { CgroupTree, SCRIPT_MARKER_VARIABLE, environHasEntry, ownCgroupPath, parseProcessStat } from "../../runner/containment.js";
 import type { ProcessManagerOptions, ScriptProcess, SpawnResult } from "../../runner/process-manager.js";
 import { WarmShellPool, type WarmShellOptions } from "../../runner/warm-shell.js";
-import { Workspaces } from "../../runner/workspace.js";
+import { RunFolders, type Run } from "../../runner/run-folder.js";
 import { ROOT, isAlive, killGroup, killPid, pidsInGroupNamed, removeDir, tempDir } from "../helpers/processes.js";
 import { waitFor, waitForBlockedWriter, within } from "./fake-control-plane.js";
-import { spawnInWorkspace } from "./spawn.js";
+import { spawnInRun } from "./spawn.js";
 
 let workDir: string;
-let workspaces: Workspaces;
+let runs: RunFolders;
 const pools: WarmShellPool[] = [];
 /** Process groups (and lone pids) a test started; each test also stops its own, this is the safety net. */
 const startedGroups = new Set<number>();
 
 beforeEach(async () => {
   workDir = await tempDir("warm");
-  workspaces = new Workspaces(workDir);
+  runs = new RunFolders(workDir);
+  runs.prepare();
 });
 
 afterEach(async () => {
@@ -46,6 +47,10 @@ const OPTIONS: ProcessManagerOptions = { pipeDrainMs: 300, disableKill: false, b
 /** Usable cgroups on this machine, or the reason there are none. */
 const cgroups = CgroupTree.detect(() => undefined);
 const cgroupsUsable = typeof cgroups !== "string";
+// The tree is this file's: what it made and is empty by now goes with the file (scripts' cgroups, this process's folder).
+afterAll(() => {
+  if (typeof cgroups !== "string") cgroups.removeEmpty();
+});
 const MODES: Array<[string, CgroupTree | undefined]> = [["without cgroups", undefined]];
 if (typeof cgroups !== "string") MODES.push(["with cgroups", cgroups]);
 
@@ -55,15 +60,16 @@ function payload(scriptBody: string, extra: Partial<ScriptPayload> = {}): Script
 
 interface Started {
   result: SpawnResult;
+  run: Run;
   output: { stdout: Buffer[]; stderr: Buffer[] };
 }
 
 /** Writes the workspace and spawns the script, collecting its output. */
 async function start(ticket: string, script: ScriptPayload, options: ProcessManagerOptions, cwd?: string): Promise<Started> {
   const output = { stdout: [] as Buffer[], stderr: [] as Buffer[] };
-  const result = await spawnInWorkspace(workspaces, ticket, script, options, (stream, chunk) => output[stream].push(chunk), cwd);
+  const { result, run } = await spawnInRun(runs, ticket, script, options, (stream, chunk) => output[stream].push(chunk), cwd);
   if (result.ok) startedGroups.add(result.process.pid);
-  return { result, output };
+  return { result, run, output };
 }
 
 function processOf(started: Started): ScriptProcess {
@@ -77,7 +83,7 @@ const text = (chunks: Buffer[]): string => Buffer.concat(chunks).toString("utf8"
 async function ended(started: Started) {
   const child = processOf(started);
   const outcome = await within(child.wait(), "the outcome");
-  return { outcome, stdout: text(started.output.stdout), stderr: text(started.output.stderr), bytes: Buffer.concat(started.output.stdout), child };
+  return { outcome, stdout: text(started.output.stdout), stderr: text(started.output.stderr), bytes: Buffer.concat(started.output.stdout), child, run: started.run };
 }
 
 /** Runs a script to its end, in whichever way the pool (if any) starts it. */
@@ -129,7 +135,7 @@ describe("a script in a warm shell", () => {
 
   it("runs sh scripts too", async () => {
     const { pool, options } = await armedPool();
-    const result = await runWarm("t1", payload('echo "sh says $0" | grep -c scripts', { shell: "sh" }), pool, options);
+    const result = await runWarm("t1", payload('echo "sh says $0" | grep -c script.sh', { shell: "sh" }), pool, options);
     expect(result.outcome).toEqual({ kind: "exited", code: 0 });
     expect(result.stdout).toBe("1\n");
   });
@@ -184,9 +190,12 @@ describe("a script in a warm shell", () => {
         const marker = `${SCRIPT_MARKER_VARIABLE}=${result.child.marker}`;
         const entries = (list: string) => {
           const all = list.split("\0").filter((entry) => entry !== "");
-          // Each start has a marker of its own, and it must be there; the other entries are compared.
+          // Each start has a marker and a run folder of its own, and the marker must be there; the rest is compared.
           expect(all).toContain(marker);
-          return all.filter((entry) => entry !== marker).sort();
+          return all
+            .filter((entry) => entry !== marker)
+            .map((entry) => entry.replaceAll(result.run.dir, "<run>"))
+            .sort();
         };
         return { received: entries(received!), seen: entries(seen!) };
       };
@@ -211,15 +220,16 @@ describe("a script in a warm shell", () => {
       const cold = await run("fds", script, options);
       await waitFor(() => pool.idlePids.length === 1, "a waiting shell");
       const warm = await runWarm("fds", script, pool, options);
-      expect(warm.stdout.split("\n")).toEqual(cold.stdout.split("\n"));
+      // Each run has a folder of its own (where its script file is).
+      expect(warm.stdout.replaceAll(warm.run.dir, "<run>").split("\n")).toEqual(cold.stdout.replaceAll(cold.run.dir, "<run>").split("\n"));
       expect(warm.stdout).toContain("0 /dev/null\n");
     });
   });
 
-  it("runs in its workspace, with stdin from /dev/null", async () => {
+  it("runs in its run's working directory, with stdin from /dev/null", async () => {
     const { pool, options } = await armedPool();
     const result = await runWarm("t1", payload('pwd -P; readlink /proc/$$/cwd; readlink /proc/$$/fd/0; cat; echo "cat=$?"'), pool, options);
-    const dir = join(workDir, "work", "t-t1");
+    const dir = result.run.cwd;
     expect(result.stdout).toBe(`${dir}\n${dir}\n/dev/null\ncat=0\n`);
   });
 
@@ -245,11 +255,11 @@ describe("a script in a warm shell", () => {
     const { pool, options } = await armedPool({}, { cgroups: tree });
     const [waiting] = pool.idlePids;
     const joined = ownCgroupPath(readFileSync(`/proc/${waiting}/cgroup`, "utf8"));
-    expect(joined).toMatch(/\/tendril\/s-[0-9a-f]{32}$/);
+    expect(joined).toMatch(/\/tendril\/r-\d+-\d+\/s-[0-9a-f]{32}$/);
     const result = await runWarm("t1", payload("cat /proc/self/cgroup"), pool, options);
     expect(ownCgroupPath(result.stdout)).toBe(joined);
     expect(joined!.endsWith(`/s-${result.child.marker}`)).toBe(true);
-    await waitFor(() => !existsSync(join(tree.base, `s-${result.child.marker}`)), "the script's cgroup to be removed");
+    await waitFor(() => !existsSync(join(tree.own, `s-${result.child.marker}`)), "the script's cgroup to be removed");
   });
 
   it("is killed with its whole tree, grandchildren included", async () => {
@@ -332,7 +342,7 @@ describe("the pool", () => {
     const missing = await start("t1", payload("true"), options, join(workDir, "missing-folder"));
     expect(missing.result.ok).toBe(false);
     if (!missing.result.ok) expect(missing.result.outcome.message).toMatch(/^Could not start bash .* in .*missing-folder: .*ENOENT/);
-    const notFolder = await start("t2", payload("true"), options, join(workDir, "scripts", "t-t2.sh"));
+    const notFolder = await start("t2", payload("true"), options, missing.run.scriptPath);
     expect(notFolder.result.ok).toBe(false);
     if (!notFolder.result.ok) expect(notFolder.result.outcome.message).toMatch(/ENOTDIR/);
     expect(pool.idlePids).toEqual([waiting]);
@@ -410,11 +420,12 @@ describe("the pool", () => {
     const { pool, options } = await armedPool({ size: 2 }, extra);
     const waiting = pool.idlePids;
     const joined = waiting.map((pid) => ownCgroupPath(readFileSync(`/proc/${pid}/cgroup`, "utf8")));
+    const folders = cgroupsUsable ? joined.map((path) => join((cgroups as CgroupTree).own, path!.split("/").at(-1)!)) : [];
+    expect(folders.every(existsSync)).toBe(true);
     await within(pool.dispose(), "the disposal");
     expect(waiting.filter(isAlive)).toEqual([]);
     expect(pool.idlePids).toEqual([]);
     if (cgroupsUsable) {
-      const folders = joined.map((path) => join((cgroups as CgroupTree).base, path!.split("/").at(-1)!));
       await waitFor(() => folders.every((folder) => !existsSync(folder)), "the shells' cgroups to be removed");
     }
     const after = await run("t1", payload("echo cold"), options);

@@ -1,0 +1,172 @@
+/**
+ * What earlier runner processes left in the work dir. A runner that starts reads every run folder's record and
+ * looks for the run's processes, by pid and start time, process group, cgroup and marker (one sweep of /proc for
+ * all of them): a run none of whose processes lives (another boot, or nothing found) is removed at once; one the
+ * control plane abandoned is only watched (its processes were let go on purpose), so that its folder goes once they
+ * are gone; any other is an orphan: this runner cannot re-attach to it, lists it in its `hello`, and the control
+ * plane decides: `continue` (the script still counts as running there) has it stopped as a cancel would and
+ * reported lost, `cancel` and `forget` have it stopped and dropped (see script-state.ts).
+ * A run whose owner (a runner process, by pid and start time) still lives is another runner's, and is left alone.
+ */
+import {
+  ProcessTree,
+  cgroupAt,
+  currentBootId,
+  isLiveStat,
+  isProcessGone,
+  ownStartTime,
+  readProcessStat,
+  sweepLive,
+  type CgroupTree,
+  type ContainmentOptions,
+  type ProcessIdentity,
+  type ScriptCgroup,
+} from "./containment.js";
+import type { TreeKill } from "./process-manager.js";
+import type { Run, RunFolders, RunOwner, RunRecord } from "./run-folder.js";
+
+/** Runner processes of this process that have not stopped, by runner id (several may run in one process). */
+const liveRunners = new Set<string>();
+
+/** Counts a runner of this process as alive: its runs are not a predecessor's. */
+export function registerLiveRunner(runnerId: string): void {
+  liveRunners.add(runnerId);
+}
+
+/** Counts a runner of this process as stopped: a later runner treats its runs as a predecessor's. */
+export function unregisterLiveRunner(runnerId: string): void {
+  liveRunners.delete(runnerId);
+}
+
+/** The owner this runner writes into its records. */
+export function ownerFor(runnerId: string): RunOwner {
+  return { runnerId, pid: process.pid, startTime: ownStartTime() };
+}
+
+/** True while the runner that owns a run still runs. */
+function ownerAlive(owner: RunOwner): boolean {
+  if (owner.pid === process.pid && owner.startTime === ownStartTime()) return liveRunners.has(owner.runnerId);
+  return !isProcessGone(owner.pid, owner.startTime);
+}
+
+/** A predecessor's run whose processes still live. */
+export interface InheritedRun {
+  run: Run;
+  record: RunRecord;
+  /** `orphan`: the control plane decides what becomes of it; `leftover`: abandoned, only watched until gone. */
+  kind: "orphan" | "leftover";
+  /** Its processes: stopped (an orphan), killed when asked, released. */
+  handle: OrphanRun;
+}
+
+/** How inherited runs are looked at and stopped. */
+export interface InheritOptions {
+  cgroups: CgroupTree | undefined;
+  disableKill: boolean;
+  containment?: ContainmentOptions;
+}
+
+/**
+ * Adopts the run folders earlier runner processes left: removes those with no live process and returns the others
+ * (each held by `runs` until let go). Runs of a live runner are not touched.
+ */
+export function inheritRuns(runs: RunFolders, options: InheritOptions): InheritedRun[] {
+  const found = runs.adoptLeftovers((record) => record === undefined || !ownerAlive(record.owner));
+  const bootId = currentBootId();
+  const candidates: Array<{ run: Run; record: RunRecord; cgroup: ScriptCgroup | undefined; leaderAlive: boolean; group: boolean; inCgroup: boolean }> = [];
+  for (const { run, record } of found) {
+    if (record === undefined || (record.bootId !== undefined && bootId !== undefined && record.bootId !== bootId)) {
+      runs.let(run, "found");
+      continue;
+    }
+    const pid = record.process?.pid;
+    const stat = pid === undefined ? undefined : readProcessStat(pid);
+    const leaderAlive = isLiveStat(stat) && (record.process?.startTime === undefined || stat.startTime === record.process.startTime);
+    // The group's id stays taken while any member lives: unless another process holds the pid now, a group of
+    // that id is the script's.
+    const group = pid !== undefined && (leaderAlive || !isLiveStat(stat));
+    const cgroup = cgroupAt(record.cgroup, options.cgroups);
+    candidates.push({ run, record, cgroup, leaderAlive, group, inCgroup: (cgroup?.pids().length ?? 0) > 0 });
+  }
+  // Only runs not found alive already need the sweep.
+  const undecided = candidates.filter((candidate) => !candidate.leaderAlive && !candidate.inCgroup);
+  const live = sweepLive(
+    new Set(undecided.map((candidate) => candidate.record.marker)),
+    new Set(undecided.filter((candidate) => candidate.group).map((candidate) => candidate.record.process!.pid)),
+  );
+  const inherited: InheritedRun[] = [];
+  for (const { run, record, cgroup, leaderAlive, group, inCgroup } of candidates) {
+    const pid = record.process?.pid;
+    const alive =
+      leaderAlive ||
+      inCgroup ||
+      live.markers.has(record.marker) ||
+      (group && pid !== undefined && live.groups.has(pid));
+    if (!alive) {
+      cgroup?.release();
+      runs.let(run, "found");
+      continue;
+    }
+    const tree = new ProcessTree({
+      leaderPid: group ? pid : undefined,
+      marker: record.marker,
+      disableKill: options.disableKill,
+      ...(cgroup === undefined ? {} : { cgroup }),
+      ...(options.containment === undefined ? {} : { options: options.containment }),
+    });
+    const handle = new OrphanRun(tree, record.process?.pid, record.process?.startTime, group, options.disableKill);
+    const kind = record.abandoned === true ? "leftover" : "orphan";
+    inherited.push({ run, record, kind, handle });
+  }
+  return inherited;
+}
+
+/**
+ * The processes of a predecessor's run, without pipes or an exit status of ours: they can be stopped (as a cancel
+ * would), killed at once, or let go. Shaped like a `ScriptProcess` where the runner treats both alike.
+ */
+export class OrphanRun {
+  private readonly releasing = new AbortController();
+  private killing: Promise<TreeKill> | undefined;
+
+  constructor(
+    private readonly tree: ProcessTree,
+    /** The script's shell, when the record names it (the runner died before writing it otherwise). */
+    readonly pid: number | undefined,
+    readonly startTime: number | undefined,
+    /** Its process group may be signalled by its id (see `inheritRuns`). */
+    private readonly includeGroup: boolean,
+    private readonly disableKill: boolean,
+  ) {}
+
+  /** The run's live processes now. */
+  live(): Promise<ProcessIdentity[]> {
+    return this.tree.live(this.includeGroup);
+  }
+
+  /** SIGTERM to every process of the run, SIGKILL after `graceMs` (runs once); with kill disabled, only lists them. */
+  killTree(graceMs: number): Promise<TreeKill> {
+    this.killing ??= this.stop(graceMs);
+    return this.killing;
+  }
+
+  /** Best-effort SIGKILL of every process of the run, without waiting. */
+  killNow(): string[] {
+    if (this.disableKill) return [];
+    this.tree.killNow(this.includeGroup).catch(() => undefined);
+    return ["SIGKILL"];
+  }
+
+  /** Ends a stop in progress: no more signals. */
+  release(): void {
+    this.releasing.abort();
+  }
+
+  private async stop(graceMs: number): Promise<TreeKill> {
+    if (this.disableKill) return { signals: [], escaped: 0, survivors: await this.live(), aborted: false };
+    const result = await this.tree.stop({ graceMs, includeGroup: this.includeGroup, abort: this.releasing.signal });
+    // Its cgroup goes now, or once the survivors are gone.
+    this.tree.dispose();
+    return { signals: result.signals, escaped: result.escaped, survivors: result.survivors, aborted: result.aborted };
+  }
+}

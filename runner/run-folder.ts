@@ -1,0 +1,299 @@
+/**
+ * Run folders on disk. Every dispatch gets a folder of its own, `<workDir>/runs/<run id>/`, never reused (the id
+ * is the fence plus random bits, as fences start over when a machine is registered again):
+ *
+ *   record.json   who the run's processes are (`RunRecord`), so that a later runner process can find them
+ *   script.sh     the script (`script.ps1` for pwsh), outside the working directory: a request's file cannot replace it
+ *   work/         the working directory, holding the request's files
+ *
+ * Every file is new in a new folder, and the script and the record are written under a temporary name and renamed
+ * into place: nothing a process may be reading is ever rewritten, so a shell that reads its script as it goes
+ * (bash does) can never read another run's. The calls are synchronous: each is a local system call of
+ * microseconds, where a trip through the thread pool would add a fraction of a millisecond to every dispatch.
+ */
+import { randomBytes } from "node:crypto";
+import { mkdirSync, readFileSync, readdirSync, renameSync, writeFileSync } from "node:fs";
+import { rm } from "node:fs/promises";
+import { basename, join } from "node:path";
+import { z } from "zod";
+import type { ScriptPayload } from "../shared/api.js";
+import { Ticket } from "../shared/ids.js";
+import { BootId, Outcome } from "../shared/protocol.js";
+import type { ScriptIdentity, ShellName } from "./spawn.js";
+
+/** The record's file name in a run folder. */
+export const RECORD_FILE = "record.json";
+/** The working directory's name in a run folder. */
+const WORKING_DIRECTORY = "work";
+
+const Pid = z.int().min(1);
+const StartTime = z.int().min(0);
+
+/**
+ * What a run folder's `record.json` says (version 1). Written before the script's process exists (marker and
+ * cgroup are known by then), again once its pid and start time are, and when the runner lets go of it or sees its
+ * end. A runner process that finds a record of a predecessor finds the run's processes by pid and start time, by
+ * process group, by marker and by cgroup. Later versions may add fields (where the output is spooled and how far it
+ * was sent, where a wrapper writes the exit status) so that a new runner can re-attach instead of stopping the run;
+ * unknown fields are ignored on reading.
+ */
+export const RunRecord = z.object({
+  version: z.literal(1),
+  /** The run folder's name. */
+  runId: z.string().min(1),
+  ticket: Ticket,
+  fence: Pid,
+  /** ISO time the folder was made. */
+  createdAt: z.string(),
+  /** The runner process that started it: a run whose owner still lives is not a predecessor's. */
+  owner: z.object({ runnerId: z.string().min(1), pid: Pid, startTime: StartTime.optional() }),
+  /** The boot the run's processes belong to; a record of another boot names no live process. */
+  bootId: BootId.optional(),
+  shell: z.enum(["bash", "sh", "pwsh"]),
+  /** `TENDRIL_SCRIPT_MARKER` of every process of the run. */
+  marker: z.string().regex(/^[0-9a-f]{32}$/),
+  /** The run's cgroup folder, when it got one. */
+  cgroup: z.string().startsWith("/").optional(),
+  /** The script's shell, once spawned: its pid is also its process group's id. */
+  process: z.object({ pid: Pid, startTime: StartTime.optional() }).optional(),
+  /** The control plane abandoned it: a later runner leaves its processes alone. */
+  abandoned: z.boolean().optional(),
+  /** How its own process ended, once the runner saw it (ISO time `at`). */
+  exit: z.object({ outcome: Outcome, at: z.string() }).optional(),
+});
+/** A run's record. */
+export type RunRecord = z.infer<typeof RunRecord>;
+
+/** The runner process that owns a run. */
+export type RunOwner = RunRecord["owner"];
+
+/** One run folder this runner knows of. */
+export interface Run {
+  /** The folder's name, also `record.runId` once a record exists. */
+  readonly id: string;
+  readonly ticket: string;
+  readonly fence: number;
+  readonly dir: string;
+  /** The working directory. */
+  readonly cwd: string;
+  /** The script file. */
+  readonly scriptPath: string;
+  /** Undefined until the record is first written (before any process of it exists). */
+  record: RunRecord | undefined;
+  /** Why its folder must stay (a process of it runs, or is watched); it may go once none is left. */
+  readonly holds: Set<string>;
+  /** Remove the folder once nothing holds it: the control plane deleted the script, or a predecessor left it. */
+  removeWhenIdle: boolean;
+  removed: boolean;
+}
+
+/** A run folder an earlier runner process left: its record, or none (it never got as far as a process). */
+export interface FoundRun {
+  run: Run;
+  record: RunRecord | undefined;
+}
+
+/** The script file's name for a shell. */
+function scriptFileFor(shell: ShellName): string {
+  switch (shell) {
+    case "bash":
+    case "sh":
+      return "script.sh";
+    case "pwsh":
+      return "script.ps1";
+    default: {
+      const unreachable: never = shell;
+      throw new Error(`unknown shell ${String(unreachable)}`);
+    }
+  }
+}
+
+/** Creates, records, finds and removes the run folders under one work directory. */
+export class RunFolders {
+  /** `<workDir>/runs`. */
+  readonly root: string;
+  private readonly runs = new Map<string, Run>();
+
+  constructor(
+    workDir: string,
+    /** Hears what could not be done to a run folder (removing it, updating its record); nothing else depends on it. */
+    private readonly onError: (run: Run, doing: string, error: unknown) => void = () => undefined,
+  ) {
+    this.root = join(workDir, "runs");
+  }
+
+  /** Makes the runs folder (0o700: the files may hold secrets; only the runner's user may enter). */
+  prepare(): void {
+    mkdirSync(this.root, { recursive: true, mode: 0o700 });
+  }
+
+  /** The run of a dispatch. */
+  find(ticket: string, fence: number): Run | undefined {
+    for (const run of this.runs.values()) if (run.ticket === ticket && run.fence === fence && !run.removed) return run;
+    return undefined;
+  }
+
+  /** Makes a new run folder for a dispatch, with the request's files decoded and the script file; no record yet. */
+  create(ticket: string, fence: number, payload: ScriptPayload): Run {
+    const run = this.makeFolder(ticket, fence, payload.shell);
+    mkdirSync(run.cwd, { mode: 0o700 });
+    for (const file of payload.files) {
+      // The schema already refuses paths; this keeps a file inside the folder even if that ever changes.
+      if (basename(file.name) !== file.name || file.name === "." || file.name === "..") {
+        throw new Error(`The file name ${JSON.stringify(file.name)} is not a plain file name.`);
+      }
+      writeFileSync(join(run.cwd, file.name), Buffer.from(file.contents, "base64"));
+    }
+    writeAtomically(run.scriptPath, payload.scriptBody);
+    return run;
+  }
+
+  /** Writes the run's record (temporary file, then rename: a reader sees the old record or the new one). */
+  write(run: Run, record: RunRecord): void {
+    writeAtomically(join(run.dir, RECORD_FILE), JSON.stringify(record));
+    run.record = record;
+  }
+
+  /**
+   * Rewrites the record with `change`; a run without a record (it never started a process) has nothing to update. A
+   * failure is reported, not thrown: the record is what a later runner reads, the run goes on without it.
+   */
+  update(run: Run, change: Partial<RunRecord>): void {
+    if (run.record === undefined || run.removed) return;
+    try {
+      this.write(run, { ...run.record, ...change });
+    } catch (error) {
+      this.onError(run, "update the record of", error);
+    }
+  }
+
+  /**
+   * Reads the run folders this runner does not know yet and adopts those `take` accepts (by their record; a folder
+   * without a valid record never had a process), to be removed once nothing holds them. Each is held as `found`.
+   */
+  adoptLeftovers(take: (record: RunRecord | undefined) => boolean): FoundRun[] {
+    let names: string[];
+    try {
+      names = readdirSync(this.root);
+    } catch {
+      return [];
+    }
+    const found: FoundRun[] = [];
+    for (const name of names) {
+      if (this.runs.has(name)) continue;
+      const dir = join(this.root, name);
+      const record = readRecord(dir);
+      if (!take(record)) continue;
+      const shell = record?.shell ?? "bash";
+      const run: Run = {
+        id: name,
+        ticket: record?.ticket ?? "",
+        fence: record?.fence ?? 0,
+        dir,
+        cwd: join(dir, WORKING_DIRECTORY),
+        scriptPath: join(dir, scriptFileFor(shell)),
+        record,
+        holds: new Set(["found"]),
+        removeWhenIdle: true,
+        removed: false,
+      };
+      this.runs.set(name, run);
+      found.push({ run, record });
+    }
+    return found;
+  }
+
+  /** Keeps the run's folder for `reason` (a process of it runs). */
+  hold(run: Run, reason: string): void {
+    if (!run.removed) run.holds.add(reason);
+  }
+
+  /** Drops one reason to keep the folder; removes it when it was the last and removal is due. */
+  let(run: Run, reason: string): void {
+    run.holds.delete(reason);
+    this.removeIfIdle(run);
+  }
+
+  /** The control plane deleted the ticket's script: its runs go now, or once no process of theirs runs. */
+  requestDelete(ticket: string): void {
+    for (const run of this.runs.values()) {
+      if (run.ticket !== ticket) continue;
+      run.removeWhenIdle = true;
+      this.removeIfIdle(run);
+    }
+  }
+
+  private removeIfIdle(run: Run): void {
+    if (run.removed || !run.removeWhenIdle || run.holds.size > 0) return;
+    run.removed = true;
+    this.runs.delete(run.id);
+    rm(run.dir, { recursive: true, force: true }).catch((error: unknown) => this.onError(run, "delete", error));
+  }
+
+  private makeFolder(ticket: string, fence: number, shell: ShellName): Run {
+    for (;;) {
+      // Random bits: fences start over after a machine is registered again, and a folder must never be reused.
+      const id = `${fence}-${randomBytes(6).toString("hex")}`;
+      const dir = join(this.root, id);
+      try {
+        mkdirSync(dir, { mode: 0o700 });
+      } catch (error) {
+        const code = (error as NodeJS.ErrnoException).code;
+        if (code === "EEXIST") continue;
+        if (code !== "ENOENT") throw error;
+        // The runs folder went away while the runner ran: make it again.
+        this.prepare();
+        mkdirSync(dir, { mode: 0o700 });
+      }
+      const run: Run = {
+        id,
+        ticket,
+        fence,
+        dir,
+        cwd: join(dir, WORKING_DIRECTORY),
+        scriptPath: join(dir, scriptFileFor(shell)),
+        record: undefined,
+        holds: new Set(),
+        removeWhenIdle: false,
+        removed: false,
+      };
+      this.runs.set(id, run);
+      return run;
+    }
+  }
+}
+
+/** The first record of a run: who its process will be (`identity`), written before it can run anything. */
+export function newRunRecord(run: Run, shell: ShellName, owner: RunOwner, bootId: string | undefined, identity: ScriptIdentity): RunRecord {
+  const { marker, cgroup, pid, startTime } = identity;
+  return {
+    version: 1,
+    runId: run.id,
+    ticket: run.ticket,
+    fence: run.fence,
+    createdAt: new Date().toISOString(),
+    owner,
+    ...(bootId === undefined ? {} : { bootId }),
+    shell,
+    marker,
+    ...(cgroup === undefined ? {} : { cgroup }),
+    ...(pid === undefined ? {} : { process: { pid, ...(startTime === undefined ? {} : { startTime }) } }),
+  };
+}
+
+/** A run folder's record; undefined when it has none or it cannot be read. */
+export function readRecord(dir: string): RunRecord | undefined {
+  try {
+    const parsed = RunRecord.safeParse(JSON.parse(readFileSync(join(dir, RECORD_FILE), "utf8")));
+    return parsed.success ? parsed.data : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** Writes a new file under a temporary name and renames it into place. */
+function writeAtomically(path: string, contents: string): void {
+  const temporary = `${path}.tmp`;
+  writeFileSync(temporary, contents, { encoding: "utf8", mode: 0o600 });
+  renameSync(temporary, path);
+}
