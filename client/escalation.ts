@@ -7,7 +7,7 @@ import type { RunnerView, ScriptStatus } from "../shared/api.js";
 import { ExitCode } from "../shared/exit-codes.js";
 import type { CAPABILITIES } from "../shared/protocol.js";
 
-/** The capability a runner advertises when it can let go of a script's process (API.md, "Abandon"). */
+/** The capability a runner advertises when it can let go of a script's process (docs/api.md, "Abandon"). */
 export const ABANDON_CAPABILITY = "script.abandon" satisfies (typeof CAPABILITIES)[number];
 
 // setTimeout fires at once for delays over 2^31-1 ms (about 24.8 days); longer waits are capped there.

@@ -85,31 +85,38 @@ export async function writeLocalConfig(cwd: string, config: LocalConfig): Promis
   await rename(temporary, path);
 }
 
-/** Finds the control plane's URL and server token: flag, else environment, else `.tendril/local.json`. */
+/**
+ * Finds the control plane's URL and server token. Both come from one place: the flags when either flag is given,
+ * else the environment when either variable is set, else `.tendril/local.json`. Never one from each: a `--url`
+ * for another control plane must not be sent the local token (or an exported token meant for somewhere else).
+ */
 export async function resolveServerSettings(options: ResolveServerSettingsOptions): Promise<ServerSettings> {
-  let url = nonEmpty(options.flagUrl) ?? nonEmpty(options.env.TENDRIL_URL);
-  let serverToken = nonEmpty(options.flagToken) ?? nonEmpty(options.env.TENDRIL_SERVER_TOKEN);
-  if (url === undefined || serverToken === undefined) {
-    const file = await readLocalConfig(options.cwd);
-    url ??= file?.url;
-    serverToken ??= file?.serverToken;
+  const flagUrl = nonEmpty(options.flagUrl);
+  const flagToken = nonEmpty(options.flagToken);
+  if (flagUrl !== undefined || flagToken !== undefined) {
+    return bothFrom("the flags", flagUrl, flagToken, "--url", "--server-token");
   }
-  if (url === undefined && serverToken === undefined) {
+  const envUrl = nonEmpty(options.env.TENDRIL_URL);
+  const envToken = nonEmpty(options.env.TENDRIL_SERVER_TOKEN);
+  if (envUrl !== undefined || envToken !== undefined) {
+    return bothFrom("the environment", envUrl, envToken, "TENDRIL_URL", "TENDRIL_SERVER_TOKEN");
+  }
+  const file = await readLocalConfig(options.cwd);
+  if (file === undefined) {
     throw new Error(
       "no control plane configured: pass --url and --server-token, set TENDRIL_URL/TENDRIL_SERVER_TOKEN, or run `npm start` in this folder",
     );
   }
-  if (url === undefined) {
-    throw new Error(
-      "no control plane configured: no URL; pass --url, set TENDRIL_URL, or run `npm start` in this folder",
-    );
-  }
-  if (serverToken === undefined) {
-    throw new Error(
-      "no control plane configured: no server token; pass --server-token, set TENDRIL_SERVER_TOKEN, or run `npm start` in this folder",
-    );
-  }
-  return { url, serverToken };
+  return file;
+}
+
+/** Both settings from one source, or an error naming the one that is missing there. */
+function bothFrom(source: string, url: string | undefined, serverToken: string | undefined, urlName: string, tokenName: string): ServerSettings {
+  if (url !== undefined && serverToken !== undefined) return { url, serverToken };
+  const [given, missing] = url === undefined ? [tokenName, urlName] : [urlName, tokenName];
+  throw new Error(
+    `${given} is set but ${missing} is not: the URL and the token must come from the same place (${source}), so that no token is sent to a control plane it was not meant for; set ${missing} too`,
+  );
 }
 
 /** An empty flag or variable (`TENDRIL_URL=`) means "not set", not "the empty URL". */

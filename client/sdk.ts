@@ -1,5 +1,5 @@
 /**
- * The typed SDK a deployment server uses to talk to the Tendril control plane (API.md): register
+ * The typed SDK a deployment server uses to talk to the Tendril control plane (docs/api.md): register
  * machines, start scripts, follow their output live (Server-Sent Events, with a polling fallback),
  * cancel or abandon them, and delete them once their result has been read.
  */

@@ -32,7 +32,7 @@ export function parseBytesArg(value: string): number {
   return bytes;
 }
 
-/** A machine id (API.md, "Machines"). */
+/** A machine id (docs/api.md, "Machines"). */
 export function parseMachineIdArg(value: string): string {
   if (!isMachineId(value)) throw new InvalidArgumentError(`invalid machine id: ${MACHINE_ID_RULE}.`);
   return value;

@@ -1,5 +1,5 @@
 /**
- * Exit codes of the `tendril` command itself, and the one mapping from a script's exit code (API.md,
+ * Exit codes of the `tendril` command itself, and the one mapping from a script's exit code (docs/api.md,
  * "Exit codes") to what `tendril run` exits with and says.
  */
 import { ExitCode } from "../../shared/exit-codes.js";

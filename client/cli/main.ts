@@ -1,5 +1,5 @@
 /**
- * The `tendril` command line (API.md, "Commands"): `main` and the command tree. Each command's action
+ * The `tendril` command line (docs/api.md, "Commands"): `main` and the command tree. Each command's action
  * lives in `commands/<name>.ts`; the local all-in-one's runner child in `supervisor.ts`.
  *
  * Exit codes of the command itself: 0 success; 1 a script ended with a negative Tendril code; 2 a usage
@@ -46,7 +46,7 @@ export async function main(argv: string[]): Promise<void> {
 }
 
 /** The command tree; each action stores its exit code in `result`. */
-function buildProgram(argv: string[], result: { code: number }): Command {
+export function buildProgram(argv: string[], result: { code: number }): Command {
   const program = new Command("tendril")
     .description("Tendril: run deployment scripts on a fleet of machines, one isolation mutex per machine.")
     .version(packageJson.version)
@@ -59,7 +59,9 @@ function buildProgram(argv: string[], result: { code: number }): Command {
       "npm start                                       # control plane + runner for machine `local`",
       "npx tendril run --machine local -- echo hello",
       "npx tendril machines",
-    ]),
+    ]) +
+      "\n\nDurations (--mutex-timeout, --abandon-after, --kill-grace, --retention): a number with a unit of ms, s, m, h\n" +
+      "or d (500ms, 30s, 2m, 1h, 2d), or several such as 1h30m; a plain number is milliseconds.",
   );
 
   const action =
@@ -90,7 +92,11 @@ function buildProgram(argv: string[], result: { code: number }): Command {
     .option("--host <host>", "address to listen on", DEFAULTS.host)
     .option("--server-token <token>", "server token (env TENDRIL_SERVER_TOKEN; generated and printed when absent)")
     .option("--state-dir <dir>", "where the persisted state lives", `${LOCAL_DIR}/state`)
-    .option("--retention <duration>", "how long completed scripts the server never deleted are kept (default 7d)", parseDurationArg)
+    .option(
+      "--retention <duration>",
+      "how long completed scripts the server never deleted are kept, e.g. 2d or 12h (default 7d)",
+      parseDurationArg,
+    )
     .option("--max-output <size>", "most output stored per script; later output is dropped with a note (default 100MiB)", parseBytesArg)
     .addHelpText(
       "after",
@@ -107,15 +113,21 @@ function buildProgram(argv: string[], result: { code: number }): Command {
     .description("Run a runner: keeps one connection to the control plane and runs the scripts of one machine.")
     .option("--url <url>", "the control plane's http(s) base URL (env TENDRIL_URL)")
     .option("--machine <id>", "the machine this runner serves (env TENDRIL_MACHINE)")
-    .option("--token <token>", "the machine's runner token from `tendril register` (env TENDRIL_RUNNER_TOKEN)")
+    .option("--token-file <file>", "file holding the machine's runner token from `tendril register` (mode 600: readable by its owner only)")
+    .option("--token <token>", "the runner token itself (visible to every user in `ps`: prefer --token-file or env TENDRIL_RUNNER_TOKEN)")
     .option("--work-dir <dir>", `where script workspaces live (env TENDRIL_WORK_DIR; default ${LOCAL_DIR}/work)`)
     .option("--kill-grace <duration>", "time between SIGTERM and SIGKILL when cancelling (default 10s)", parseDurationArg)
     .addHelpText(
       "after",
       examples([
-        "TENDRIL_RUNNER_TOKEN=$(tendril register web-01) tendril runner --url https://tendril.example.com --machine web-01",
-        "tendril runner --url http://127.0.0.1:8787 --machine web-01 --token <token> --work-dir /var/lib/tendril --kill-grace 30s",
-      ]),
+        "(umask 077; tendril register web-01 > runner-token)   # a file only its owner can read",
+        "tendril runner --url https://tendril.example.com --machine web-01 --token-file runner-token",
+        "TENDRIL_RUNNER_TOKEN=$(tendril register web-01) tendril runner --url http://127.0.0.1:8787 --machine web-01 --kill-grace 30s",
+      ]) +
+        "\n\nThe runner token: --token-file (refused when its group or other users can read the file) or the\n" +
+        "TENDRIL_RUNNER_TOKEN environment variable. --token still works, but warns: every user on this machine can read\n" +
+        "a process's command line. Scripts run as this runner's user and can read its token either way (README,\n" +
+        '"Security of the runner token").',
     )
     .action(action(runRunner));
 

@@ -3,6 +3,7 @@
  * the same bindings as wrangler.toml and Durable Object state persisted under a folder.
  */
 import { existsSync, mkdirSync, readFileSync } from "node:fs";
+import { createServer } from "node:net";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 
@@ -56,6 +57,10 @@ export async function startLocalControlPlane(options: LocalControlPlaneOptions):
   const root = projectRoot();
   const scriptPath = join(root, "dist", "worker.js");
   if (!existsSync(scriptPath)) throw new Error(`${scriptPath} is missing; run \`npm run build\` first`);
+  const host = options.host ?? "127.0.0.1";
+  // workerd dies with a raw fatal trace (kj::Exception ... Address already in use) when its port is taken, and
+  // Miniflare prints it before its own message: try the port first, so that the only thing said is what to do.
+  if (options.port !== 0) await assertPortFree(host, options.port);
   const persist = resolve(options.stateDir, "durable-objects");
   mkdirSync(persist, { recursive: true });
   // Loaded here, not at the top: every other `tendril` command would otherwise pay for loading Miniflare.
@@ -76,7 +81,7 @@ export async function startLocalControlPlane(options: LocalControlPlaneOptions):
       ...(options.maxOutputBytes === undefined ? {} : { MAX_SCRIPT_OUTPUT_BYTES: String(options.maxOutputBytes) }),
     },
     durableObjectsPersist: persist,
-    host: options.host ?? "127.0.0.1",
+    host,
     port: options.port,
     cf: false,
   });
@@ -93,4 +98,27 @@ export async function startLocalControlPlane(options: LocalControlPlaneOptions):
     url,
     stop: () => mf.dispose(),
   };
+}
+
+/** Resolves when `host:port` can be listened on now; otherwise throws an Error that says what to do. */
+export function assertPortFree(host: string, port: number): Promise<void> {
+  return new Promise((resolvePort, reject) => {
+    const probe = createServer();
+    probe.once("error", (error: NodeJS.ErrnoException) => {
+      if (error.code === "EADDRINUSE") {
+        reject(
+          new Error(
+            `${host}:${port} is already in use (is another \`npm start\` or \`tendril control-plane\` running?); ` +
+              "stop it, or choose another port with --port",
+          ),
+        );
+      } else if (error.code === "EACCES") {
+        reject(new Error(`not allowed to listen on ${host}:${port}; choose a port above 1023 with --port`));
+      } else if (error.code === "EADDRNOTAVAIL") {
+        reject(new Error(`cannot listen on ${host}: it is not an address of this computer`));
+      } else reject(error);
+    });
+    // `exclusive` keeps Node's cluster module from sharing a handle; the probe must really own the port.
+    probe.listen({ host, port, exclusive: true }, () => probe.close(() => resolvePort()));
+  });
 }

@@ -9,6 +9,7 @@ import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { fileURLToPath } from "node:url";
 import { dirname, join } from "node:path";
+import { assertDistBuilt } from "./dist.js";
 import { waitFor } from "./wait.js";
 
 /** The project folder. */
@@ -214,7 +215,8 @@ export function startProcess(command: string, args: string[], env: NodeJS.Proces
   };
 }
 
-/** Starts the `tendril` command with the given arguments. */
+/** Starts the `tendril` command with the given arguments (built from the current sources by the global setup). */
 export function startTendril(args: string[], env: NodeJS.ProcessEnv = {}, cwd = ROOT): TestProcess {
+  assertDistBuilt({ withWorker: args[0] === "control-plane" || args[0] === "start" });
   return startProcess(process.execPath, [TENDRIL_BIN, ...args], env, cwd);
 }

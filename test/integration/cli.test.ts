@@ -124,6 +124,17 @@ describe("npm start (tendril start)", () => {
       const hello = await tendril(["run", "--machine", "local", "--", "echo", "hello"], { TENDRIL_URL: "", TENDRIL_SERVER_TOKEN: "" }, cwd);
       expect(hello.stdout).toBe("hello\n");
       expect(hello.code).toBe(0);
+      // Its runner child gets the runner token (trt_...) through the environment, never on a command line that
+      // every user can read in `ps` (bug 9).
+      const commandLines = pidsInGroup(proc.pid).flatMap((pid) => {
+        try {
+          return [readFileSync(`/proc/${pid}/cmdline`, "utf8").split("\0").join(" ")];
+        } catch {
+          return []; // gone meanwhile
+        }
+      });
+      expect(commandLines.some((line) => / runner /.test(line)), commandLines.join("\n")).toBe(true);
+      expect(commandLines.filter((line) => /trt_|--token/.test(line))).toEqual([]);
 
       proc.child.kill("SIGINT");
       const { code } = await proc.exited;

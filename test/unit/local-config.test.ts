@@ -77,10 +77,23 @@ describe("resolveServerSettings", () => {
     expect(await resolveServerSettings({ env: {}, cwd })).toEqual(saved);
   });
 
-  it("resolves the URL and the token each on its own", async () => {
+  it("refuses a --url without --server-token instead of sending the file's token to that URL", async () => {
     await writeLocalConfig(cwd, saved);
-    const settings = await resolveServerSettings({ flagUrl: "http://flag.example", env: {}, cwd });
-    expect(settings).toEqual({ url: "http://flag.example", serverToken: "file-token" });
+    await expect(resolveServerSettings({ flagUrl: "https://prod.example", env: {}, cwd })).rejects.toThrow(
+      /--url is set but --server-token is not: the URL and the token must come from the same place \(the flags\)/,
+    );
+  });
+
+  it("refuses a --url with only the environment's token, and a --server-token with only the environment's URL", async () => {
+    await expect(resolveServerSettings({ flagUrl: "https://prod.example", env, cwd })).rejects.toThrow(/--url is set but --server-token is not/);
+    await expect(resolveServerSettings({ flagToken: "t", env, cwd })).rejects.toThrow(/--server-token is set but --url is not/);
+  });
+
+  it("refuses TENDRIL_URL without TENDRIL_SERVER_TOKEN instead of taking the token from the file", async () => {
+    await writeLocalConfig(cwd, saved);
+    await expect(resolveServerSettings({ env: { TENDRIL_URL: "https://prod.example" }, cwd })).rejects.toThrow(
+      /TENDRIL_URL is set but TENDRIL_SERVER_TOKEN is not: the URL and the token must come from the same place \(the environment\)/,
+    );
   });
 
   it("treats empty flags and variables as unset", async () => {
@@ -102,11 +115,7 @@ describe("resolveServerSettings", () => {
   });
 
   it("says which setting is missing when only one is given", async () => {
-    await expect(resolveServerSettings({ env: { TENDRIL_URL: "http://x.example" }, cwd })).rejects.toThrow(
-      /no control plane configured: no server token; pass --server-token, set TENDRIL_SERVER_TOKEN/,
-    );
-    await expect(resolveServerSettings({ flagToken: "t", env: {}, cwd })).rejects.toThrow(
-      /no control plane configured: no URL; pass --url, set TENDRIL_URL/,
-    );
+    await expect(resolveServerSettings({ env: { TENDRIL_URL: "http://x.example" }, cwd })).rejects.toThrow(/set TENDRIL_SERVER_TOKEN too/);
+    await expect(resolveServerSettings({ flagToken: "t", env: {}, cwd })).rejects.toThrow(/set --url too/);
   });
 });

@@ -33,7 +33,7 @@ export async function runControlPlane(flags: ControlPlaneFlags): Promise<number>
     ...(flags.retention === undefined ? {} : { retentionMs: flags.retention }),
     ...(flags.maxOutput === undefined ? {} : { maxOutputBytes: flags.maxOutput }),
   }).catch((error: unknown) => {
-    throw new Error(`could not start the control plane on ${flags.host}:${flags.port}: ${describeError(error)}`);
+    throw new Error(`could not start the control plane: ${describeError(error)}`);
   });
   try {
     if (given === undefined) process.stdout.write(`server token: ${serverToken}\n`);

@@ -8,8 +8,10 @@ export async function register(machineId: string, flags: ServerFlags): Promise<n
   const { runnerToken } = await client.registerMachine(machineId);
   process.stdout.write(`${runnerToken}\n`);
   process.stderr.write(
-    `Runner token for machine ${machineId} (any earlier token of this machine no longer works). Start its runner with:\n` +
-      `  TENDRIL_RUNNER_TOKEN=<the token> tendril runner --url ${client.url} --machine ${machineId}\n`,
+    `Runner token for machine ${machineId} (any earlier token of this machine no longer works). Put it in a file only the\n` +
+      "runner's user can read (chmod 600), and start the runner with:\n" +
+      `  tendril runner --url ${client.url} --machine ${machineId} --token-file <that file>\n` +
+      "(or with the token in the TENDRIL_RUNNER_TOKEN environment variable)\n",
   );
   return CLI_EXIT.ok;
 }

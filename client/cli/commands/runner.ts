@@ -8,11 +8,15 @@ import { DEFAULTS } from "../defaults.js";
 import { CLI_EXIT } from "../exit-codes.js";
 import { oneLine } from "../output.js";
 import { Shutdown } from "../signals.js";
+import { resolveRunnerToken, TOKEN_FLAG_WARNING } from "../token-file.js";
 
 /** Flags of `tendril runner` (each also read from the environment). */
 export interface RunnerFlags {
   url?: string;
   machine?: string;
+  /** A file holding the runner token, readable by its owner only. */
+  tokenFile?: string;
+  /** The runner token itself (warned: it shows in `ps`). */
   token?: string;
   workDir?: string;
   killGrace?: number;
@@ -24,12 +28,17 @@ export async function runRunner(flags: RunnerFlags): Promise<number> {
   const env = process.env;
   const url = flags.url ?? nonEmpty(env.TENDRIL_URL);
   const machineId = flags.machine ?? nonEmpty(env.TENDRIL_MACHINE);
-  const token = flags.token ?? nonEmpty(env.TENDRIL_RUNNER_TOKEN);
+  const found = await resolveRunnerToken({ tokenFile: flags.tokenFile, token: flags.token, environment: nonEmpty(env.TENDRIL_RUNNER_TOKEN) });
+  if (found?.source === "flag") process.stderr.write(`${TOKEN_FLAG_WARNING}\n`);
+  // Kept out of this process's environment from here on, so that nothing it starts inherits it. The initial
+  // environment the kernel shows in /proc/<pid>/environ (to this user and root) keeps it: Node cannot erase that.
+  delete env.TENDRIL_RUNNER_TOKEN;
+  const token = found?.token;
   const workDir = resolve(flags.workDir ?? nonEmpty(env.TENDRIL_WORK_DIR) ?? `${LOCAL_DIR}/work`);
   const missing = [
     url === undefined ? "--url (or TENDRIL_URL)" : undefined,
     machineId === undefined ? "--machine (or TENDRIL_MACHINE)" : undefined,
-    token === undefined ? "--token (or TENDRIL_RUNNER_TOKEN)" : undefined,
+    token === undefined ? "--token-file (or TENDRIL_RUNNER_TOKEN)" : undefined,
   ].filter((item) => item !== undefined);
   if (url === undefined || machineId === undefined || token === undefined) {
     throw new Error(`the runner needs ${missing.join(", ")}; get a token with \`tendril register <machine>\``);

@@ -38,7 +38,7 @@ export async function startAllInOne(options: StartOptions): Promise<number> {
     serverToken,
     stateDir: resolve(cwd, LOCAL_DIR, "state"),
   }).catch((error: unknown) => {
-    throw new Error(`could not start the control plane on port ${options.port}: ${describeError(error)}`);
+    throw new Error(`could not start the control plane: ${describeError(error)}`);
   });
   let runner: RunnerSupervisor | undefined;
   try {
