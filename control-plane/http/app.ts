@@ -1,36 +1,33 @@
 /**
- * The HTTP edge (Hono): authentication, validation and routing to the machine's object. Nothing here is
- * stateful; every decision about a machine is taken by its Durable Object.
+ * The HTTP edge (Hono): authentication, validation and routing to the machine's object, for the routes declared in
+ * shared/routes.ts (each mounted with its checks by routing.ts). Nothing here is stateful; every decision about a
+ * machine is taken by its Durable Object.
  */
-import { Hono, type Context } from "hono";
-import { AbandonRequest, CancelRequest, LIMITS, StartScriptRequest, describeZodError, parseQueryInt } from "../../shared/api.js";
-import { isMachineId, isTicket } from "../../shared/ids.js";
+import { OpenAPIHono } from "@hono/zod-openapi";
+import { LIMITS } from "../../shared/api.js";
+import { isMachineId } from "../../shared/ids.js";
+import { ALL_ROUTES, ROUTES } from "../../shared/routes.js";
 import { bearerToken, sha256Hex } from "../crypto.js";
-import type { Env } from "../env.js";
 import type { RpcResult } from "../machine/results.js";
-import { requireServerToken } from "./auth.js";
-import { ApiError, errorJson, invalid, readJsonBody } from "./errors.js";
-
-type AppEnv = { Bindings: Env };
-type Ctx = Context<AppEnv>;
+import { ApiError, errorJson } from "./errors.js";
+import { openApiDocument } from "./openapi.js";
+import { fallbacks, mount, type AppEnv, type Ctx } from "./routing.js";
 
 /** How long one stream page waits in the object before the edge sends a keep-alive comment. */
 const STREAM_POLL_MS = 15_000;
 /** Machine views fetched at once for the machine list. */
 const LIST_CONCURRENCY = 50;
 
-const MACHINE = "/api/v1/machines/:machineId";
-const SCRIPT = `${MACHINE}/scripts/:ticket`;
-
 /** Builds the Worker's Hono app. */
-export function createApp(): Hono<AppEnv> {
-  const app = new Hono<AppEnv>();
+export function createApp(): OpenAPIHono<AppEnv> {
+  const app = new OpenAPIHono<AppEnv>();
 
-  app.get("/healthz", (c) => c.json({ ok: true }));
+  mount(app, ROUTES.health, (c) => c.json({ ok: true as const }));
+  mount(app, ROUTES.openapi, (c) => c.json(openApiDocument(app, new URL(c.req.url).origin)));
 
   // The runner socket authenticates with its own token: the registry refuses a bad one before any machine
   // object is woken (so a bad token learns nothing of which machines exist); the object checks it again.
-  app.get(`${MACHINE}/runner`, async (c) => {
+  mount(app, ROUTES.runnerSocket, async (c) => {
     const machineId = c.req.param("machineId") ?? "";
     const presented = bearerToken(c.req.header("authorization"));
     const tokenHash = presented && isMachineId(machineId) ? await sha256Hex(presented) : null;
@@ -48,20 +45,8 @@ export function createApp(): Hono<AppEnv> {
     if (verdict === "unverified" && response.status === 101) await registry(c).adoptRunnerToken(machineId, tokenHash);
     return response;
   });
-  app.all(`${MACHINE}/runner`, methodNotAllowed);
 
-  app.use("/api/v1/*", async (c, next) => {
-    if (/^\/api\/v1\/machines\/[^/]+\/runner$/.test(c.req.path)) return next();
-    return requireServerToken()(c, next);
-  });
-
-  app.post(`${MACHINE}/runner-token`, async (c) => {
-    const machineId = machineIdParam(c);
-    await readJsonBody(c, 64 * 1024, true).then((body) => {
-      if (body !== undefined && !(typeof body === "object" && body !== null && !Array.isArray(body) && Object.keys(body).length === 0)) {
-        throw invalid("runner-token takes no body fields.");
-      }
-    });
+  mount(app, ROUTES.registerMachine, async (c, { params: { machineId } }) => {
     // The machine object first: it is the authority, and issuing there revokes the old token at once. Should
     // the registry then fail, it still holds the old hash, which no longer works: the machine refuses every
     // runner until the token is issued again (fail closed), and the caller is told to do so.
@@ -75,9 +60,8 @@ export function createApp(): Hono<AppEnv> {
     }
     return c.json(issued.value, 201);
   });
-  app.all(`${MACHINE}/runner-token`, methodNotAllowed);
 
-  app.get("/api/v1/machines", async (c) => {
+  mount(app, ROUTES.listMachines, async (c) => {
     const ids = await registry(c).list();
     const machines = [];
     for (let i = 0; i < ids.length; i += LIST_CONCURRENCY) {
@@ -86,20 +70,10 @@ export function createApp(): Hono<AppEnv> {
     }
     return c.json({ machines });
   });
-  app.all("/api/v1/machines", methodNotAllowed);
 
-  app.get(MACHINE, async (c) => {
-    const machineId = machineIdParam(c);
-    return respond(c, await machineStub(c, machineId).view(machineId, true));
-  });
-  app.all(MACHINE, methodNotAllowed);
+  mount(app, ROUTES.getMachine, async (c, { params: { machineId } }) => respond(c, await machineStub(c, machineId).view(machineId, true)));
 
-  app.post(`${MACHINE}/scripts`, async (c) => {
-    const machineId = machineIdParam(c);
-    const body = await readJsonBody(c, LIMITS.requestBytes);
-    const parsed = StartScriptRequest.safeParse(body);
-    if (!parsed.success) throw invalid(describeZodError(parsed.error));
-    const request = parsed.data;
+  mount(app, ROUTES.startScript, async (c, { params: { machineId }, body: request }) => {
     if (new TextEncoder().encode(request.scriptBody).byteLength > LIMITS.scriptBodyBytes) {
       throw new ApiError(413, "too_large", `scriptBody is larger than ${LIMITS.scriptBodyBytes} bytes.`);
     }
@@ -131,60 +105,34 @@ export function createApp(): Hono<AppEnv> {
     if (!result.ok) return respond(c, result);
     return c.json(result.value.status, result.value.created ? 201 : 200);
   });
-  app.all(`${MACHINE}/scripts`, methodNotAllowed);
 
-  app.get(SCRIPT, async (c) => {
-    const machineId = machineIdParam(c);
-    const ticket = ticketParam(c);
-    const logSequence = queryInt(c, "logSequence") ?? 0;
-    const limit = queryInt(c, "limit", LIMITS.logPageLines) ?? LIMITS.logPageLines;
-    if (limit < 1) throw invalid("limit must be between 1 and 10000.");
-    return respond(c, await machineStub(c, machineId).getStatus(machineId, ticket, logSequence, limit));
-  });
-  app.delete(SCRIPT, async (c) => {
-    const machineId = machineIdParam(c);
-    const ticket = ticketParam(c);
-    // The same page rules as GET: an answer is never larger than a page, whatever the script printed.
-    const logSequence = queryInt(c, "logSequence") ?? 0;
-    const limit = queryInt(c, "limit", LIMITS.logPageLines) ?? LIMITS.logPageLines;
-    if (limit < 1) throw invalid("limit must be between 1 and 10000.");
-    return respond(c, await machineStub(c, machineId).completeScript(machineId, ticket, logSequence, limit));
-  });
-  app.all(SCRIPT, methodNotAllowed);
+  mount(app, ROUTES.getScript, async (c, { params: { machineId, ticket }, query }) =>
+    respond(c, await machineStub(c, machineId).getStatus(machineId, ticket, query.logSequence ?? 0, query.limit ?? LIMITS.logPageLines)),
+  );
 
-  app.post(`${SCRIPT}/cancel`, async (c) => {
-    const machineId = machineIdParam(c);
-    const ticket = ticketParam(c);
-    const raw = await readJsonBody(c, 64 * 1024, true);
-    const body = CancelRequest.safeParse(raw === undefined ? {} : raw);
-    if (!body.success) throw invalid(describeZodError(body.error));
-    return respond(c, await machineStub(c, machineId).cancelScript(machineId, ticket, body.data.abandonAfterMs ?? null));
-  });
-  app.all(`${SCRIPT}/cancel`, methodNotAllowed);
+  // The same page rules as GET: an answer is never larger than a page, whatever the script printed.
+  mount(app, ROUTES.completeScript, async (c, { params: { machineId, ticket }, query }) =>
+    respond(c, await machineStub(c, machineId).completeScript(machineId, ticket, query.logSequence ?? 0, query.limit ?? LIMITS.logPageLines)),
+  );
 
-  app.post(`${SCRIPT}/abandon`, async (c) => {
-    const machineId = machineIdParam(c);
-    const ticket = ticketParam(c);
-    const raw = await readJsonBody(c, 64 * 1024, true);
-    const body = AbandonRequest.safeParse(raw === undefined ? {} : raw);
-    if (!body.success) throw invalid(describeZodError(body.error));
-    return respond(c, await machineStub(c, machineId).abandonScript(machineId, ticket, body.data.killProcess ?? false));
-  });
-  app.all(`${SCRIPT}/abandon`, methodNotAllowed);
+  mount(app, ROUTES.cancelScript, async (c, { params: { machineId, ticket }, body }) =>
+    respond(c, await machineStub(c, machineId).cancelScript(machineId, ticket, body.abandonAfterMs ?? null)),
+  );
 
-  app.get(`${SCRIPT}/stream`, async (c) => {
-    const machineId = machineIdParam(c);
-    const ticket = ticketParam(c);
-    const from = queryInt(c, "logSequence") ?? 0;
+  mount(app, ROUTES.abandonScript, async (c, { params: { machineId, ticket }, body }) =>
+    respond(c, await machineStub(c, machineId).abandonScript(machineId, ticket, body.killProcess ?? false)),
+  );
+
+  mount(app, ROUTES.streamScript, async (c, { params: { machineId, ticket }, query }) => {
     const stub = machineStub(c, machineId);
-    const first = await stub.streamPage(machineId, ticket, from, 0);
+    const first = await stub.streamPage(machineId, ticket, query.logSequence ?? 0, 0);
     if (!first.ok) return respond(c, first);
     return new Response(sseBody(stub, machineId, ticket, first.value), {
       headers: { "content-type": "text/event-stream; charset=utf-8", "cache-control": "no-cache", "x-accel-buffering": "no" },
     });
   });
-  app.all(`${SCRIPT}/stream`, methodNotAllowed);
 
+  fallbacks(app, ALL_ROUTES);
   app.notFound((c) => errorJson(c, 404, "not_found", `No route ${c.req.method} ${c.req.path}.`));
   app.onError((error, c) => {
     if (error instanceof ApiError) return errorJson(c, error.status, error.code, error.message);
@@ -233,24 +181,6 @@ function sseBody(stub: MachineStub, machineId: string, ticket: string, first: St
   });
 }
 
-function machineIdParam(c: Ctx): string {
-  const machineId = c.req.param("machineId") ?? "";
-  if (!isMachineId(machineId)) throw invalid("machineId must be 1-64 characters of A-Z, a-z, 0-9, '.', '_' or '-' (and not '.' or '..').");
-  return machineId;
-}
-
-function ticketParam(c: Ctx): string {
-  const ticket = c.req.param("ticket") ?? "";
-  if (!isTicket(ticket)) throw invalid("ticket must be 1-128 characters of A-Z, a-z, 0-9, '.', '_' or '-' (and not '.' or '..').");
-  return ticket;
-}
-
-function queryInt(c: Ctx, name: string, max?: number): number | undefined {
-  const parsed = parseQueryInt(c.req.query(name), name, max);
-  if (typeof parsed === "object") throw invalid(`${parsed.error}.`);
-  return parsed;
-}
-
 function machineStub(c: Ctx, machineId: string): MachineStub {
   return c.env.MACHINE.get(c.env.MACHINE.idFromName(machineId));
 }
@@ -263,8 +193,3 @@ function respond<T>(c: Ctx, result: RpcResult<T>, status: 200 | 201 = 200): Resp
   if (!result.ok) return errorJson(c, result.status, result.code, result.message);
   return c.json(result.value as object, status);
 }
-
-function methodNotAllowed(c: Ctx): Response {
-  return errorJson(c, 405, "method_not_allowed", `${c.req.method} is not allowed on ${c.req.path}.`);
-}
-

@@ -1,5 +1,10 @@
-/** A thin HTTP helper for integration tests: raw status and JSON body, so that tests see exactly what the API says. */
+/**
+ * A thin HTTP helper for integration tests: raw status and JSON body, so that tests see exactly what the API says.
+ * Every JSON answer is also checked against the declared response of its route (`expectDeclaredResponse`), so the
+ * OpenAPI document, which is generated from those declarations, cannot drift from what the Worker sends.
+ */
 import WebSocket from "ws";
+import { expectDeclaredResponse } from "./contract.js";
 
 /** A response as a test sees it. */
 export interface ApiResponse<T = any> {
@@ -30,6 +35,9 @@ export async function call<T = any>(
     parsed = text ? JSON.parse(text) : null;
   } catch {
     // not JSON (the SSE stream)
+  }
+  if ((response.headers.get("content-type") ?? "").startsWith("application/json")) {
+    expectDeclaredResponse(method, new URL(`${base.url}${path}`).pathname, response.status, parsed);
   }
   return { status: response.status, body: parsed as T, headers: response.headers };
 }
