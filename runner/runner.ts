@@ -263,6 +263,7 @@ class Runner {
       runnerId: this.runnerId,
       version: this.options.version,
       capabilities: RUNNER_CAPABILITIES,
+      killGraceMs: this.options.killGraceMs,
       inventory,
     });
   }

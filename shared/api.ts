@@ -253,7 +253,10 @@ export const AuditEvent = z
 export type AuditEvent = z.infer<typeof AuditEvent>;
 
 /** One event of the fleet-wide audit feed. */
-export const FeedEvent = AuditEvent.extend({ machineId: z.string(), ticket: Ticket.nullable() }).meta({ id: "FeedEvent" });
+export const FeedEvent = AuditEvent.extend({
+  machineId: z.string().nullable().meta({ description: "Null for an operator's event." }),
+  ticket: Ticket.nullable().meta({ description: "Null for an administrative event." }),
+}).meta({ id: "FeedEvent" });
 /** One event of the fleet-wide audit feed. */
 export type FeedEvent = z.infer<typeof FeedEvent>;
 

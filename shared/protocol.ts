@@ -257,6 +257,8 @@ export const RunnerMessage = z.discriminatedUnion("type", [
     runnerId: z.string().min(1).max(64),
     version: z.string().min(1).max(64),
     capabilities: z.array(z.string().min(1).max(64)).max(32),
+    /** How long this runner waits after SIGTERM before SIGKILL when it cancels: the control plane's run timeout allows for it. */
+    killGraceMs: z.int().min(0).max(24 * 60 * 60 * 1000).optional(),
     /** Every script this runner process still tracks. */
     inventory: z
       .array(z.strictObject({ ticket: Ticket, fence: Fence, nextSequence: Sequence, exited: z.boolean() }))

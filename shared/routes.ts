@@ -7,12 +7,18 @@
 import { z } from "zod";
 import {
   AbandonRequest,
+  AddOperatorRequest,
+  AddedOperator,
   ApiErrorBody,
+  AuditFeed,
   CancelRequest,
+  FleetStatus,
   Health,
   LIMITS,
   MachineList,
   MachineView,
+  OperatorList,
+  OperatorName,
   RegisteredMachine,
   ScriptStatus,
   StartScriptRequest,
@@ -66,6 +72,9 @@ const LogPage = z.object({
     .optional()
     .meta({ description: `Most log lines to return (1–${LIMITS.logPageLines}, default ${LIMITS.logPageLines}); the page is also cut to keep the answer under 4 MiB.` }),
 });
+/** A page of a list: `limit` 1–500 (default 100) and the opaque cursor of the previous page. */
+const PageLimit = z.int().min(1).max(500).optional().meta({ description: "Most items to return (1–500, default 100)." });
+const Cursor = z.string().min(1).max(512).optional().meta({ description: "The `nextCursor` of the previous page (opaque)." });
 /** Small bodies (cancel, abandon, runner-token) may be at most this large. */
 const SMALL_BODY_BYTES = 64 * 1024;
 
@@ -80,6 +89,8 @@ function withErrors<const R extends RouteDecl>(route: R): R {
     responses[400] = error("The request is invalid (`invalid_request`): a bad id, a bad query parameter, or a body that does not match its schema.");
   }
   if (route.access !== "public") responses[401] = error("Missing or invalid token (`unauthorized`).");
+  if (route.access === "server") responses[403] = error("An operator token may not make this call (`forbidden`): it needs the server token.");
+  if (route.access === "act") responses[403] = error("A `viewer` operator may not make this call, and an operator token may not send `requestedBy` (`forbidden`).");
   if (machineScoped && route.access !== "runner") {
     responses[404] = error("The machine was never registered (`unknown_machine`), or the ticket is unknown on it (`unknown_script`).");
   }
@@ -130,10 +141,43 @@ export const ROUTES = {
     name: "listMachines",
     method: "get",
     path: "/api/v1/machines",
-    summary: "List the registered machines",
+    summary: "List the fleet, a page at a time",
+    description:
+      "Answered from the registry's summary row per machine (pushed by each machine as its runner, holders, queue or abandoned list change), in one query whatever the fleet's size. Ordered by machine id; `counts` are the fleet's (within `prefix`, if given).",
     tag: "Machines",
     access: "read",
-    responses: { 200: json("Every registered machine's view, without its scripts.", MachineList) },
+    query: z.object({
+      limit: PageLimit,
+      cursor: Cursor,
+      prefix: z.string().min(1).max(64).regex(/^[A-Za-z0-9._-]+$/, "must be characters of A-Z, a-z, 0-9, '.', '_' or '-'").optional().meta({ description: "Only machines whose id starts with it." }),
+      status: FleetStatus.optional(),
+    }),
+    responses: { 200: json("One page of machine summaries, the cursor of the next one, and the counts.", MachineList) },
+  }),
+  removeMachine: withErrors({
+    name: "removeMachine",
+    method: "delete",
+    path: "/api/v1/machines/{machineId}",
+    summary: "Remove a decommissioned machine",
+    description: "Refused while a script is pending or running. Otherwise deletes its state, logs and summary, and revokes its runner token (its runner is disconnected). Its audit events stay in the feed.",
+    tag: "Machines",
+    access: "server",
+    params: MachineParams,
+    responses: {
+      200: json("Removed.", z.object({ machineId: z.string(), removed: z.literal(true) }).meta({ id: "RemovedMachine" })),
+      409: error("A script is pending or running on it (`machine_busy`)."),
+    },
+  }),
+  revokeRunnerToken: withErrors({
+    name: "revokeRunnerToken",
+    method: "delete",
+    path: "/api/v1/machines/{machineId}/runner-token",
+    summary: "Revoke a machine's runner token without issuing a new one",
+    description: "Its runner is disconnected (close code 4001) and can no longer connect until a new token is issued.",
+    tag: "Machines",
+    access: "server",
+    params: MachineParams,
+    responses: { 200: json("Revoked.", z.object({ machineId: z.string(), revoked: z.literal(true) }).meta({ id: "RevokedRunnerToken" })) },
   }),
   getMachine: withErrors({
     name: "getMachine",
@@ -233,6 +277,53 @@ export const ROUTES = {
       200: json("The final status, with one page of logs.", ScriptStatus),
       409: error("The script is not complete yet (`not_complete`)."),
     },
+  }),
+  listOperators: withErrors({
+    name: "listOperators",
+    method: "get",
+    path: "/api/v1/operators",
+    summary: "List the operators (never their tokens)",
+    tag: "Operators",
+    access: "server",
+    responses: { 200: json("Every operator.", OperatorList) },
+  }),
+  addOperator: withErrors({
+    name: "addOperator",
+    method: "post",
+    path: "/api/v1/operators",
+    summary: "Add an operator, or give an existing one a new token",
+    description:
+      "`viewer` may read (machines, scripts, streams, the audit feed); `operator` may also cancel and abandon. The token is shown once and stored hashed; the same name again replaces its token and role (its open console sessions end).",
+    tag: "Operators",
+    access: "server",
+    body: { schema: AddOperatorRequest, required: true, maxBytes: SMALL_BODY_BYTES },
+    responses: { 201: json("The operator and its token.", AddedOperator) },
+  }),
+  removeOperator: withErrors({
+    name: "removeOperator",
+    method: "delete",
+    path: "/api/v1/operators/{name}",
+    summary: "Revoke an operator at once",
+    description: "Its token stops working at once, and its open console sessions end.",
+    tag: "Operators",
+    access: "server",
+    params: z.object({ name: OperatorName }),
+    responses: {
+      200: json("Removed.", z.object({ name: z.string(), removed: z.literal(true) }).meta({ id: "RemovedOperator" })),
+      404: error("No operator has that name (`unknown_operator`)."),
+    },
+  }),
+  audit: withErrors({
+    name: "audit",
+    method: "get",
+    path: "/api/v1/audit",
+    summary: "The fleet-wide audit feed, newest first",
+    description:
+      "Every action that changed a script's course and every administrative action, with who, when and why. Kept for 90 days (`AUDIT_RETENTION_MS`), also after the scripts are deleted.",
+    tag: "Audit",
+    access: "read",
+    query: z.object({ machineId: MachineId.optional().meta({ description: "Only this machine's events." }), limit: PageLimit, cursor: Cursor }),
+    responses: { 200: json("One page of events and the cursor of the next (older) one.", AuditFeed) },
   }),
   runnerSocket: withErrors({
     name: "runnerSocket",

@@ -44,6 +44,11 @@ export function openApiDocument(app: OpenAPIHono<AppEnv>, origin: string): unkno
       scheme: "bearer",
       description: "A machine's runner token, from `POST /api/v1/machines/{machineId}/runner-token`; only for that machine's runner socket.",
     });
+    app.openAPIRegistry.registerComponent("securitySchemes", "operatorToken", {
+      type: "http",
+      scheme: "bearer",
+      description: "An operator's token (`POST /api/v1/operators`): role `viewer` for the read calls, role `operator` also for cancel and abandon.",
+    });
     // The final event of a live stream carries it; named here so that clients can generate its type.
     app.openAPIRegistry.register("StreamStatus", StreamStatus);
   }
@@ -56,6 +61,8 @@ export function openApiDocument(app: OpenAPIHono<AppEnv>, origin: string): unkno
       tags: [
         { name: "Machines", description: "Registering machines and reading their state." },
         { name: "Scripts", description: "Starting, following, cancelling, abandoning and deleting scripts." },
+        { name: "Operators", description: "People who watch and act without the server token." },
+        { name: "Audit", description: "Who did what, when and why." },
         { name: "Runners", description: "The runners' WebSocket." },
         { name: "Health", description: "Liveness and this document." },
       ],

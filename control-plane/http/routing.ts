@@ -82,14 +82,25 @@ function parse(schema: z.ZodType, value: unknown): unknown {
  */
 function queryValues(c: Ctx, schema: z.ZodObject): Record<string, unknown> {
   const values: Record<string, unknown> = {};
-  for (const name of Object.keys(schema.shape)) {
+  for (const [name, field] of Object.entries(schema.shape)) {
     const raw = c.req.query(name);
     if (raw === undefined) continue;
+    if (!isNumber(field as z.ZodType)) {
+      values[name] = raw;
+      continue;
+    }
     const parsed = parseQueryInt(raw, name);
     if (typeof parsed === "object") throw invalid(`${parsed.error}.`);
     values[name] = parsed;
   }
   return values;
+}
+
+/** True when a (possibly optional) schema takes a number. */
+function isNumber(schema: z.ZodType): boolean {
+  let def = schema._zod.def as { type: string; innerType?: z.ZodType };
+  while ((def.type === "optional" || def.type === "default" || def.type === "nullable") && def.innerType) def = def.innerType._zod.def as typeof def;
+  return def.type === "number";
 }
 
 /** The route as the OpenAPI registry takes it. */
@@ -127,9 +138,10 @@ function securityOf(access: RouteDecl["access"]): Array<Record<string, string[]>
     case "runner":
       return [{ runnerToken: [] }];
     case "server":
+      return [{ serverToken: [] }];
     case "read":
     case "act":
-      return [{ serverToken: [] }];
+      return [{ serverToken: [] }, { operatorToken: [] }];
     default: {
       const unreachable: never = access;
       throw new Error(`unknown access ${String(unreachable)}`);

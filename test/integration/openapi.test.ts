@@ -53,7 +53,7 @@ describe("GET /api/v1/openapi.json", () => {
       if (route.access === "public") expect(operation.security).toEqual([]);
       else expect(operation.security.length).toBeGreaterThan(0);
     }
-    expect(Object.keys(document.components.securitySchemes).sort()).toEqual(["runnerToken", "serverToken"]);
+    expect(Object.keys(document.components.securitySchemes).sort()).toEqual(["operatorToken", "runnerToken", "serverToken"]);
     for (const name of ["ScriptStatus", "StreamStatus", "LogLine", "MachineView", "StartScriptRequest", "Error"]) {
       expect(document.components.schemas[name], name).toBeDefined();
     }

@@ -63,6 +63,7 @@ describe("runner handshake", () => {
       runnerId: handle.runnerId,
       version: "9.9.9",
       capabilities: [...CAPABILITIES],
+      killGraceMs: expect.any(Number),
       inventory: [],
     });
     expect(handle.connected).toBe(false);
