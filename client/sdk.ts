@@ -1,31 +1,66 @@
 /**
- * The typed SDK a deployment server uses to talk to the Tendril control plane (docs/api.md): register
- * machines, start scripts, follow their output live (Server-Sent Events, with a polling fallback),
- * cancel or abandon them, and delete them once their result has been read.
+ * The TypeScript SDK of Tendril (`import { TendrilClient } from "tendril/sdk"`), for deployment servers: register
+ * machines, start scripts and hold a handle on each run (`client.machine(id).start(...)`: its logs, its stored
+ * result, cancel, abandon, and deletion on disposal), or run one start to finish with `executeScript`. Every answer
+ * is validated with the schemas shared/routes.ts declares for its route (docs/api.md): a malformed answer is a
+ * `TendrilProtocolError`, never a silently wrong value.
  */
-import { randomUUID } from "node:crypto";
 import { z } from "zod";
-import type { LogLine, MachineView, ScriptStatus, StartScriptInput } from "../shared/api.js";
+import {
+  AddedOperator,
+  AuditFeed,
+  LogLine,
+  MachineList,
+  MachineView,
+  OperatorList,
+  RegisteredMachine,
+  ScriptStatus,
+  StreamStatus,
+  type AbandonRequest,
+  type AddOperatorRequest,
+  type CancelRequest,
+  type OperatorView,
+  type StartScriptInput,
+} from "../shared/api.js";
+import { ROUTES, type RouteDecl } from "../shared/routes.js";
 import { TendrilApiError, TendrilNetworkError, TendrilProtocolError } from "./errors.js";
-import { ScriptEscalation, type EscalationEvent, type ExecutionOutcome } from "./escalation.js";
+import { executeOn, type ExecuteScriptOptions, type ExecutedScript } from "./execute.js";
+import { MachineHandle } from "./handles.js";
+import { callJson, openStream, parseAnswer, type JsonAnswer, type RouteInputs, type Transport } from "./http.js";
+import { DEFAULTS } from "./defaults.js";
+import { readServerSentEvents } from "./sse.js";
 
+export { TendrilApiError, TendrilNetworkError, TendrilProtocolError } from "./errors.js";
 export { ABANDON_CAPABILITY, type EscalationEvent, type ExecutionOutcome } from "./escalation.js";
+export type { ExecuteScriptOptions, ExecutedScript } from "./execute.js";
+export { MachineHandle, ScriptRun, type DisposeOutcome, type ScriptResult, type StartOptions } from "./handles.js";
+export { ExitCode } from "../shared/exit-codes.js";
+export type {
+  AbandonedView,
+  AddedOperator,
+  AuditAction,
+  AuditEvent,
+  AuditFeed,
+  FeedEvent,
+  FleetStatus,
+  LogLine,
+  LogSource,
+  MachineList,
+  MachineSummary,
+  MachineView,
+  MutexView,
+  OperatorRole,
+  OperatorView,
+  RegisteredMachine,
+  RunnerView,
+  ScriptState,
+  ScriptStatus,
+  ScriptSummary,
+  StartScriptInput,
+  StreamStatus,
+} from "../shared/api.js";
 
-/** Timing defaults of the SDK. */
-export const DEFAULTS = {
-  /** First wait between status polls; doubles while nothing new arrives. */
-  pollInitialDelayMs: 100,
-  /** Longest wait between status polls. */
-  pollMaxDelayMs: 2_000,
-  /** How long following keeps retrying an unreachable control plane (e.g. while it restarts) before giving up. */
-  unreachableRetryMs: 30_000,
-  /**
-   * `executeScript`: once its `signal` has sent the cancel, how long the script may take to complete
-   * before it is abandoned (when the runner supports abandon). Longer than the runner's default grace
-   * between SIGTERM and SIGKILL (10 s), so that a cancel that works always gets to finish first.
-   */
-  abandonAfterCancelMs: 30_000,
-} as const;
+export { DEFAULTS } from "./defaults.js";
 
 /** How to reach the control plane. */
 export interface TendrilClientOptions {
@@ -35,18 +70,16 @@ export interface TendrilClientOptions {
   serverToken: string;
   /** A fetch implementation to use instead of the global one (tests, proxies, custom agents). */
   fetch?: typeof fetch;
+  /**
+   * Told when disposing of a run (`await using`) could not delete it although it was complete (the control plane
+   * was unreachable, say). Disposal never throws; without this the failure is silent, and the script stays stored
+   * until the control plane's retention removes it (7 days by default).
+   */
+  onDisposeError?: (error: unknown, run: { machineId: string; ticket: string }) => void;
 }
 
 /** One item of a script's live output: a log line, or its final status (always the last item). */
 export type ScriptEvent = { type: "log"; line: LogLine } | { type: "status"; status: ScriptStatus };
-
-/** The answer of `registerMachine`. */
-export interface RegisteredMachine {
-  /** The machine the token belongs to. */
-  machineId: string;
-  /** The machine's new runner token; the previous one no longer works. */
-  runnerToken: string;
-}
 
 /** The answer of `startScript`. */
 export interface StartedScript {
@@ -80,105 +113,38 @@ export interface FollowOptions {
 export interface CompleteScriptOptions {
   /** First log sequence to return with the final status (default 0). */
   logSequence?: number;
+  /** Most log lines to return with it (1–10,000; default 10,000). */
+  limit?: number;
 }
 
-/** Options of `cancelScript`. */
-export interface CancelScriptOptions {
-  /** Abandon the script if it is still not complete this many milliseconds after the cancel. */
-  abandonAfterMs?: number;
-}
+/** The cancel call's options: its body as shared/api.ts declares it (`abandonAfterMs`, `reason`, `requestedBy`). */
+export type CancelScriptOptions = z.input<typeof CancelRequest>;
 
-/** Options of `abandonScript`. */
-export interface AbandonScriptOptions {
-  /** Also ask the runner for a best-effort kill of the process tree. */
-  killProcess?: boolean;
-}
+/** The abandon call's options: its body as shared/api.ts declares it (`killProcess`, `reason`, `requestedBy`). */
+export type AbandonScriptOptions = z.input<typeof AbandonRequest>;
 
-/** Options of `executeScript`. */
-export interface ExecuteScriptOptions {
-  /** Receives every log line once, in order. */
-  onLog?: (line: LogLine) => void;
-  /** Called once the start call has been answered. */
-  onStarted?: (started: { ticket: string; created: boolean }) => void;
-  /**
-   * Aborting it stops the script: the cancel is sent (once), and if the script is still not complete
-   * `abandonAfterCancelMs` later, it is abandoned — only when the machine's runner advertises
-   * `script.abandon` (else `onEscalation` gets `abandon_unavailable` and the script is still followed).
-   * The call still resolves only once the script is complete.
-   */
-  signal?: AbortSignal;
-  /**
-   * After the cancel, how long to wait for the script to complete before abandoning it (default
-   * `DEFAULTS.abandonAfterCancelMs`, 30 s); `Infinity` never abandons by itself. The client does this,
-   * so it needs this call to keep running; see `abandonAfterMs` for the control plane's own deadline.
-   */
-  abandonAfterCancelMs?: number;
-  /**
-   * Sent with the cancel (`{"abandonAfterMs": N}`): the control plane itself abandons the script if it
-   * is still not complete N ms after the cancel, even if this process has gone away.
-   */
-  abandonAfterMs?: number;
-  /** Aborting it abandons the script at once (once), whatever the runner advertises; no cancel is sent first. */
-  abandonSignal?: AbortSignal;
-  /** Sent with every abandon: also ask the runner for a best-effort kill of the process tree. */
-  killProcessOnAbandon?: boolean;
-  /** Reports each escalation step: cancel sent, abandon sent, abandon not available. */
-  onEscalation?: (event: EscalationEvent) => void;
-  /** Reports a cancel, machine read or abandon call that failed (the script is still followed). */
-  onEscalationError?: (action: "cancel" | "abandon", error: unknown) => void;
-  /** Reports that live streaming failed and status polling took over. */
-  onFallback?: (error: unknown) => void;
-  /** Leave the completed script on the control plane instead of deleting it (default false). */
-  keep?: boolean;
-}
+/** The fleet list's filters and paging, as its route declares its query (`limit`, `cursor`, `prefix`, `status`). */
+export type ListMachinesOptions = NonNullable<RouteInputs<typeof ROUTES.listMachines>["query"]>;
 
-/** The result of `executeScript`. */
-export interface ExecutedScript {
-  /** The script's ticket (the given one, or the one generated for it). */
-  ticket: string;
-  /** False when the ticket already existed and this call followed the earlier script. */
-  created: boolean;
-  /** The script's exit code (negative codes are Tendril's, see shared/exit-codes.ts). */
-  exitCode: number;
-  /** How it ended: by itself (`completed`), after this call's cancel (`cancelled`), or `abandoned` (-48). */
-  outcome: ExecutionOutcome;
-  /** The final status (`complete`); its log lines all went to `onLog`, so `logs` is empty. */
-  status: ScriptStatus;
-  /** Set when the script completed but deleting it failed; the result above is still valid. */
-  deleteError?: unknown;
-}
+/** The audit feed's filter and paging, as its route declares its query (`machineId`, `limit`, `cursor`). */
+export type AuditOptions = NonNullable<RouteInputs<typeof ROUTES.audit>["query"]>;
 
-const LogLineSchema = z.object({
-  sequence: z.int().min(0),
-  source: z.enum(["stdout", "stderr", "debug"]),
-  text: z.string(),
-  occurred: z.string(),
-}) satisfies z.ZodType<LogLine>;
+/** The add-operator call's body as shared/api.ts declares it (`name`, `role`, `expiresInDays`). */
+export type AddOperatorOptions = z.input<typeof AddOperatorRequest>;
 
-const ScriptStatusSchema = z.object({
-  ticket: z.string(),
-  state: z.enum(["pending", "running", "complete"]),
-  exitCode: z.int().nullable(),
-  logs: z.array(LogLineSchema),
-  nextLogSequence: z.int().min(0),
-  hasMoreLogs: z.boolean(),
-}) satisfies z.ZodType<ScriptStatus>;
-
-// The stream's final status event comes "without logs"; accept it with or without the log fields.
-const StreamStatusSchema = ScriptStatusSchema.extend({
-  logs: z.array(LogLineSchema).optional(),
-  nextLogSequence: z.int().min(0).optional(),
-  hasMoreLogs: z.boolean().optional(),
-});
-
-const RegisteredMachineSchema = z.object({ machineId: z.string(), runnerToken: z.string().min(1) });
+// The answers of these routes are declared inline in shared/routes.ts (not exported); these are the same shapes, applied
+// after the declared schema has validated the answer, for the type.
+const RemovedMachine = z.object({ machineId: z.string(), removed: z.literal(true) });
+const RevokedRunnerToken = z.object({ machineId: z.string(), revoked: z.literal(true) });
+const RemovedOperator = z.object({ name: z.string(), removed: z.literal(true) });
 
 /** A client of one control plane, authenticated with its server token. */
 export class TendrilClient {
   /** The control plane's base URL, without a trailing slash. */
   readonly url: string;
-  private readonly serverToken: string;
-  private readonly fetchImpl: typeof fetch;
+  /** Told when disposing of a complete run could not delete it (see `TendrilClientOptions.onDisposeError`). */
+  readonly onDisposeError: ((error: unknown, run: { machineId: string; ticket: string }) => void) | undefined;
+  private readonly transport: Transport;
 
   /** Creates a client; throws when the URL is not an http(s) URL. */
   constructor(options: TendrilClientOptions) {
@@ -192,48 +158,75 @@ export class TendrilClient {
       throw new Error(`invalid control plane URL ${JSON.stringify(options.url)}: it must start with http:// or https://`);
     }
     this.url = `${parsed.origin}${parsed.pathname}`.replace(/\/+$/, "");
-    this.serverToken = options.serverToken;
-    // Wrapped so that the global fetch is called unbound (some runtimes insist) and looked up per call.
-    this.fetchImpl = options.fetch ?? ((input, init) => globalThis.fetch(input, init));
+    this.onDisposeError = options.onDisposeError;
+    this.transport = {
+      url: this.url,
+      serverToken: options.serverToken,
+      // Wrapped so that the global fetch is called unbound (some runtimes insist) and looked up per call.
+      fetch: options.fetch ?? ((input, init) => globalThis.fetch(input, init)),
+    };
+  }
+
+  /** A handle on one machine: start scripts on it (`start`), re-attach to one (`script`), read its view. Sends nothing. */
+  machine(machineId: string): MachineHandle {
+    return new MachineHandle(this, machineId);
   }
 
   /** Registers a machine (creating it when new) and issues a fresh runner token, revoking the previous one. */
   async registerMachine(machineId: string): Promise<RegisteredMachine> {
-    const response = await this.send("POST", `${machinePath(machineId)}/runner-token`);
-    return parseJson(RegisteredMachineSchema, await readJson(response), "registered machine");
+    return (await this.call(ROUTES.registerMachine, { params: { machineId } }, RegisteredMachine)).body;
   }
 
   /** Returns one machine's view: its runner, mutexes, scripts and abandoned processes. */
-  async getMachine(machineId: string): Promise<MachineView> {
-    const response = await this.send("GET", machinePath(machineId));
-    // The machine view is display data; it is trusted to follow the contract's shape (shared/api.ts).
-    return (await readJson(response)) as MachineView;
+  async getMachine(machineId: string, options: { signal?: AbortSignal } = {}): Promise<MachineView> {
+    return (await this.call(ROUTES.getMachine, { params: { machineId }, signal: options.signal }, MachineView)).body;
   }
 
-  /** Lists every registered machine (views without their scripts). */
-  async listMachines(): Promise<MachineView[]> {
-    const response = await this.send("GET", "/api/v1/machines");
-    const body = await readJson(response);
-    const machines = typeof body === "object" && body !== null && "machines" in body ? body.machines : undefined;
-    if (!Array.isArray(machines)) throw new TendrilProtocolError("the machine list has no `machines` array");
-    // Display data, trusted to follow the contract's shape like `getMachine`.
-    return machines as MachineView[];
+  /** One page of the fleet, ordered by machine id, with the fleet's counts; pass `nextCursor` back as `cursor` for the next. */
+  async listMachines(options: ListMachinesOptions = {}): Promise<MachineList> {
+    return (await this.call(ROUTES.listMachines, { query: options }, MachineList)).body;
+  }
+
+  /** Removes a decommissioned machine (409 `machine_busy` while a script is pending or running on it). */
+  async removeMachine(machineId: string): Promise<z.output<typeof RemovedMachine>> {
+    return (await this.call(ROUTES.removeMachine, { params: { machineId } }, RemovedMachine)).body;
+  }
+
+  /** Revokes a machine's runner token without issuing a new one; its runner is disconnected. */
+  async revokeRunnerToken(machineId: string): Promise<z.output<typeof RevokedRunnerToken>> {
+    return (await this.call(ROUTES.revokeRunnerToken, { params: { machineId } }, RevokedRunnerToken)).body;
+  }
+
+  /** Every operator (never their tokens). */
+  async listOperators(): Promise<OperatorView[]> {
+    return (await this.call(ROUTES.listOperators, {}, OperatorList)).body.operators;
+  }
+
+  /** Adds an operator, or gives an existing one a new token; the token in the answer is shown once. */
+  async addOperator(request: AddOperatorOptions): Promise<AddedOperator> {
+    return (await this.call(ROUTES.addOperator, { body: request }, AddedOperator)).body;
+  }
+
+  /** Revokes an operator at once (404 `unknown_operator` when there is none of that name). */
+  async removeOperator(name: string): Promise<z.output<typeof RemovedOperator>> {
+    return (await this.call(ROUTES.removeOperator, { params: { name } }, RemovedOperator)).body;
+  }
+
+  /** One page of the fleet-wide audit feed, newest first; pass `nextCursor` back as `cursor` for older events. */
+  async audit(options: AuditOptions = {}): Promise<AuditFeed> {
+    return (await this.call(ROUTES.audit, { query: options }, AuditFeed)).body;
   }
 
   /** Starts a script (or returns the existing one for a repeated ticket with the same body). */
-  async startScript(machineId: string, request: StartScriptInput): Promise<StartedScript> {
-    const response = await this.send("POST", `${machinePath(machineId)}/scripts`, { body: request });
-    const status = parseJson(ScriptStatusSchema, await readJson(response), "script status");
-    return { created: response.status === 201, status };
+  async startScript(machineId: string, request: StartScriptInput, options: { signal?: AbortSignal } = {}): Promise<StartedScript> {
+    const answer = await this.call(ROUTES.startScript, { params: { machineId }, body: request, signal: options.signal }, ScriptStatus);
+    return { created: answer.status === 201, status: answer.body };
   }
 
   /** Returns a script's status with a page of its logs from `logSequence`. */
   async getStatus(machineId: string, ticket: string, options: GetStatusOptions = {}): Promise<ScriptStatus> {
-    const response = await this.send("GET", scriptPath(machineId, ticket), {
-      query: { logSequence: options.logSequence, limit: options.limit },
-      signal: options.signal,
-    });
-    return parseJson(ScriptStatusSchema, await readJson(response), "script status");
+    const query = { logSequence: options.logSequence, limit: options.limit };
+    return (await this.call(ROUTES.getScript, { params: { machineId, ticket }, query, signal: options.signal }, ScriptStatus)).body;
   }
 
   /**
@@ -243,38 +236,24 @@ export class TendrilClient {
   async *streamScript(machineId: string, ticket: string, options: FollowOptions = {}): AsyncGenerator<ScriptEvent> {
     let next = options.logSequence ?? 0;
     let idleDelayMs: number = DEFAULTS.pollInitialDelayMs;
-    const path = `${scriptPath(machineId, ticket)}/stream`;
     for (;;) {
-      const response = await this.send("GET", path, {
+      const stream = await openStream(this.transport, ROUTES.streamScript, {
+        params: { machineId, ticket },
         query: { logSequence: next },
         signal: options.signal,
-        accept: "text/event-stream",
       });
-      const contentType = response.headers.get("content-type") ?? "";
-      if (!contentType.includes("text/event-stream") || !response.body) {
-        await response.body?.cancel().catch(() => undefined);
-        throw new TendrilProtocolError(`the script stream answered with ${contentType || "no content type"}, not an event stream`);
-      }
       let progressed = false;
-      for await (const event of readServerSentEvents(response.body, `${this.url}${path}`, options.signal)) {
+      for await (const event of readServerSentEvents(stream.body, stream.url, options.signal)) {
         if (event.event === "log") {
-          const line = parseJson(LogLineSchema, parseEventData(event.data), "log event");
+          const line = parseAnswer(LogLine, parseEventData(event.data), "the script stream sent a malformed log event");
           // After a resume the server may repeat a line; each line is delivered once.
           if (line.sequence < next) continue;
           next = line.sequence + 1;
           progressed = true;
           yield { type: "log", line };
         } else if (event.event === "status") {
-          const status = parseJson(StreamStatusSchema, parseEventData(event.data), "status event");
-          yield {
-            type: "status",
-            status: {
-              ...status,
-              logs: status.logs ?? [],
-              nextLogSequence: status.nextLogSequence ?? next,
-              hasMoreLogs: status.hasMoreLogs ?? false,
-            },
-          };
+          const status = parseAnswer(StreamStatus, parseEventData(event.data), "the script stream sent a malformed status event");
+          yield { type: "status", status: { ...status, logs: [] } };
           return;
         }
         if (event.event === "error") break; // reopening reports the problem with its real HTTP status
@@ -323,7 +302,7 @@ export class TendrilClient {
     for (;;) {
       let status: ScriptStatus;
       try {
-        status = await this.getStatus(machineId, ticket, { logSequence: next, signal: options.signal });
+        status = await this.getStatus(machineId, ticket, { logSequence: next, ...(options.signal && { signal: options.signal }) });
         unreachableSince = undefined;
       } catch (error) {
         if (options.signal?.aborted || !isTransient(error)) throw error;
@@ -354,153 +333,32 @@ export class TendrilClient {
 
   /** Deletes a complete script and returns its final status with the logs from `logSequence` (409 if not complete). */
   async completeScript(machineId: string, ticket: string, options: CompleteScriptOptions = {}): Promise<ScriptStatus> {
-    const response = await this.send("DELETE", scriptPath(machineId, ticket), {
-      query: { logSequence: options.logSequence },
-    });
-    return parseJson(ScriptStatusSchema, await readJson(response), "script status");
+    const query = { logSequence: options.logSequence, limit: options.limit };
+    return (await this.call(ROUTES.completeScript, { params: { machineId, ticket }, query }, ScriptStatus)).body;
   }
 
-  /** Asks for a script to be cancelled; answers at once with its current status. */
+  /** Asks for a script to be cancelled; answers at once, once the control plane has recorded it, with its current status. */
   async cancelScript(machineId: string, ticket: string, options: CancelScriptOptions = {}): Promise<ScriptStatus> {
-    const body = options.abandonAfterMs === undefined ? {} : { abandonAfterMs: options.abandonAfterMs };
-    const response = await this.send("POST", `${scriptPath(machineId, ticket)}/cancel`, { body });
-    return parseJson(ScriptStatusSchema, await readJson(response), "script status");
+    return (await this.call(ROUTES.cancelScript, { params: { machineId, ticket }, body: options }, ScriptStatus)).body;
   }
 
   /** Abandons a script: completes it with -48 and releases its mutex even if its process will not die. */
   async abandonScript(machineId: string, ticket: string, options: AbandonScriptOptions = {}): Promise<ScriptStatus> {
-    const body = options.killProcess === undefined ? {} : { killProcess: options.killProcess };
-    const response = await this.send("POST", `${scriptPath(machineId, ticket)}/abandon`, { body });
-    return parseJson(ScriptStatusSchema, await readJson(response), "script status");
+    return (await this.call(ROUTES.abandonScript, { params: { machineId, ticket }, body: options }, ScriptStatus)).body;
   }
 
   /**
    * Runs a script start to finish: starts it (generating a ticket when none is given), follows its
    * output, stops it when asked (cancel, then abandon — see `ExecuteScriptOptions.signal`), and deletes
-   * it once complete.
+   * it once complete. The same as `client.machine(machineId).execute(request, options)`.
    */
-  async executeScript(
-    machineId: string,
-    request: StartScriptInput,
-    options: ExecuteScriptOptions = {},
-  ): Promise<ExecutedScript> {
-    const abandonAfterCancelMs = options.abandonAfterCancelMs ?? DEFAULTS.abandonAfterCancelMs;
-    if (Number.isNaN(abandonAfterCancelMs) || abandonAfterCancelMs < 0) {
-      throw new RangeError(`abandonAfterCancelMs must be a non-negative number of milliseconds (or Infinity), not ${abandonAfterCancelMs}`);
-    }
-    // A ticket chosen here makes the start call safe to retry and lets a cancel name the script even
-    // while the start call is still in flight.
-    const ticket = request.ticket ?? randomUUID();
-    const started = await this.startScript(machineId, { ...request, ticket });
-    options.onStarted?.({ ticket, created: started.created });
-
-    const cancelOptions = options.abandonAfterMs === undefined ? {} : { abandonAfterMs: options.abandonAfterMs };
-    const abandonOptions = options.killProcessOnAbandon === undefined ? {} : { killProcess: options.killProcessOnAbandon };
-    const escalation = new ScriptEscalation(
-      {
-        cancel: () => this.cancelScript(machineId, ticket, cancelOptions),
-        abandon: () => this.abandonScript(machineId, ticket, abandonOptions),
-        runner: async () => (await this.getMachine(machineId)).runner,
-      },
-      {
-        signal: options.signal,
-        abandonSignal: options.abandonSignal,
-        abandonAfterCancelMs,
-        onEvent: options.onEscalation,
-        onError: options.onEscalationError,
-      },
-    );
-    let next = 0;
-    let final: ScriptStatus | undefined;
-    try {
-      const followOptions = options.onFallback ? { onFallback: options.onFallback } : {};
-      for await (const event of this.followScript(machineId, ticket, followOptions)) {
-        if (event.type === "log") {
-          next = event.line.sequence + 1;
-          options.onLog?.(event.line);
-        } else {
-          final = event.status;
-        }
-      }
-    } finally {
-      // Complete (or following failed): nothing is left to cancel or abandon, and no timer may linger.
-      await escalation.stop();
-    }
-    if (final?.exitCode == null) throw new TendrilProtocolError(`script ${ticket} completed without an exit code`);
-    const result = (status: ScriptStatus, exitCode: number) => ({
-      ticket,
-      created: started.created,
-      exitCode,
-      outcome: escalation.outcome(exitCode),
-      status: { ...status, logs: [] },
-    });
-    if (options.keep) return result(final, final.exitCode);
-    try {
-      const deleted = await this.completeScript(machineId, ticket, { logSequence: next });
-      for (const line of deleted.logs) if (line.sequence >= next) options.onLog?.(line);
-      return result(deleted, deleted.exitCode ?? final.exitCode);
-    } catch (deleteError) {
-      return { ...result(final, final.exitCode), deleteError };
-    }
+  executeScript(machineId: string, request: StartScriptInput, options: ExecuteScriptOptions = {}): Promise<ExecutedScript> {
+    return executeOn(this.machine(machineId), request, options);
   }
 
-  /** Sends one authenticated request; rejects with TendrilApiError for 4xx/5xx and TendrilNetworkError when unreachable. */
-  private async send(
-    method: string,
-    path: string,
-    options: { query?: Record<string, number | undefined>; body?: unknown; signal?: AbortSignal | undefined; accept?: string } = {},
-  ): Promise<Response> {
-    const url = new URL(`${this.url}${path}`);
-    for (const [name, value] of Object.entries(options.query ?? {})) {
-      if (value !== undefined) url.searchParams.set(name, String(value));
-    }
-    const headers: Record<string, string> = {
-      authorization: `Bearer ${this.serverToken}`,
-      accept: options.accept ?? "application/json",
-    };
-    const init: RequestInit = { method, headers };
-    if (options.body !== undefined) {
-      headers["content-type"] = "application/json";
-      init.body = JSON.stringify(options.body);
-    }
-    if (options.signal) init.signal = options.signal;
-    let response: Response;
-    try {
-      response = await this.fetchImpl(url, init);
-    } catch (error) {
-      if (options.signal?.aborted) throw error;
-      throw new TendrilNetworkError(url.href, error);
-    }
-    if (!response.ok) throw await TendrilApiError.fromResponse(response, `${method} ${url.pathname}`);
-    return response;
-  }
-}
-
-/** `/api/v1/machines/{machineId}` with the id URL-encoded. */
-function machinePath(machineId: string): string {
-  return `/api/v1/machines/${pathSegment(machineId, "machine id")}`;
-}
-
-/** `/api/v1/machines/{machineId}/scripts/{ticket}` with both ids URL-encoded. */
-function scriptPath(machineId: string, ticket: string): string {
-  return `${machinePath(machineId)}/scripts/${pathSegment(ticket, "ticket")}`;
-}
-
-function pathSegment(value: string, what: string): string {
-  // URL parsers resolve `.` and `..` segments (even as %2E), so such an id would address another
-  // route; refuse it rather than send the request somewhere unexpected.
-  if (value === "" || value === "." || value === "..") {
-    throw new Error(`invalid ${what} ${JSON.stringify(value)}: it cannot be used in a URL path`);
-  }
-  return encodeURIComponent(value);
-}
-
-async function readJson(response: Response): Promise<unknown> {
-  const text = await response.text();
-  try {
-    return JSON.parse(text);
-  } catch {
-    throw new TendrilProtocolError(`the control plane answered ${response.url || "a call"} with invalid JSON`);
+  /** Calls a declared route and validates its answer (client/http.ts); every method above is one such call. */
+  private call<R extends RouteDecl, S extends z.ZodType>(route: R, inputs: RouteInputs<R>, schema: S): Promise<JsonAnswer<z.output<S>>> {
+    return callJson(this.transport, route, inputs, schema);
   }
 }
 
@@ -510,14 +368,6 @@ function parseEventData(data: string): unknown {
   } catch {
     throw new TendrilProtocolError(`the script stream sent an event whose data is not JSON: ${data.slice(0, 100)}`);
   }
-}
-
-function parseJson<T>(schema: z.ZodType<T>, value: unknown, what: string): T {
-  const parsed = schema.safeParse(value);
-  if (parsed.success) return parsed.data;
-  const issue = parsed.error.issues[0];
-  const where = issue?.path.length ? issue.path.join(".") : "body";
-  throw new TendrilProtocolError(`the control plane sent a malformed ${what} (${where}: ${issue?.message ?? "invalid"})`);
 }
 
 /**
@@ -545,95 +395,4 @@ function sleep(ms: number, signal?: AbortSignal): Promise<void> {
     }, ms);
     signal?.addEventListener("abort", onAbortSleep, { once: true });
   });
-}
-
-/** One dispatched Server-Sent Event. */
-interface ServerSentEvent {
-  /** The `event:` field; `message` when the event named none. */
-  event: string;
-  /** The `data:` lines joined with newlines. */
-  data: string;
-}
-
-/** Reads Server-Sent Events from a response body, however the bytes are split into chunks. */
-async function* readServerSentEvents(
-  body: ReadableStream<Uint8Array>,
-  url: string,
-  signal: AbortSignal | undefined,
-): AsyncGenerator<ServerSentEvent> {
-  const reader = body.getReader();
-  const decoder = new TextDecoder(); // streaming mode below keeps a UTF-8 character split across chunks intact
-  const parser = new ServerSentEventParser();
-  try {
-    for (;;) {
-      let chunk: Awaited<ReturnType<typeof reader.read>>;
-      try {
-        chunk = await reader.read();
-      } catch (error) {
-        // A connection that breaks mid-stream surfaces as a bare `TypeError: terminated`; name the URL.
-        if (signal?.aborted) throw error;
-        throw new TendrilNetworkError(url, error);
-      }
-      const { done, value } = chunk;
-      const events = done ? parser.push(decoder.decode(), true) : parser.push(decoder.decode(value, { stream: true }), false);
-      yield* events;
-      if (done) return;
-    }
-  } finally {
-    // Closes the connection when the consumer stops early; harmless when the stream already ended.
-    await reader.cancel().catch(() => undefined);
-  }
-}
-
-/** The line-level Server-Sent Events parser (WHATWG HTML, "event stream interpretation"). */
-class ServerSentEventParser {
-  private buffer = "";
-  private eventType = "";
-  private data: string[] = [];
-
-  /** Adds decoded text and returns the events it completed; `final` marks the end of the stream. */
-  push(text: string, final: boolean): ServerSentEvent[] {
-    this.buffer += text;
-    const events: ServerSentEvent[] = [];
-    let start = 0;
-    for (;;) {
-      const lineEnd = this.findLineEnd(start);
-      if (lineEnd < 0) break;
-      const char = this.buffer[lineEnd];
-      // A lone `\r` at the end of what has arrived may be the first half of `\r\n`: wait for the next chunk.
-      if (char === "\r" && lineEnd === this.buffer.length - 1 && !final) break;
-      const event = this.line(this.buffer.slice(start, lineEnd));
-      if (event) events.push(event);
-      start = lineEnd + (char === "\r" && this.buffer[lineEnd + 1] === "\n" ? 2 : 1);
-    }
-    this.buffer = this.buffer.slice(start);
-    // An event not closed by a blank line before the stream ends is discarded, as the standard says.
-    return events;
-  }
-
-  private findLineEnd(from: number): number {
-    for (let i = from; i < this.buffer.length; i++) {
-      const char = this.buffer[i];
-      if (char === "\n" || char === "\r") return i;
-    }
-    return -1;
-  }
-
-  private line(line: string): ServerSentEvent | undefined {
-    if (line === "") {
-      const event = this.data.length > 0 ? { event: this.eventType || "message", data: this.data.join("\n") } : undefined;
-      this.eventType = "";
-      this.data = [];
-      return event;
-    }
-    if (line.startsWith(":")) return undefined; // a comment, e.g. a keep-alive
-    const colon = line.indexOf(":");
-    const field = colon < 0 ? line : line.slice(0, colon);
-    let value = colon < 0 ? "" : line.slice(colon + 1);
-    if (value.startsWith(" ")) value = value.slice(1);
-    if (field === "event") this.eventType = value;
-    else if (field === "data") this.data.push(value);
-    // `id` and `retry` are not used: resuming goes by log sequence, which the SDK tracks itself.
-    return undefined;
-  }
 }

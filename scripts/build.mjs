@@ -1,10 +1,15 @@
-// Builds what runs: the Worker bundle for workerd (dist/worker.js) and the Node command line (dist/cli.js).
-// Run directly (`npm run build`, the prepare script), it builds all of dist/; vitest's global setup
-// (test/helpers/global-setup.ts) builds it once per test run, so tests never run a stale dist/.
+// Builds what runs: the Worker bundle for workerd (dist/worker.js), the Node command line (dist/cli.js), and the
+// package's entry points `tendril/sdk` (dist/sdk.js) and `tendril/testing` (dist/testing.js) with their type
+// declarations (dist/sdk.d.ts, dist/testing.d.ts, over dist/types/). Run directly (`npm run build`, the prepare
+// script), it builds all of dist/; vitest's global setup (test/helpers/global-setup.ts) builds it once per test run,
+// so tests never run a stale dist/.
 import { build } from "esbuild";
+import { createHash } from "node:crypto";
+import { existsSync } from "node:fs";
 import { mkdir, readFile, rename, rm, writeFile } from "node:fs/promises";
+import { createRequire } from "node:module";
 import { fileURLToPath, pathToFileURL } from "node:url";
-import { dirname, join, sep } from "node:path";
+import { dirname, join, relative, resolve, sep } from "node:path";
 
 const root = join(dirname(fileURLToPath(import.meta.url)), "..");
 
@@ -28,8 +33,9 @@ export async function buildWorker({ outfile }) {
 }
 
 /**
- * Builds the Node command line into `outdir`: `cli.js` (what bin/tendril.js loads from ../dist), `runner.js` and
- * the `chunks/` they share.
+ * Builds the Node side into `outdir`: `cli.js` (what bin/tendril.js loads from ../dist), `runner.js`, the package's
+ * entry points `sdk.js` and `testing.js`, and the `chunks/` they share (so `tendril/testing` hands out the very
+ * `TendrilClient` class that `tendril/sdk` exports).
  */
 export async function buildCli({ outdir }) {
   // One bundle (split at the CLI's lazy imports) so that a command starts without resolving and compiling
@@ -37,7 +43,12 @@ export async function buildCli({ outdir }) {
   // commands that run the control plane).
   const result = await build({
     // runner.js exposes the runner as a library (the fleet benchmark drives many connections with it).
-    entryPoints: { cli: join(root, "client/cli/main.ts"), runner: join(root, "runner/index.ts") },
+    entryPoints: {
+      cli: join(root, "client/cli/main.ts"),
+      runner: join(root, "runner/index.ts"),
+      sdk: join(root, "client/sdk.ts"),
+      testing: join(root, "testing/index.ts"),
+    },
     outdir,
     entryNames: "[name]",
     chunkNames: "chunks/[name]-[hash]",
@@ -56,9 +67,93 @@ export async function buildCli({ outdir }) {
   await writeOutputs(result.outputFiles);
 }
 
-/** Builds all of dist/: one promise per part, so that a caller can tell which part failed. */
+/** The entry points whose declarations the package exports: `dist/<name>.d.ts` re-exports the emitted declarations of `source`. */
+const DECLARED_ENTRIES = [
+  { name: "sdk", source: "client/sdk.ts" },
+  { name: "testing", source: "testing/index.ts" },
+];
+
+/**
+ * Writes the type declarations of the package's entry points: `<outdir>/types/**` (emitted by the pinned TypeScript
+ * from tsconfig.types.json: only the files the entry points' declarations reach, which keeps it to a few seconds) and
+ * `<outdir>/sdk.d.ts` and `<outdir>/testing.d.ts` beside the JavaScript. Skipped when none of the sources it read last
+ * time has changed. Type errors do not stop it (the type check reports them); a crash of TypeScript does.
+ */
+export async function buildTypes({ outdir }) {
+  const stampFile = join(outdir, "types", ".inputs.json");
+  const wrappers = DECLARED_ENTRIES.map(({ name, source }) => ({
+    path: join(outdir, `${name}.d.ts`),
+    contents: Buffer.from(`export * from "./types/${source.replace(/\.ts$/, ".js")}";\n`),
+  }));
+  const previous = await readFile(stampFile, "utf8").then(JSON.parse, () => undefined);
+  const typescriptVersion = JSON.parse(await readFile(join(root, "node_modules/typescript/package.json"), "utf8")).version;
+  if (previous?.typescript === typescriptVersion && (await inputsUnchanged(previous.inputs)) && previous.outputs.every((file) => existsSync(join(outdir, file)))) {
+    await writeOutputs(wrappers);
+    return;
+  }
+  // Loaded only now: the usual rebuild of unchanged sources never pays for loading TypeScript.
+  const ts = createRequire(import.meta.url)("typescript");
+  const config = ts.getParsedCommandLineOfConfigFile(join(root, "tsconfig.types.json"), { outDir: join(outdir, "types") }, {
+    ...ts.sys,
+    onUnRecoverableConfigFileDiagnostic: (diagnostic) => {
+      throw new Error(ts.flattenDiagnosticMessageText(diagnostic.messageText, "\n"));
+    },
+  });
+  const program = ts.createProgram({ rootNames: config.fileNames, options: config.options });
+  // Emitting a file's declarations checks only what they need; following the imports of what was emitted leaves out
+  // the files no declaration mentions (shared/protocol.ts's large types would cost seconds).
+  const outputs = [];
+  const queue = DECLARED_ENTRIES.map(({ source }) => join(root, source));
+  const seen = new Set(queue);
+  while (queue.length > 0) {
+    const file = queue.shift();
+    const sourceFile = program.getSourceFile(file);
+    if (sourceFile === undefined) throw new Error(`TypeScript did not load ${file}`);
+    const result = program.emit(sourceFile, (path, text) => outputs.push({ path, contents: Buffer.from(text) }), undefined, true);
+    if (result.emitSkipped) throw new Error(`TypeScript emitted no declarations for ${relative(root, file)}`);
+    const emitted = outputs.at(-1)?.contents.toString() ?? "";
+    for (const match of emitted.matchAll(/(?:from |import\()"(\.{1,2}\/[^"]+)\.js"/g)) {
+      const imported = resolve(dirname(file), `${match[1]}.ts`);
+      if (!seen.has(imported) && existsSync(imported)) {
+        seen.add(imported);
+        queue.push(imported);
+      }
+    }
+  }
+  await writeOutputs([...outputs, ...wrappers]);
+  // Every source the program read (but the dependencies'): a later change to any of them rebuilds.
+  const inputs = {};
+  for (const sourceFile of program.getSourceFiles()) {
+    if (sourceFile.fileName.includes("/node_modules/")) continue;
+    inputs[relative(root, sourceFile.fileName)] = hash(await readFile(sourceFile.fileName));
+  }
+  for (const config of ["tsconfig.json", "tsconfig.types.json"]) inputs[config] = hash(await readFile(join(root, config)));
+  const stamp = { typescript: typescriptVersion, inputs, outputs: outputs.map((output) => relative(outdir, output.path)) };
+  await writeOutputs([{ path: stampFile, contents: Buffer.from(JSON.stringify(stamp, null, 1)) }]);
+}
+
+async function inputsUnchanged(inputs) {
+  for (const [file, digest] of Object.entries(inputs ?? { "": "" })) {
+    const contents = await readFile(join(root, file)).catch(() => undefined);
+    if (contents === undefined || hash(contents) !== digest) return false;
+  }
+  return true;
+}
+
+function hash(contents) {
+  return createHash("sha256").update(contents).digest("hex");
+}
+
+/**
+ * Builds all of dist/: one promise per part, so that a caller can tell which part failed. `cli` is the whole Node
+ * side: the command line, the package's entry points and their declarations.
+ */
 export function buildEach() {
-  return { worker: buildWorker({ outfile: join(root, "dist/worker.js") }), cli: buildCli({ outdir: join(root, "dist") }) };
+  const dist = join(root, "dist");
+  return {
+    worker: buildWorker({ outfile: join(dist, "worker.js") }),
+    cli: Promise.all([buildCli({ outdir: dist }), buildTypes({ outdir: dist })]).then(() => undefined),
+  };
 }
 
 /** Builds all of dist/. */

@@ -2,9 +2,8 @@
  * The SDK against a small real HTTP server (node:http on 127.0.0.1, port 0) that plays the control
  * plane's part: this checks how the SDK builds requests and reads answers, not the control plane.
  */
-import { createServer, type IncomingHttpHeaders, type Server, type ServerResponse } from "node:http";
-import { afterEach, describe, expect, it, vi } from "vitest";
-import type { LogLine, ScriptStatus } from "../../shared/api.js";
+import type { ServerResponse } from "node:http";
+import { describe, expect, it, vi } from "vitest";
 import { TendrilApiError, TendrilNetworkError, TendrilProtocolError } from "../../client/errors.js";
 import {
   DEFAULTS,
@@ -14,75 +13,18 @@ import {
   type ExecutedScript,
   type ScriptEvent,
 } from "../../client/sdk.js";
-import { closeServer, listenLocally } from "../helpers/http-server.js";
-
-/** One request as the fake control plane saw it. */
-interface SeenRequest {
-  method: string;
-  /** Path and query exactly as sent (still URL-encoded). */
-  url: string;
-  headers: IncomingHttpHeaders;
-  body: string;
-}
-
-type Handler = (request: SeenRequest, response: ServerResponse) => void | Promise<void>;
-
-interface FakeControlPlane {
-  url: string;
-  requests: SeenRequest[];
-  close(): Promise<void>;
-}
-
-const servers: Server[] = [];
-
-afterEach(async () => {
-  for (const server of servers.splice(0)) await closeServer(server);
-});
-
-async function fakeControlPlane(handler: Handler): Promise<FakeControlPlane> {
-  const requests: SeenRequest[] = [];
-  const server = createServer((req, res) => {
-    const chunks: Buffer[] = [];
-    req.on("data", (chunk: Buffer) => chunks.push(chunk));
-    req.on("end", () => {
-      const seen = { method: req.method ?? "", url: req.url ?? "", headers: req.headers, body: Buffer.concat(chunks).toString() };
-      requests.push(seen);
-      Promise.resolve(handler(seen, res)).catch((error: unknown) => {
-        res.statusCode = 500;
-        res.end(String(error));
-      });
-    });
-  });
-  servers.push(server);
-  return { url: await listenLocally(server), requests, close: () => closeServer(server) };
-}
-
-function json(response: ServerResponse, status: number, body: unknown): void {
-  response.writeHead(status, { "content-type": "application/json" });
-  response.end(JSON.stringify(body));
-}
-
-function openEventStream(response: ServerResponse): void {
-  response.writeHead(200, { "content-type": "text/event-stream; charset=utf-8", "cache-control": "no-cache" });
-  response.flushHeaders();
-}
-
-function logLine(sequence: number, text: string, source: LogLine["source"] = "stdout"): LogLine {
-  return { sequence, source, text, occurred: "2026-01-01T00:00:00.000Z" };
-}
-
-function status(overrides: Partial<ScriptStatus> = {}): ScriptStatus {
-  return { ticket: "t1", state: "running", exitCode: null, logs: [], nextLogSequence: 0, hasMoreLogs: false, ...overrides };
-}
-
-function logEvent(line: LogLine): string {
-  return `event: log\ndata: ${JSON.stringify(line)}\n\n`;
-}
-
-function statusEvent(exitCode: number, nextLogSequence: number): string {
-  const { logs: _logs, ...rest } = status({ state: "complete", exitCode, nextLogSequence });
-  return `event: status\ndata: ${JSON.stringify(rest)}\n\n`;
-}
+import {
+  fakeControlPlane,
+  json,
+  logEvent,
+  logLine,
+  machineView,
+  openEventStream,
+  status,
+  statusEvent,
+  type FakeControlPlane,
+  type SeenRequest,
+} from "./sdk-fake.js";
 
 async function collect(events: AsyncIterable<ScriptEvent>): Promise<ScriptEvent[]> {
   const seen: ScriptEvent[] = [];
@@ -144,10 +86,8 @@ describe("TendrilClient requests", () => {
       if (request.url.endsWith("/stream?logSequence=0")) {
         openEventStream(response);
         response.end(statusEvent(0, 0));
-      } else if (request.method === "GET" && request.url.startsWith("/api/v1/machines/we%20b%2F01?")) {
-        json(response, 200, {});
       } else if (request.url === "/api/v1/machines/we%20b%2F01") {
-        json(response, 200, { machineId: "we b/01", runner: {}, mutexes: [], abandoned: [] });
+        json(response, 200, machineView("we b/01", []));
       } else {
         json(response, 200, status());
       }
@@ -188,13 +128,31 @@ describe("TendrilClient requests", () => {
     expect(server.requests).toHaveLength(0);
   });
 
-  it("unwraps the machine list", async () => {
-    const machines = [{ machineId: "a", runner: { connected: false }, mutexes: [], abandoned: [] }];
-    const server = await fakeControlPlane((_request, response) => json(response, 200, { machines }));
+  it("returns one page of the fleet list, sending its filters and cursor as the query", async () => {
+    const page = {
+      machines: [
+        {
+          machineId: "web-01",
+          runner: { connected: true, draining: false, version: "0.1.0", lastSeenAt: "2026-01-01T00:00:00.000Z" },
+          holders: ["t1"],
+          heldSince: "2026-01-01T00:00:00.000Z",
+          waiting: 2,
+          abandoned: 0,
+          updatedAt: "2026-01-01T00:00:00.000Z",
+        },
+      ],
+      nextCursor: "c2",
+      counts: { total: 3, connected: 1, disconnected: 2, busy: 1, stuck: 0 },
+    };
+    const server = await fakeControlPlane((_request, response) => json(response, 200, page));
     const client = new TendrilClient({ url: server.url, serverToken: token });
 
-    expect(await client.listMachines()).toEqual(machines);
-    expect(server.requests[0]).toMatchObject({ method: "GET", url: "/api/v1/machines" });
+    expect(await client.listMachines({ prefix: "web-", status: "busy", limit: 1, cursor: "c1" })).toEqual(page);
+    expect(await client.listMachines()).toEqual(page);
+    expect(server.requests.map((r) => [r.method, r.url])).toEqual([
+      ["GET", "/api/v1/machines?prefix=web-&status=busy&limit=1&cursor=c1"],
+      ["GET", "/api/v1/machines"],
+    ]);
   });
 
   it("rejects a URL that is not http or https", () => {
@@ -569,13 +527,7 @@ async function runningScript(options: { capabilities: string[]; onCancel: "ignor
       const onCancel = options.onCancel;
       if (onCancel !== "ignore") setTimeout(() => finish(onCancel.exitCode), 20);
     } else if (request.url === "/api/v1/machines/web-01") {
-      json(response, 200, {
-        machineId: "web-01",
-        runner: { connected: true, version: "0.1.0", connectedAt: null, lastSeenAt: null, capabilities: options.capabilities },
-        mutexes: [],
-        scripts: [],
-        abandoned: [],
-      });
+      json(response, 200, machineView("web-01", options.capabilities));
     } else if (request.url.endsWith("/abandon")) {
       finish(-48);
       json(response, 200, complete());

@@ -1,12 +1,19 @@
-/** `tendril machines`: the registered machines, their runners and mutexes. */
-import type { MachineView } from "../../../shared/api.js";
+/** `tendril machines`: the registered machines, their runners and what holds or waits for their mutexes. */
+import type { MachineSummary } from "../../../shared/api.js";
 import { CLI_EXIT } from "../exit-codes.js";
 import { formatTable } from "../output.js";
 import { clientFor, type ServerFlags } from "../server-client.js";
 
-/** `tendril machines`: a table, or the API's JSON. */
+/** `tendril machines`: a table, or the API's JSON; every page of the fleet list. */
 export async function listMachines(flags: ServerFlags & { json?: boolean }): Promise<number> {
-  const machines = await (await clientFor(flags)).listMachines();
+  const client = await clientFor(flags);
+  const machines: MachineSummary[] = [];
+  let cursor: string | undefined;
+  do {
+    const page = await client.listMachines(cursor === undefined ? {} : { cursor });
+    machines.push(...page.machines);
+    cursor = page.nextCursor ?? undefined;
+  } while (cursor !== undefined);
   if (flags.json) {
     process.stdout.write(`${JSON.stringify({ machines }, null, 2)}\n`);
     return CLI_EXIT.ok;
@@ -17,23 +24,12 @@ export async function listMachines(flags: ServerFlags & { json?: boolean }): Pro
   }
   const rows = machines.map((machine) => [
     machine.machineId,
-    machine.runner.connected ? "connected" : "offline",
+    machine.runner.connected ? (machine.runner.draining ? "draining" : "connected") : "offline",
     machine.runner.version ?? "-",
-    describeMutexes(machine),
+    machine.holders.length ? machine.holders.join(", ") : "-",
+    String(machine.waiting),
+    String(machine.abandoned),
   ]);
-  process.stdout.write(formatTable(["MACHINE", "RUNNER", "VERSION", "MUTEXES"], rows));
+  process.stdout.write(formatTable(["MACHINE", "RUNNER", "VERSION", "HELD BY", "WAITING", "ABANDONED"], rows));
   return CLI_EXIT.ok;
-}
-
-/** The mutexes that are held or waited for, e.g. `RunningScript held (exclusive) by t1; waiting: t2`. */
-function describeMutexes(machine: MachineView): string {
-  const busy = machine.mutexes.filter((mutex) => mutex.holders.length > 0 || mutex.waiting.length > 0);
-  if (busy.length === 0) return "-";
-  return busy
-    .map((mutex) => {
-      const held = mutex.holders.length ? `held (${mutex.mode}) by ${mutex.holders.join(", ")}` : "free";
-      const waiting = mutex.waiting.length ? `; waiting: ${mutex.waiting.join(", ")}` : "";
-      return `${mutex.name} ${held}${waiting}`;
-    })
-    .join(" | ");
 }
