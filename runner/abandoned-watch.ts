@@ -9,7 +9,9 @@
  */
 import { cgroupAt, isProcessGone, killAbandoned, type CgroupTree } from "./containment.js";
 import type { Logger } from "./options.js";
+import { drainStreams } from "./process-manager.js";
 import type { RunFolders } from "./run-folder.js";
+import { letWrapperGoByPid } from "./wrapper.js";
 
 /** One abandoned process, as the protocol names it. */
 export interface WatchedProcess {
@@ -67,6 +69,11 @@ export class AbandonedWatch {
   /** How many processes are watched or wait for their report to go out. */
   get size(): number {
     return this.entries.size;
+  }
+
+  /** True when the process is watched already (or its report waits). */
+  knows(process: WatchedProcess): boolean {
+    return this.entries.has(keyOf(process));
   }
 
   /**
@@ -168,11 +175,18 @@ export class AbandonedProcesses {
     this.watch.add(process, names, report);
   }
 
-  /** A welcome's watch list: kills what it asks to, watches every entry, and sends the reports still due. */
+  /**
+   * A welcome's watch list: kills what it asks to, lets a script's wrapper this runner did not know go (it would wait
+   * for a runner forever once its script ended), watches every entry, and sends the reports still due.
+   */
   welcome(entries: ReadonlyArray<WatchedProcess & ProcessNames & { kill?: boolean | undefined }>): void {
     for (const entry of entries) {
+      const process = { ticket: entry.ticket, fence: entry.fence, pid: entry.pid };
       if (entry.kill === true) this.kill(entry);
-      this.add({ ticket: entry.ticket, fence: entry.fence, pid: entry.pid }, { startTime: entry.startTime, bootId: entry.bootId });
+      else if (!this.watch.knows(process) && !isProcessGone(entry.pid, entry.startTime, entry.bootId)) {
+        letWrapperGoByPid(entry.pid, entry.startTime, (socket) => drainStreams([socket]));
+      }
+      this.add(process, { startTime: entry.startTime, bootId: entry.bootId });
     }
     this.watch.flush();
   }

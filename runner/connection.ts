@@ -1,8 +1,14 @@
 /**
- * The runner's one outbound WebSocket to the control plane: connect, handshake gate, heartbeat, dead-peer
- * detection, reconnect with full-jitter backoff, and the close codes that end the runner for good.
+ * The runner's one outbound WebSocket to the control plane: connect, handshake gate, protocol version, heartbeat,
+ * dead-peer detection, reconnect with full-jitter backoff, and the close codes that end the runner for good.
  * It parses every inbound frame with the shared schemas and hands on only valid messages; it knows nothing
  * about scripts. The socket itself sits behind `RunnerSocket`, so tests can drive a fake.
+ *
+ * Versions: every connection offers the newest protocol (`PROTOCOL_VERSION`) in its `hello`. A control plane that
+ * knows only version 1 refuses it during the handshake, with 4426 (another protocol number) or 4400 (a field it does
+ * not know); the next connection, opened at once, offers version 1, and the runner speaks what the `welcome` names.
+ * A later reconnect offers the newest again (the control plane may have been upgraded meanwhile), so each refusal
+ * costs one handshake, never a loop.
  */
 import WebSocket from "ws";
 import {
@@ -11,6 +17,7 @@ import {
   HEARTBEAT_PONG,
   MAX_FRAME_BYTES,
   PROTOCOL_VERSION,
+  SUPPORTED_PROTOCOLS,
   closeReason,
   parseControlMessage,
   type ControlMessage,
@@ -110,8 +117,8 @@ export type EndReason =
 
 /** What the connection tells the runner. */
 export interface ConnectionHandlers {
-  /** A socket opened: send `hello` now; it is the only frame allowed before `welcome`. */
-  opened(): void;
+  /** A socket opened: send `hello` in protocol `protocol` now; it is the only frame allowed before `welcome`. */
+  opened(protocol: number): void;
   /** A valid control message; `welcome` arrives after the connection has opened the gate for other frames. */
   message(message: ControlMessage): void;
   /** The current socket closed; a reconnect follows unless the runner stops. */
@@ -167,6 +174,10 @@ type SocketState = "connecting" | "open" | "welcomed" | "closing";
 interface Attempt {
   socket: RunnerSocket;
   state: SocketState;
+  /** The protocol version its `hello` offers. */
+  offered: number;
+  /** The protocol version its `welcome` named: the one spoken on it. */
+  protocol?: number;
   /** Why the control plane refused this socket (an HTTP status on the upgrade, a protocol mismatch). */
   refusal?: { message: string; retryAtMax: boolean };
   lastError?: Error;
@@ -190,6 +201,8 @@ export class Connection {
   private reconnectTimer: NodeJS.Timeout | undefined;
   private stopped = false;
   private closedWaiters: Array<() => void> = [];
+  /** The next connection offers the oldest version: the last one's offer of the newest was refused. */
+  private fallBack = false;
 
   constructor(
     private readonly options: ConnectionOptions,
@@ -204,6 +217,11 @@ export class Connection {
   /** True while the handshake is complete and frames may flow. */
   get welcomed(): boolean {
     return this.current?.state === "welcomed";
+  }
+
+  /** The protocol version the current connection speaks (its welcome's); undefined before the welcome. */
+  get protocol(): number | undefined {
+    return this.current?.state === "welcomed" ? this.current.protocol : undefined;
   }
 
   /** Opens the first socket. */
@@ -282,9 +300,11 @@ export class Connection {
       close: ifCurrent((a, code: number, reason: string) => this.onClose(a, code, reason)),
     };
     const headers = { Authorization: `Bearer ${this.options.token}` };
+    const offered = this.fallBack ? SUPPORTED_PROTOCOLS[0]! : PROTOCOL_VERSION;
+    this.fallBack = false;
     try {
       const socket = this.factory({ url: this.url, headers, handshakeTimeoutMs: this.options.deadAfterMs }, events);
-      attempt = { socket, state: "connecting" };
+      attempt = { socket, state: "connecting", offered };
       this.current = attempt;
     } catch (error) {
       this.options.logger.error(`Could not open a WebSocket to ${this.shownUrl}: ${describe(error)}`);
@@ -297,7 +317,7 @@ export class Connection {
     this.options.logger.info(`Connected to ${this.shownUrl}; waiting for the welcome.`);
     this.startHeartbeat(attempt, this.options.heartbeatMs);
     this.markAlive(attempt);
-    this.handlers.opened();
+    this.handlers.opened(attempt.offered);
   }
 
   private onMessage(attempt: Attempt, data: string | ArrayBuffer): void {
@@ -317,15 +337,18 @@ export class Connection {
         this.closeAttempt(attempt, CloseCode.HandshakeRequired, "welcome expected first");
         return;
       }
-      if (message.protocol !== PROTOCOL_VERSION) {
+      if (!SUPPORTED_PROTOCOLS.includes(message.protocol)) {
+        const spoken = SUPPORTED_PROTOCOLS.join(" or ");
         this.options.logger.error(
-          `Closing the connection: the control plane speaks protocol ${message.protocol}, this runner speaks ${PROTOCOL_VERSION}. Update the runner or the control plane.`,
+          `Closing the connection: the control plane speaks protocol ${message.protocol}, this runner speaks ${spoken}. Update the runner or the control plane.`,
         );
-        attempt.refusal = { message: `The control plane at ${this.shownUrl} does not speak protocol ${PROTOCOL_VERSION}.`, retryAtMax: true };
+        attempt.refusal = { message: `The control plane at ${this.shownUrl} speaks neither protocol ${spoken}.`, retryAtMax: true };
         this.closeAttempt(attempt, CloseCode.UnsupportedProtocol, "unsupported protocol version");
         return;
       }
       attempt.state = "welcomed";
+      attempt.protocol = message.protocol;
+      if (message.protocol < PROTOCOL_VERSION) this.options.logger.info(`The control plane speaks protocol ${message.protocol}; this runner speaks it on this connection.`);
       attempt.welcomedAt = Date.now();
       // Ping at least as often as the control plane asks.
       if (message.heartbeatMs < this.options.heartbeatMs) this.startHeartbeat(attempt, message.heartbeatMs);
@@ -378,6 +401,13 @@ export class Connection {
       this.options.logger.error(message);
       this.stopped = true;
       this.handlers.ended(code === CloseCode.Replaced ? { kind: "replaced", message } : { kind: "token_revoked", message });
+      return;
+    }
+    if (refusedNewest(attempt, code)) {
+      // A control plane of version 1: say hello again at once, in its version.
+      this.options.logger.info(`The control plane refused protocol ${attempt.offered} (${code}${reason ? ` ${reason}` : ""}); saying hello in protocol ${SUPPORTED_PROTOCOLS[0]}.`);
+      this.fallBack = true;
+      this.scheduleReconnect(0);
       return;
     }
     if (attempt.refusal !== undefined) {
@@ -438,6 +468,18 @@ export class Connection {
       return false;
     }
   }
+}
+
+/**
+ * True when the control plane closed a connection that offered a newer protocol than version 1 during the handshake,
+ * the way a version 1 control plane refuses one: 4426 (another protocol number), or 4400 (a field it does not know).
+ */
+function refusedNewest(attempt: Attempt, code: number): boolean {
+  return (
+    attempt.state === "open" &&
+    attempt.offered > SUPPORTED_PROTOCOLS[0]! &&
+    (code === CloseCode.UnsupportedProtocol || code === CloseCode.BadFrame)
+  );
 }
 
 /** One clear sentence for a refused upgrade. */

@@ -212,6 +212,24 @@ function markerEntry(marker: string): Buffer {
 }
 
 /** Every pid in /proc except the runner's own. */
+export function allPids(): number[] {
+  return listPids();
+}
+
+/** A process's command line (`/proc/<pid>/cmdline`, its arguments); undefined when it cannot be read. */
+export function readCommandLine(pid: number): string[] | undefined {
+  const bytes = readProcFile(`/proc/${pid}/cmdline`);
+  if (bytes === undefined || bytes.length === 0) return undefined;
+  const text = bytes.toString("utf8");
+  return (text.endsWith("\0") ? text.slice(0, -1) : text).split("\0");
+}
+
+/** The value of `TENDRIL_SCRIPT_MARKER` in a process's environment; undefined when none (or not ours to read). */
+export function processMarker(pid: number): string | undefined {
+  const environ = readProcFile(`/proc/${pid}/environ`);
+  return environ === undefined ? undefined : environValue(environ, SCRIPT_MARKER_VARIABLE);
+}
+
 function listPids(): number[] {
   const pids: number[] = [];
   for (const name of readdirSync("/proc")) {
@@ -575,6 +593,8 @@ export interface StopRequest {
   includeGroup: boolean;
   /** Ends the stop early (no more signals); the result then lists what was sent so far. */
   abort?: AbortSignal;
+  /** A process of the tree that is not to be signalled: a wrapper that waits for the runner after its script ended. */
+  spare?: ProcessIdentity;
 }
 
 /** A live process of the tree, and whether it is in the process group. */
@@ -604,8 +624,8 @@ export class ProcessTree {
     return (await this.members(includeGroup)).map(({ pid, startTime }) => ({ pid, startTime }));
   }
 
-  /** Every live process of the tree: in the process group (when asked), in the cgroup, or carrying the marker. */
-  private async members(includeGroup: boolean): Promise<Member[]> {
+  /** Every live process of the tree: in the process group (when asked), in the cgroup, or carrying the marker; never `spare`. */
+  private async members(includeGroup: boolean, spare?: ProcessIdentity): Promise<Member[]> {
     const inCgroup = new Set(this.settings.cgroup?.pids() ?? []);
     const found: Member[] = [];
     const pids = listPids();
@@ -613,7 +633,7 @@ export class ProcessTree {
       if (index > 0 && index % SWEEP_SLICE === 0) await yieldToEventLoop();
       const pid = pids[index]!;
       const stat = readProcessStat(pid);
-      if (!isLiveStat(stat)) continue;
+      if (!isLiveStat(stat) || (spare !== undefined && spare.pid === pid && spare.startTime === stat.startTime)) continue;
       const inGroup = includeGroup && this.settings.leaderPid !== undefined && stat.pgrp === this.settings.leaderPid;
       if (inGroup || inCgroup.has(pid) || hasEnvironEntry(pid, this.entry)) found.push({ pid, startTime: stat.startTime, inGroup });
     }
@@ -630,13 +650,13 @@ export class ProcessTree {
     const result: StopResult = { signals: [], escaped: 0, survivors: [], aborted: false };
     if (this.settings.disableKill) return result;
     const escaped = new Set<number>();
-    const found = await this.members(request.includeGroup);
+    const found = await this.members(request.includeGroup, request.spare);
     if (found.length === 0) return result;
     result.signals.push("SIGTERM");
     let alive = await this.round("SIGTERM", found, request, escaped, request.graceMs);
     for (let round = 0; alive.length > 0 && round < this.options.killRounds && !request.abort?.aborted; round++) {
       // A fresh sweep: the last round may have stopped looking while some it knew were still alive.
-      const current = await this.members(request.includeGroup);
+      const current = await this.members(request.includeGroup, request.spare);
       if (current.length === 0) {
         alive = current;
         break;
@@ -677,7 +697,7 @@ export class ProcessTree {
     for (;;) {
       alive = alive.filter((member) => !isProcessGone(member.pid, member.startTime));
       if (alive.length === 0) {
-        alive = await this.members(request.includeGroup);
+        alive = await this.members(request.includeGroup, request.spare);
         if (alive.length === 0) return alive;
         const newcomers = alive.filter((member) => !seen.has(memberKey(member)));
         for (const member of newcomers) seen.add(memberKey(member));

@@ -1,20 +1,27 @@
 /**
- * What earlier runner processes left in the work dir. A runner that starts reads every run folder's record and
- * looks for the run's processes, by pid and start time, process group, cgroup and marker (one sweep of /proc for
- * all of them): a run none of whose processes lives (another boot, or nothing found) is removed at once; one the
- * control plane abandoned is only watched (its processes were let go on purpose), so that its folder goes once they
- * are gone; any other is an orphan: this runner cannot re-attach to it, lists it in its `hello`, and the control
- * plane decides: `continue` (the script still counts as running there) has it stopped as a cancel would and
- * reported lost, `cancel` and `forget` have it stopped and dropped (see script-state.ts).
+ * What earlier runner processes left in the work dir. A runner that starts reads every run folder's record. A run
+ * whose script runs under a wrapper that still lives, or whose end its wrapper recorded, is re-attached to
+ * (reattach.ts). For any other, it looks for the run's processes, by pid and start time, process group, cgroup and
+ * marker (one sweep of /proc for all of them): a run none of whose processes lives (another boot, or nothing found) is
+ * removed at once; one the control plane abandoned is only watched (its processes were let go on purpose), so that its
+ * folder goes once they are gone; any other is an orphan: this runner cannot re-attach to it (the floor rule), lists it
+ * in its `hello`, and the control plane decides: `continue` (the script still counts as running there) has it stopped
+ * as a cancel would and reported lost, `cancel` and `forget` have it stopped and dropped (see script-state.ts).
  * A run whose owner (a runner process, by pid and start time) still lives is another runner's, and is left alone.
+ *
+ * Wrappers of this work dir that no record names (the run folder or the whole work dir was removed, or its record
+ * cannot be read) are found by their command line (`strayWrappers`) and stopped before the runner says hello.
  */
 import {
   ProcessTree,
+  allPids,
   cgroupAt,
   currentBootId,
   isLiveStat,
   isProcessGone,
   ownStartTime,
+  processMarker,
+  readCommandLine,
   readProcessStat,
   sweepLive,
   type CgroupTree,
@@ -23,7 +30,9 @@ import {
   type ScriptCgroup,
 } from "./containment.js";
 import type { TreeKill } from "./process-manager.js";
+import { findReattachable, type ReattachableRun } from "./reattach.js";
 import type { Run, RunFolders, RunOwner, RunRecord } from "./run-folder.js";
+import { parseWrapperCommandLine, wasLetGo } from "./wrapper.js";
 
 /** Runner processes of this process that have not stopped, by runner id (several may run in one process). */
 const liveRunners = new Set<string>();
@@ -49,14 +58,28 @@ function ownerAlive(owner: RunOwner): boolean {
   return !isProcessGone(owner.pid, owner.startTime);
 }
 
-/** A predecessor's run whose processes still live. */
-export interface InheritedRun {
-  run: Run;
-  record: RunRecord;
-  /** `orphan`: the control plane decides what becomes of it; `leftover`: abandoned, only watched until gone. */
-  kind: "orphan" | "leftover";
-  /** Its processes: stopped (an orphan), killed when asked, released. */
-  handle: OrphanRun;
+/** A predecessor's run whose processes still live (or, re-attachable, whose end was recorded). */
+export type InheritedRun =
+  | {
+      run: Run;
+      record: RunRecord;
+      /** `orphan`: the control plane decides what becomes of it; `leftover`: abandoned, only watched until gone. */
+      kind: "orphan" | "leftover";
+      /** Its processes: stopped (an orphan), killed when asked, released. */
+      handle: OrphanRun;
+    }
+  | {
+      run: Run;
+      record: RunRecord;
+      /** Its script runs under a wrapper this runner re-attaches to. */
+      kind: "reattach";
+      found: ReattachableRun;
+    };
+
+/** What `inheritRuns` found: the runs, and the markers every readable record names (a wrapper of another marker is a stray). */
+export interface Inheritance {
+  inherited: InheritedRun[];
+  markers: Set<string>;
 }
 
 /** How inherited runs are looked at and stopped. */
@@ -64,20 +87,35 @@ export interface InheritOptions {
   cgroups: CgroupTree | undefined;
   disableKill: boolean;
   containment?: ContainmentOptions;
+  /** Hears why a run whose record names a wrapper cannot be re-attached to (it follows the floor rule). */
+  onNotReattachable?: (run: Run, record: RunRecord, reason: string) => void;
 }
 
 /**
  * Adopts the run folders earlier runner processes left: removes those with no live process and returns the others
- * (each held by `runs` until let go). Runs of a live runner are not touched.
+ * (each held by `runs` until let go). Runs of a live runner are not touched, but their markers are listed.
  */
-export function inheritRuns(runs: RunFolders, options: InheritOptions): InheritedRun[] {
-  const found = runs.adoptLeftovers((record) => record === undefined || !ownerAlive(record.owner));
+export function inheritRuns(runs: RunFolders, options: InheritOptions): Inheritance {
+  const markers = new Set<string>();
+  const found = runs.adoptLeftovers((record) => {
+    if (record !== undefined) markers.add(record.marker);
+    return record === undefined || !ownerAlive(record.owner);
+  });
   const bootId = currentBootId();
+  const inherited: InheritedRun[] = [];
   const candidates: Array<{ run: Run; record: RunRecord; cgroup: ScriptCgroup | undefined; leaderAlive: boolean; group: boolean; inCgroup: boolean }> = [];
   for (const { run, record } of found) {
     if (record === undefined || (record.bootId !== undefined && bootId !== undefined && record.bootId !== bootId)) {
       runs.let(run, "found");
       continue;
+    }
+    if (record.reattach !== undefined && record.abandoned !== true && record.exit === undefined) {
+      const reattachable = findReattachable(run, record);
+      if (typeof reattachable !== "string") {
+        inherited.push({ run, record, kind: "reattach", found: reattachable });
+        continue;
+      }
+      options.onNotReattachable?.(run, record, reattachable);
     }
     const pid = record.process?.pid;
     const stat = pid === undefined ? undefined : readProcessStat(pid);
@@ -94,7 +132,6 @@ export function inheritRuns(runs: RunFolders, options: InheritOptions): Inherite
     new Set(undecided.map((candidate) => candidate.record.marker)),
     new Set(undecided.filter((candidate) => candidate.group).map((candidate) => candidate.record.process!.pid)),
   );
-  const inherited: InheritedRun[] = [];
   for (const { run, record, cgroup, leaderAlive, group, inCgroup } of candidates) {
     const pid = record.process?.pid;
     const alive =
@@ -118,7 +155,50 @@ export function inheritRuns(runs: RunFolders, options: InheritOptions): Inherite
     const kind = record.abandoned === true ? "leftover" : "orphan";
     inherited.push({ run, record, kind, handle });
   }
-  return inherited;
+  return { inherited, markers };
+}
+
+/** A wrapper of this work dir that no record names. */
+export interface StrayWrapper {
+  pid: number;
+  startTime: number;
+  marker: string | undefined;
+}
+
+/**
+ * The wrappers of `workDir` whose runner process is gone and whose marker no record names (`markers`): their run
+ * folder, or the whole work dir, was removed, or their record cannot be read. Nobody can report on them; the floor
+ * rule has them stopped before this runner says hello, so that no script of theirs runs beside a later one unseen.
+ */
+export function strayWrappers(workDir: string, markers: ReadonlySet<string>): StrayWrapper[] {
+  const strays: StrayWrapper[] = [];
+  for (const pid of allPids()) {
+    const argv = readCommandLine(pid);
+    const wrapper = argv === undefined ? undefined : parseWrapperCommandLine(argv);
+    if (wrapper === undefined || wrapper.workDir !== workDir) continue;
+    const owner = wrapper.runner;
+    if (owner.pid === process.pid ? owner.startTime === ownStartTime() : !isProcessGone(owner.pid, owner.startTime)) continue;
+    const stat = readProcessStat(pid);
+    if (!isLiveStat(stat)) continue;
+    const marker = processMarker(pid);
+    if (marker !== undefined && markers.has(marker)) continue;
+    // An abandoned script's wrapper was let go on purpose: it is left alone, as its record would have had it.
+    if (wasLetGo(pid)) continue;
+    strays.push({ pid, startTime: stat.startTime, marker });
+  }
+  return strays;
+}
+
+/** Stops a stray wrapper's tree as a cancel would (its process group, and its marker's processes); resolves with what survived. */
+export async function stopStray(stray: StrayWrapper, options: InheritOptions, graceMs: number): Promise<TreeKill> {
+  const tree = new ProcessTree({
+    leaderPid: stray.pid,
+    marker: stray.marker ?? "0".repeat(32),
+    disableKill: options.disableKill,
+    ...(options.containment === undefined ? {} : { options: options.containment }),
+  });
+  const result = await tree.stop({ graceMs, includeGroup: true });
+  return { signals: result.signals, escaped: result.escaped, survivors: result.survivors, aborted: result.aborted };
 }
 
 /**

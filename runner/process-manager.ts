@@ -1,19 +1,24 @@
 /**
  * OS processes only: spawn a script in its own process group (marked, and in its own cgroup where possible),
  * report its output chunks and how it ended, kill its whole tree (containment.ts finds every process of it), or
- * stop tracking it without killing it. A script starts in a shell spawned for it (the cold path) or, usually, in
- * one spawned ahead of time (warm-shell.ts); either way it becomes the same `ScriptProcess`. The primitives both
- * paths share are in spawn.ts. Nothing here knows about the protocol's transport or sequence numbers.
+ * stop tracking it without killing it. A script usually runs under a wrapper (wrapper.ts), its parent, which outlives
+ * the runner: one started ahead of time (warm-shell.ts) or started for it; a script a wrapper could not start exactly
+ * as a direct spawn would is spawned directly. Whichever way, and for a script a later runner process re-attached to
+ * (reattach.ts), it becomes the same `ScriptProcess`, over the `ScriptIO` that says where its output comes from and
+ * how its end is told. The primitives the paths share are in spawn.ts. Nothing here knows about the protocol's
+ * transport or sequence numbers.
  */
 import { access, stat } from "node:fs/promises";
-import { constants as fsConstants } from "node:fs";
+import { constants as fsConstants, closeSync } from "node:fs";
+import type { Socket } from "node:net";
 import { constants as osConstants } from "node:os";
-import { delimiter, join } from "node:path";
+import { delimiter, join, resolve } from "node:path";
 import type { Readable } from "node:stream";
 import type { Outcome } from "../shared/protocol.js";
 import {
   ProcessTree,
   enterCgroupCommand,
+  isLiveStat,
   isProcessGone,
   newScriptMarker,
   readProcessStat,
@@ -37,7 +42,9 @@ import {
   type ShellSubprocess,
   type SpawnRequest,
 } from "./spawn.js";
-import type { WarmShellPool } from "./warm-shell.js";
+import { startColdWrapper, wrappable, type WarmShellPool } from "./warm-shell.js";
+import type { WrapperStatus } from "./wrapper-status.js";
+import { readExitFile, readFifo, releaseGate, type WrapperPaths } from "./wrapper.js";
 
 export type { SpawnRequest } from "./spawn.js";
 
@@ -59,8 +66,10 @@ export interface ProcessManagerOptions {
   cgroups?: CgroupTree;
   /** Timings of a tree kill; default `CONTAINMENT_DEFAULTS`. */
   containment?: ContainmentOptions;
-  /** Shells started ahead of time: a script that one of them can run exactly like the cold path execs into it. */
+  /** Wrappers started ahead of time: a script that one of them can run takes one instead of starting its own. */
   warmShells?: WarmShellPool;
+  /** The runner's work dir (wrappers are named for it, their slots made in it); default: two folders above the run folder. */
+  workDir?: string;
 }
 
 /** Receives a process's output as it arrives. */
@@ -89,32 +98,58 @@ export async function spawnScript(
   }
   const launch: Launch = {
     request,
+    workDir: options.workDir ?? resolve(request.runDir, "..", ".."),
     shellPath,
     args: [...shellArguments(request.shell, request.scriptPath), ...request.arguments],
     inherited: inheritedEnvironment(base),
     cgroups: options.cgroups,
     beforeStart,
   };
-  const warm = options.warmShells?.claim(launch);
-  if (warm !== undefined) {
-    try {
-      beforeStart?.({ marker: warm.marker, cgroup: warm.cgroup?.path, pid: warm.pid, startTime: warm.startTime });
-    } catch (error) {
-      // It never ran anything of the script: end it (it was taken out of the pool).
-      signalGroup(warm.pid, "SIGKILL");
-      warm.cgroup?.release();
-      return failed(`Could not record the run before starting it: ${describeError(error)}`);
+  let shell: ScriptShell | SpawnFailure;
+  if (wrappable(launch)) {
+    const warm = options.warmShells?.claim(launch);
+    if (warm !== undefined) {
+      try {
+        beforeStart?.({ marker: warm.marker, cgroup: warm.cgroup?.path, pid: warm.pid, startTime: warm.startTime, wrapped: true });
+      } catch (error) {
+        // It never ran anything of the script: end it (it was taken out of the pool).
+        dropShell(warm);
+        return failed(`Could not record the run before starting it: ${describeError(error)}`);
+      }
+      shell = warm;
+    } else {
+      const cold = await startColdWrapper(launch, beforeStart);
+      shell = typeof cold === "string" ? failed(cold) : cold;
     }
+  } else {
+    shell = await startDirect(launch);
   }
-  const shell = warm ?? (await startColdShell(launch));
   if (!shell.ok) return shell;
   const child = track(shell, onOutput, options);
   options.warmShells?.refillAfter(child, launch);
   return { ok: true, process: child };
 }
 
-/** The cold path: spawns the script's shell now, in a new cgroup it moves itself into before the script's first line. */
-async function startColdShell(launch: Launch): Promise<ScriptShell | SpawnFailure> {
+/** Ends a shell that will never run its script: its process group, its cgroup, its FIFOs' read ends. */
+function dropShell(shell: ScriptShell): void {
+  signalGroup(shell.pid, "SIGKILL");
+  shell.cgroup?.release();
+  if (shell.wrapper === undefined) return;
+  for (const fd of [shell.wrapper.readers.stdout, shell.wrapper.readers.stderr]) {
+    try {
+      closeSync(fd);
+    } catch {
+      // Closed already.
+    }
+  }
+}
+
+/**
+ * A direct start, for a script no wrapper could start exactly as this does (see `wrappable`): spawns the script's
+ * shell now, with pipes to the runner, in a new cgroup it moves itself into before the script's first line. Such a
+ * script cannot be re-attached to: a runner restart stops it (the record has no `reattach`).
+ */
+async function startDirect(launch: Launch): Promise<ScriptShell | SpawnFailure> {
   const { request, shellPath, args } = launch;
   const execa = await loadExeca();
   const marker = newScriptMarker();
@@ -146,7 +181,7 @@ async function startColdShell(launch: Launch): Promise<ScriptShell | SpawnFailur
   return { ok: true, subprocess, pid: subprocess.pid, marker, cgroup: joinCgroup(cgroup, subprocess.pid) };
 }
 
-/** Tracks the script's shell as a `ScriptProcess`, then lets it run the script. */
+/** Tracks the script's shell (or wrapper) as a `ScriptProcess`, then lets it run the script. */
 function track(shell: ScriptShell, onOutput: OutputHandler, options: ProcessManagerOptions): ScriptProcess {
   const tree = new ProcessTree({
     leaderPid: shell.pid,
@@ -155,9 +190,10 @@ function track(shell: ScriptShell, onOutput: OutputHandler, options: ProcessMana
     ...(shell.cgroup === undefined ? {} : { cgroup: shell.cgroup }),
     ...(options.containment === undefined ? {} : { options: options.containment }),
   });
+  const io = shell.wrapper === undefined ? new DirectIO(shell.subprocess) : new WrapperIO(shell.subprocess, shell.wrapper);
   // The output listeners go on before the event loop turns again: execa resumes unread pipes on its next turn, and
-  // a warm shell's pipes flow already, so nothing may be written to them before the listeners are there.
-  const child = new ScriptProcess(shell.subprocess, shell.pid, tree, onOutput, options, shell.startTime);
+  // a wrapper runs the script once told (just below), so nothing may be written before the listeners are there.
+  const child = new ScriptProcess(io, shell.pid, tree, onOutput, options, shell.startTime);
   shell.run?.();
   return child;
 }
@@ -267,10 +303,34 @@ export interface TreeKill {
   leftovers?: Promise<StopResult>;
 }
 
+/** How a `ScriptProcess` lets go of its streams and its watch: see `ScriptIO.stop`. */
+export type LetGo = "ended" | "released" | "handed-off";
+
+/**
+ * Where a script's output comes from and how its own end is told, for each way a script runs: spawned directly
+ * (pipes, the exit event), under a wrapper this runner started (FIFOs, the wrapper's status line, its exit event), or
+ * under a wrapper a later runner process re-attached to (reattach.ts: FIFOs, the exit status file, polling).
+ */
+export interface ScriptIO {
+  /** Opens the output streams; what waits already is handed to `onChunk` at once. A stream at its end already is undefined. */
+  open(onChunk: (stream: StreamName, chunk: Buffer) => void): Array<{ name: StreamName; stream: Readable | undefined }>;
+  /** Starts watching for the script's own end; `ended` is called once at most (maybe at once). */
+  watch(ended: (outcome: Outcome) => void): void;
+  /** True once the script's own end is certain, even before `watch` reported it (its exit status file exists). */
+  hasEnded(): boolean;
+  /** The runner holds the script's whole output and its outcome: its wrapper may exit now. Resolves once it has. */
+  settle(): Promise<void>;
+  /**
+   * Stops watching, for good. `ended` (reported) and `released` (abandoned): the streams are drained into nothing
+   * (a process still writing neither blocks nor dies), and a released script's wrapper may exit at its end;
+   * `handed-off` (the runner stops): the streams are closed and the wrapper waits for a later runner process.
+   */
+  stop(how: LetGo): void;
+}
+
 /** A running script process: its pid, its end, and the ways to stop it or let it go. */
 export class ScriptProcess {
-  private readonly streams: Pipe[];
-  private readonly exitSeen = deferred<void>();
+  private streams: Pipe[] = [];
   private readonly ended = deferred<Outcome | undefined>();
   private readonly timers = new Set<NodeJS.Timeout>();
   /** Aborts a tree kill in progress when the process is released. */
@@ -285,23 +345,23 @@ export class ScriptProcess {
   private drainTimer: NodeJS.Timeout | undefined;
   /** When the process started (clock ticks after boot); with the pid it names this process for good. */
   readonly startTime: number | undefined;
-  private readonly onExit = (code: number | null, signal: NodeJS.Signals | null) => this.handleExit(code, signal);
 
   constructor(
-    private readonly subprocess: ShellSubprocess,
-    /** The process id, which is also the id of its process group. */
+    private readonly io: ScriptIO,
+    /** The process id (the wrapper's, for a wrapped script), which is also the id of its process group. */
     readonly pid: number,
     private readonly tree: ProcessTree,
     onOutput: OutputHandler,
-    private readonly options: ProcessManagerOptions,
+    private readonly options: Pick<ProcessManagerOptions, "pipeDrainMs" | "disableKill">,
     startTime?: number,
   ) {
     this.startTime = startTime ?? readProcessStat(pid)?.startTime;
-    this.streams = (["stdout", "stderr"] as const).map((name) => {
+    const opened = io.open((name, chunk) => onOutput(name, chunk));
+    this.streams = opened.map(({ name, stream }) => {
       const entry: Pipe = {
         name,
-        stream: subprocess[name],
-        closed: false,
+        stream,
+        closed: stream === undefined,
         listeners: {
           data: (chunk) => onOutput(name, typeof chunk === "string" ? Buffer.from(chunk) : chunk),
           close: () => {
@@ -312,20 +372,22 @@ export class ScriptProcess {
           // so that unread output cannot keep them open); while paused, that would read on regardless. `resume`
           // is emitted before the stream flows again, so pausing here keeps every chunk where it is.
           resume: () => {
-            if (this.outputPaused) entry.stream.pause();
+            if (this.outputPaused) entry.stream?.pause();
           },
         },
       };
-      entry.stream.on("data", entry.listeners.data);
-      entry.stream.on("close", entry.listeners.close);
-      entry.stream.on("resume", entry.listeners.resume);
-      // A pipe error ends that pipe; `close` follows and the outcome still comes from the exit.
-      entry.stream.on("error", ignore);
+      if (stream !== undefined) {
+        // Asked for while the first chunks were handed over.
+        if (this.outputPaused) stream.pause();
+        stream.on("data", entry.listeners.data);
+        stream.on("close", entry.listeners.close);
+        stream.on("resume", entry.listeners.resume);
+        // A pipe error ends that pipe; `close` follows and the outcome still comes from the exit.
+        stream.on("error", ignore);
+      }
       return entry;
     });
-    subprocess.on("exit", this.onExit);
-    // Spawn errors were handled before this object existed; later ones (a failed kill) change nothing.
-    subprocess.on("error", ignore);
+    io.watch((outcome) => this.handleExit(outcome));
   }
 
   /** The value of `TENDRIL_SCRIPT_MARKER` in this script's environment. */
@@ -356,7 +418,7 @@ export class ScriptProcess {
   pauseOutput(): void {
     if (this.outputPaused || this.reported || this.released) return;
     this.outputPaused = true;
-    for (const { stream, closed } of this.streams) if (!closed) stream.pause();
+    for (const { stream, closed } of this.streams) if (!closed) stream?.pause();
     this.stopDrainTimer();
   }
 
@@ -365,7 +427,7 @@ export class ScriptProcess {
     if (!this.outputPaused) return;
     this.outputPaused = false;
     if (this.reported || this.released) return;
-    for (const { stream, closed } of this.streams) if (!closed) stream.resume();
+    for (const { stream, closed } of this.streams) if (!closed) stream?.resume();
     if (this.exitOutcome !== undefined) this.startDrainTimer();
   }
 
@@ -394,17 +456,15 @@ export class ScriptProcess {
   }
 
   /**
-   * Stops tracking the process without killing it: listeners and timers removed, a tree kill in progress ended,
-   * unref'd. Its pipes stay open and are drained into nothing, so a process that writes again neither dies of
-   * SIGPIPE nor blocks on a full pipe.
+   * Stops tracking the process without killing it: listeners and timers removed, a tree kill in progress ended.
+   * Released (abandoned), its output is drained into nothing (it neither dies of SIGPIPE nor blocks on a full pipe);
+   * handed off (`handOff`: the runner stops), its FIFOs are closed and its wrapper waits for a later runner process.
    */
-  release(): void {
+  release(handOff = false): void {
     if (this.released) return;
     this.released = true;
     this.releasing.abort();
-    this.detach();
-    this.subprocess.unref();
-    this.exitSeen.resolve();
+    this.detach(handOff ? "handed-off" : "released");
     this.tree.dispose();
     if (!this.reported) {
       this.reported = true;
@@ -412,24 +472,41 @@ export class ScriptProcess {
     }
   }
 
+  /**
+   * The runner holds the script's whole output and its outcome (after `wait` resolved): its wrapper may exit now.
+   * Once it has, the script's cgroup goes too (if nothing else is left in it).
+   */
+  settle(): void {
+    this.io
+      .settle()
+      .then(() => this.tree.dispose())
+      .catch(ignore);
+  }
+
   private async runKillTree(graceMs: number): Promise<TreeKill> {
     const nothing: TreeKill = { signals: [], escaped: 0, survivors: [], aborted: false };
     if (this.options.disableKill || this.released) return nothing;
-    // A zombie has exited too, even before Node reaps it and reports the exit.
-    if (this.hasExited || isProcessGone(this.pid, this.startTime)) {
-      const leftovers = this.tree.stop({ graceMs, includeGroup: false, abort: this.releasing.signal });
+    // A re-attached script whose wrapper went without its status may still run: what is left is stopped in full.
+    const unknownEnd = this.exitOutcome?.kind === "lost";
+    // A zombie has exited too, even before Node reaps it and reports the exit; a wrapper's script has ended once the
+    // wrapper wrote its status (the wrapper itself waits for the runner, and is spared).
+    if (this.io.hasEnded() || (!unknownEnd && (this.hasExited || isProcessGone(this.pid, this.startTime)))) {
+      const spare = this.startTime === undefined ? undefined : { pid: this.pid, startTime: this.startTime };
+      const leftovers = this.tree.stop({ graceMs, includeGroup: false, abort: this.releasing.signal, ...(spare === undefined ? {} : { spare }) });
       leftovers.finally(() => this.tree.dispose()).catch(ignore);
       return { ...nothing, leftovers };
     }
-    const result = await this.tree.stop({ graceMs, includeGroup: true, abort: this.releasing.signal });
+    // The group keeps the leader's id while any member lives; only another process holding that pid now would make it someone else's.
+    const stat = readProcessStat(this.pid);
+    const includeGroup = !isLiveStat(stat) || this.startTime === undefined || stat.startTime === this.startTime;
+    const result = await this.tree.stop({ graceMs, includeGroup, abort: this.releasing.signal });
     this.tree.dispose();
     return { signals: result.signals, escaped: result.escaped, survivors: result.survivors, aborted: result.aborted };
   }
 
-  private handleExit(code: number | null, signal: NodeJS.Signals | null): void {
+  private handleExit(outcome: Outcome): void {
     if (this.exitOutcome !== undefined) return;
-    this.exitOutcome = outcomeOfExit(code, signal);
-    this.exitSeen.resolve();
+    this.exitOutcome = outcome;
     if (this.maybeReport()) return;
     if (!this.outputPaused) this.startDrainTimer();
   }
@@ -460,29 +537,26 @@ export class ScriptProcess {
   private report(): void {
     if (this.reported || this.released || this.exitOutcome === undefined) return;
     this.reported = true;
-    this.detach();
+    this.detach("ended");
     this.tree.dispose();
     this.ended.resolve(this.exitOutcome);
   }
 
   /**
-   * Removes our listeners and clears the timers. The pipes are not destroyed: a process still holding them (a
-   * released script, a grandchild after the exit) would die of SIGPIPE on its next write. They are drained into
-   * nothing instead until they close, holding no reference to this object, and unref'd so they keep no one alive.
+   * Removes our listeners and clears the timers, then lets the IO let go of its streams (see `ScriptIO.stop`). A
+   * stream is not destroyed unless handed off: a process still holding it (a released script, a grandchild after the
+   * exit) must neither die of SIGPIPE nor block.
    */
-  private detach(): void {
+  private detach(how: LetGo): void {
     for (const timer of this.timers) clearTimeout(timer);
     this.timers.clear();
     this.drainTimer = undefined;
     for (const { stream, listeners } of this.streams) {
-      stream.off("data", listeners.data);
-      stream.off("close", listeners.close);
-      stream.off("resume", listeners.resume);
-      // With no `data` listener a flowing stream drops what it reads.
-      stream.resume();
-      unrefStream(stream);
+      stream?.off("data", listeners.data);
+      stream?.off("close", listeners.close);
+      stream?.off("resume", listeners.resume);
     }
-    this.subprocess.off("exit", this.onExit);
+    this.io.stop(how);
   }
 
   private startTimer(ms: number, callback: () => void): NodeJS.Timeout {
@@ -495,10 +569,126 @@ export class ScriptProcess {
   }
 }
 
+/** A script spawned directly: its shell's pipes and its exit event. */
+class DirectIO implements ScriptIO {
+  private readonly onExit = (code: number | null, signal: NodeJS.Signals | null) => this.ended?.(outcomeOfExit(code, signal));
+  private ended: ((outcome: Outcome) => void) | undefined;
+
+  constructor(private readonly subprocess: ShellSubprocess) {
+    // Spawn errors were handled before this object existed; later ones (a failed kill) change nothing.
+    subprocess.on("error", ignore);
+  }
+
+  open(): Array<{ name: StreamName; stream: Readable | undefined }> {
+    return [
+      { name: "stdout", stream: this.subprocess.stdout ?? undefined },
+      { name: "stderr", stream: this.subprocess.stderr ?? undefined },
+    ];
+  }
+
+  watch(ended: (outcome: Outcome) => void): void {
+    this.ended = ended;
+    this.subprocess.on("exit", this.onExit);
+  }
+
+  hasEnded(): boolean {
+    return false;
+  }
+
+  async settle(): Promise<void> {
+    // Nothing waits for the runner.
+  }
+
+  stop(): void {
+    this.subprocess.off("exit", this.onExit);
+    this.subprocess.unref();
+    // With no `data` listener a flowing stream drops what it reads; unref'd, it keeps no one alive.
+    drainStreams([this.subprocess.stdout, this.subprocess.stderr]);
+  }
+}
+
+/** A script under a wrapper this runner started: the FIFOs, the wrapper's status line and its exit event. */
+class WrapperIO implements ScriptIO {
+  private readonly sockets: Socket[] = [];
+  private ended: ((outcome: Outcome) => void) | undefined;
+  private readonly onExit = (code: number | null, signal: NodeJS.Signals | null) => {
+    // The wrapper exits after its status line, once released; it dies before it only when killed (a cancel). Its
+    // status file may have been written before the line was read.
+    const written = readExitFile(this.wrapper.paths.exit);
+    this.end(written === undefined ? outcomeOfExit(code, signal) : { kind: "exited", code: written });
+  };
+
+  constructor(
+    private readonly subprocess: ShellSubprocess,
+    private readonly wrapper: { paths: WrapperPaths; readers: { stdout: number; stderr: number }; status: WrapperStatus },
+  ) {
+    subprocess.on("error", ignore);
+  }
+
+  open(onChunk: (stream: StreamName, chunk: Buffer) => void): Array<{ name: StreamName; stream: Readable | undefined }> {
+    return (["stdout", "stderr"] as const).map((name) => {
+      const socket = readFifo(this.wrapper.readers[name], (chunk) => onChunk(name, chunk));
+      if (socket !== undefined) this.sockets.push(socket);
+      return { name, stream: socket };
+    });
+  }
+
+  watch(ended: (outcome: Outcome) => void): void {
+    this.ended = ended;
+    this.wrapper.status.onStatus((code) => this.end({ kind: "exited", code }));
+    this.subprocess.on("exit", this.onExit);
+  }
+
+  hasEnded(): boolean {
+    return readExitFile(this.wrapper.paths.exit) !== undefined;
+  }
+
+  settle(): Promise<void> {
+    const { subprocess } = this;
+    const gone = new Promise<void>((resolve) => {
+      if (subprocess.exitCode !== null || subprocess.signalCode !== null) resolve();
+      else subprocess.once("exit", () => resolve());
+    });
+    if (!releaseGate(this.wrapper.paths.gate)) return Promise.resolve();
+    return gone;
+  }
+
+  stop(how: LetGo): void {
+    this.ended = undefined;
+    this.subprocess.off("exit", this.onExit);
+    this.subprocess.unref();
+    this.wrapper.status.stop(how === "handed-off");
+    if (how === "handed-off") {
+      for (const socket of this.sockets) socket.destroy();
+      return;
+    }
+    drainStreams(this.sockets);
+    // Abandoned: nobody will settle it, so it may exit as soon as its script has ended.
+    if (how === "released") releaseGate(this.wrapper.paths.gate);
+  }
+
+  private end(outcome: Outcome): void {
+    const ended = this.ended;
+    this.ended = undefined;
+    ended?.(outcome);
+  }
+}
+
+/** Streams nobody listens to any more: drained into nothing (a flowing stream without `data` listener drops what it reads), unref'd. */
+export function drainStreams(streams: ReadonlyArray<Readable | null | undefined>): void {
+  for (const stream of streams) {
+    if (stream === null || stream === undefined) continue;
+    stream.on("error", ignore);
+    stream.resume();
+    unrefStream(stream);
+  }
+}
+
 /** One of the process's output pipes and our listeners on it. */
 interface Pipe {
   name: StreamName;
-  stream: Readable;
+  /** Undefined when it was at its end already when opened. */
+  stream: Readable | undefined;
   closed: boolean;
   listeners: StreamListeners;
 }

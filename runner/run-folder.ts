@@ -5,6 +5,12 @@
  *   record.json   who the run's processes are (`RunRecord`), so that a later runner process can find them
  *   script.sh     the script (`script.ps1` for pwsh), outside the working directory: a request's file cannot replace it
  *   work/         the working directory, holding the request's files
+ *   io/           the wrapper's FIFOs (out, err, gate; see wrapper.ts), for a script run in a wrapper
+ *   exit          the script's exit status, written by its wrapper
+ *   output.*.log  the output log (output-log.ts): what the runner read, written ahead
+ *
+ * Warm wrappers make their FIFOs in a slot folder of their own, `<workDir>/slots/<runner pid>-<start time>-<random>/`,
+ * renamed to a run's `io/` when a script claims the wrapper (open FIFOs stay valid across a rename).
  *
  * Every file is new in a new folder, and the script and the record are written under a temporary name and renamed
  * into place: nothing a process may be reading is ever rewritten, so a shell that reads its script as it goes
@@ -12,30 +18,42 @@
  * microseconds, where a trip through the thread pool would add a fraction of a millisecond to every dispatch.
  */
 import { randomBytes } from "node:crypto";
-import { mkdirSync, readFileSync, readdirSync, renameSync, writeFileSync } from "node:fs";
+import { mkdirSync, readFileSync, readdirSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import { rm } from "node:fs/promises";
 import { basename, join } from "node:path";
 import { z } from "zod";
 import type { ScriptPayload } from "../shared/api.js";
 import { Ticket } from "../shared/ids.js";
 import { BootId, Outcome } from "../shared/protocol.js";
+import { isProcessGone, ownStartTime } from "./containment.js";
 import type { ScriptIdentity, ShellName } from "./spawn.js";
+import { EXIT_FILE, IO_FOLDER, wrapperPaths, type WrapperPaths } from "./wrapper.js";
 
 /** The record's file name in a run folder. */
 export const RECORD_FILE = "record.json";
 /** The working directory's name in a run folder. */
 const WORKING_DIRECTORY = "work";
+/** The output log's name in a run folder (its segments are `output.000001.log`, ...). */
+export const LOG_NAME = "output";
+/** The folder of warm wrappers' slots in a work dir. */
+export const SLOTS_FOLDER = "slots";
+
+/** A file name inside a run folder, as a record names it. */
+const FileName = z.string().regex(/^[a-z][a-z0-9-]{0,31}$/);
 
 const Pid = z.int().min(1);
 const StartTime = z.int().min(0);
 
 /**
- * What a run folder's `record.json` says (version 1). Written before the script's process exists (marker and
- * cgroup are known by then), again once its pid and start time are, and when the runner lets go of it or sees its
- * end. A runner process that finds a record of a predecessor finds the run's processes by pid and start time, by
- * process group, by marker and by cgroup. Later versions may add fields (where the output is spooled and how far it
- * was sent, where a wrapper writes the exit status) so that a new runner can re-attach instead of stopping the run;
- * unknown fields are ignored on reading.
+ * What a run folder's `record.json` says. Written before the script's process exists (marker and cgroup are known
+ * by then, and for a wrapper its pid), again once its pid and start time are, and when the runner lets go of it or
+ * the control plane acknowledged its end. A runner process that finds a record of a predecessor finds the run's
+ * processes by pid and start time, by process group, by marker and by cgroup; where the record says `reattach`, it
+ * re-attaches to the script instead of stopping it.
+ *
+ * The version stays 1: `reattach` is an addition that a runner which cannot re-attach ignores (readers ignore fields
+ * they do not know), so such a runner, started on this work dir after a newer one, still stops the run (the floor
+ * rule) instead of taking an unreadable record for a run that never started.
  */
 export const RunRecord = z.object({
   version: z.literal(1),
@@ -54,11 +72,16 @@ export const RunRecord = z.object({
   marker: z.string().regex(/^[0-9a-f]{32}$/),
   /** The run's cgroup folder, when it got one. */
   cgroup: z.string().startsWith("/").optional(),
-  /** The script's shell, once spawned: its pid is also its process group's id. */
+  /** The script's shell (or its wrapper), once spawned: its pid is also its process group's id. */
   process: z.object({ pid: Pid, startTime: StartTime.optional() }).optional(),
+  /**
+   * The script runs in a wrapper (its `process`, the script's parent): the names, in the run folder, of the wrapper's
+   * FIFOs folder, its exit status file and the output log. A later runner process re-attaches with them.
+   */
+  reattach: z.object({ io: FileName, exit: FileName, log: FileName }).optional(),
   /** The control plane abandoned it: a later runner leaves its processes alone. */
   abandoned: z.boolean().optional(),
-  /** How its own process ended, once the runner saw it (ISO time `at`). */
+  /** How it ended, once the control plane acknowledged that (ISO time `at`): nothing is left to report. */
   exit: z.object({ outcome: Outcome, at: z.string() }).optional(),
 });
 /** A run's record. */
@@ -125,6 +148,31 @@ export class RunFolders {
   /** Makes the runs folder (0o700: the files may hold secrets; only the runner's user may enter). */
   prepare(): void {
     mkdirSync(this.root, { recursive: true, mode: 0o700 });
+  }
+
+  /** `<workDir>/slots`, where warm wrappers make their FIFOs before a script claims them. */
+  get slotsDir(): string {
+    return slotsFolderOf(this.root);
+  }
+
+  /** Removes the slot folders of runner processes that are gone (their waiting wrappers read EOF and exited). */
+  pruneSlots(): void {
+    let names: string[];
+    try {
+      names = readdirSync(this.slotsDir);
+    } catch {
+      return;
+    }
+    for (const name of names) {
+      const match = /^(\d+)-(\d+)-[0-9a-f]+$/.exec(name);
+      if (match === null || !isProcessGone(Number(match[1]), Number(match[2]))) continue;
+      rmSync(join(this.slotsDir, name), { recursive: true, force: true });
+    }
+  }
+
+  /** The wrapper files of a run (see wrapper.ts). */
+  wrapperPaths(run: Run): WrapperPaths {
+    return wrapperPaths(run.dir);
   }
 
   /** The run of a dispatch. */
@@ -203,6 +251,11 @@ export class RunFolders {
     return found;
   }
 
+  /** Makes a run adopted from a predecessor this runner's own: its folder stays until the control plane deletes the script. */
+  keep(run: Run): void {
+    run.removeWhenIdle = false;
+  }
+
   /** Keeps the run's folder for `reason` (a process of it runs). */
   hold(run: Run, reason: string): void {
     if (!run.removed) run.holds.add(reason);
@@ -263,6 +316,22 @@ export class RunFolders {
   }
 }
 
+/** The `reattach` part of a record: the names wrapper.ts and the output log use. */
+export const REATTACH_FILES: NonNullable<RunRecord["reattach"]> = { io: IO_FOLDER, exit: EXIT_FILE, log: LOG_NAME };
+
+/** The slots folder beside the runs folder `runsRoot`. */
+export function slotsFolderOf(runsRoot: string): string {
+  return join(runsRoot, "..", SLOTS_FOLDER);
+}
+
+/** A new slot folder for a warm wrapper in `slotsDir`, named for this runner process (made with its parent if need be). */
+export function makeSlot(slotsDir: string): string {
+  const path = join(slotsDir, `${process.pid}-${ownStartTime()}-${randomBytes(6).toString("hex")}`);
+  mkdirSync(slotsDir, { recursive: true, mode: 0o700 });
+  mkdirSync(path, { mode: 0o700 });
+  return path;
+}
+
 /** The first record of a run: who its process will be (`identity`), written before it can run anything. */
 export function newRunRecord(run: Run, shell: ShellName, owner: RunOwner, bootId: string | undefined, identity: ScriptIdentity): RunRecord {
   const { marker, cgroup, pid, startTime } = identity;
@@ -278,6 +347,7 @@ export function newRunRecord(run: Run, shell: ShellName, owner: RunOwner, bootId
     marker,
     ...(cgroup === undefined ? {} : { cgroup }),
     ...(pid === undefined ? {} : { process: { pid, ...(startTime === undefined ? {} : { startTime }) } }),
+    ...(identity.wrapped === true ? { reattach: REATTACH_FILES } : {}),
   };
 }
 

@@ -7,11 +7,15 @@
  *      │                  └──────────────────own exit──────────────────────────┘
  *      └─failed, or cancelled before the spawn→ exited
  *
- * A run that an earlier runner process left behind (found after a restart, `origin: "predecessor"`) starts in
- * `running` with processes but no pipes of ours; `continue` makes the runner stop it as a cancel would
- * (`stopping`), and it exits as `lost`, listing the processes that would not die. Abandon, a welcome's cancel,
- * forget or abandon, and a halt release a script from any phase: nothing more is reported for it, and its `fate`
- * says what becomes of its process (killed now, stopped, watched), also of one still being spawned.
+ * A script an earlier runner process started under a wrapper and this one re-attached to (`origin: "reattached"`)
+ * starts in `running` with its output rebuilt from the run's log, and goes on like a dispatched one; should its
+ * wrapper turn out to have gone without recording the script's end (`process_ended` with an unknown end), what is left
+ * of it is stopped and it exits as `lost`. A run that an earlier runner process left behind and that cannot be
+ * re-attached to (`origin: "predecessor"`) starts in `running` with processes but no pipes of ours; `continue` makes
+ * the runner stop it as a cancel would (`stopping`), and it exits as `lost`, listing the processes that would not
+ * die. Abandon, a welcome's cancel, forget or abandon, and a halt release a script from any phase: nothing more is
+ * reported for it, and its `fate` says what becomes of its process (killed now, stopped, watched, or handed off to a
+ * later runner process), also of one still being spawned.
  */
 import { MAX_SURVIVORS, type Outcome, type ProcessRef, type ResumeAction } from "../shared/protocol.js";
 import type { ProcessIdentity } from "./containment.js";
@@ -29,8 +33,11 @@ export type Phase =
   /** No longer tracked: nothing more is reported for it. */
   | "released";
 
-/** Whether this runner process dispatched the script, or found it left by an earlier runner process. */
-export type Origin = "dispatch" | "predecessor";
+/**
+ * Whether this runner process dispatched the script, re-attached to one an earlier runner process started, or found
+ * one left by an earlier runner process that it cannot re-attach to.
+ */
+export type Origin = "dispatch" | "reattached" | "predecessor";
 
 /** What a tree stop did. */
 export interface KillSummary {
@@ -50,6 +57,8 @@ export interface Fate {
   kill: "none" | "now" | "tree";
   /** Watched until it is gone, and reported (`abandoned_exit`). */
   watch: boolean;
+  /** Left to a later runner process to re-attach to (the runner stops): its wrapper keeps waiting, its log stays. */
+  handOff?: boolean;
 }
 
 /** Everything the runner keeps about one script's course. */
@@ -71,6 +80,8 @@ export interface ScriptState {
   treeStop: "none" | "running" | "done";
   /** A predecessor's run numbers its lines from the welcome's `nextSequence`: set once that is known. */
   numbered: boolean;
+  /** A re-attached script whose wrapper went without recording its end: it exits as `lost` once what is left is stopped. */
+  unknownEnd: boolean;
   /** While stopping: the process's own outcome, once it ended. */
   ownOutcome?: Outcome;
   /** While stopping: what the tree stop did, once it finished. */
@@ -129,8 +140,11 @@ export type ScriptEffect =
   | { type: "stop_tree" }
   /** Best-effort SIGKILL of the whole tree, without waiting. */
   | { type: "kill_now" }
-  /** Stops tracking the process (its pipes are drained into nothing; a tree stop in progress ends). */
-  | { type: "release" }
+  /**
+   * Stops tracking the process (a tree stop in progress ends): its output is drained into nothing, or, handed off
+   * (`handOff`), left to a later runner process.
+   */
+  | { type: "release"; handOff: boolean }
   /** Watches its process until gone and reports `abandoned_exit`. */
   | { type: "watch" }
   /** Watches these processes of it until gone and reports each one's end. */
@@ -150,22 +164,31 @@ export type ScriptEffect =
   /** A line in the runner's own log. */
   | { type: "log"; level: "info" | "warn" | "error"; text: string };
 
-/** A new script: dispatched (starting), or a predecessor's run found alive (running, not yet numbered). */
+/**
+ * A new script: dispatched (starting), re-attached to (running, its lines numbered by its log), or a predecessor's run
+ * found alive (running, not yet numbered).
+ */
 export function newScriptState(ticket: string, fence: number, origin: Origin): ScriptState {
-  const predecessor = origin === "predecessor";
+  const found = origin !== "dispatch";
   return {
     ticket,
     fence,
     origin,
-    phase: predecessor ? "running" : "starting",
-    hasProcess: predecessor,
+    phase: found ? "running" : "starting",
+    hasProcess: found,
     startedConfirmed: false,
     outputPaused: false,
     pauseLogged: false,
     cancelRequested: false,
     treeStop: "none",
-    numbered: !predecessor,
+    numbered: origin !== "predecessor",
+    unknownEnd: false,
   };
+}
+
+/** True when this runner reads the script's output and sees its end (dispatched here, or re-attached to). */
+function followed(state: ScriptState): boolean {
+  return state.origin !== "predecessor";
 }
 
 /** True while the exit is known and has not gone out on connection `connection`. */
@@ -195,7 +218,7 @@ export function handleScript(state: ScriptState, event: ScriptEvent, context: Sc
       return pressure(state, event.paused, context);
     case "ack":
       // Frames arrive in order: whatever acknowledges output also proves that `started` arrived before it.
-      if (state.hasProcess && state.origin === "dispatch") state.startedConfirmed = true;
+      if (state.hasProcess && followed(state)) state.startedConfirmed = true;
       return state.phase === "exited" ? [{ type: "send_exit" }] : [];
     case "exit_ack":
       if (state.phase === "released") return [];
@@ -215,7 +238,7 @@ export function handleScript(state: ScriptState, event: ScriptEvent, context: Sc
     case "resume":
       return resume(state, event.action, event.nextSequence, event.killProcess);
     case "halt":
-      return state.phase === "released" ? [] : letGo(state, { kill: "none", watch: false });
+      return state.phase === "released" ? [] : letGo(state, { kill: "none", watch: false, handOff: true });
     default: {
       const unreachable: never = event;
       throw new Error(`unhandled script event ${JSON.stringify(unreachable)}`);
@@ -245,6 +268,12 @@ function spawned(state: ScriptState): ScriptEffect[] {
 }
 
 function processEnded(state: ScriptState, own: Outcome, context: ScriptContext): ScriptEffect[] {
+  if (state.phase === "running" && own.kind === "lost") {
+    // A re-attached script whose wrapper went without its exit status: stop what is left, then report it lost.
+    state.unknownEnd = true;
+    state.phase = "stopping";
+    return [debug(UNKNOWN_END_LINE), ...stopTree(state)];
+  }
   if (state.phase === "running") return finish(state, own, []);
   if (state.phase !== "stopping") return [];
   // Cancel is done only when no process of the script survives: the exit waits for the tree stop too.
@@ -258,12 +287,12 @@ function treeStopped(state: ScriptState, kill: KillSummary, context: ScriptConte
   state.treeStop = "done";
   const out = killLog(state, kill);
   if (state.phase === "released") {
-    if (state.fate?.kill === "tree") out.push({ type: "release" });
+    if (state.fate?.kill === "tree") out.push({ type: "release", handOff: false });
     return out;
   }
   if (state.phase !== "stopping") return out;
-  if (state.origin === "predecessor") {
-    const { outcome, lines } = lostOutcome(kill, context);
+  if (state.origin === "predecessor" || state.unknownEnd) {
+    const { outcome, lines } = lostOutcome(kill, context, state.unknownEnd ? "unknown-end" : "unreattachable");
     if (kill.survivors.length > 0) out.push({ type: "watch_survivors", survivors: kill.survivors });
     return [...out, ...finish(state, outcome, lines)];
   }
@@ -286,7 +315,7 @@ function pressure(state: ScriptState, paused: boolean, context: ScriptContext): 
       ),
     );
   }
-  if (state.hasProcess && state.origin === "dispatch") out.push({ type: paused ? "pause_output" : "resume_output" });
+  if (state.hasProcess && followed(state)) out.push({ type: paused ? "pause_output" : "resume_output" });
   return out;
 }
 
@@ -294,7 +323,7 @@ function cancel(state: ScriptState, context: ScriptContext): ScriptEffect[] {
   if (state.cancelRequested || state.phase === "released") return [];
   state.cancelRequested = true;
   // Its exit (and own exit code) already went out; what it left running is still part of what to stop.
-  if (state.phase === "exited") return state.origin === "dispatch" && state.hasProcess ? stopTree(state) : [];
+  if (state.phase === "exited") return followed(state) && state.hasProcess ? stopTree(state) : [];
   // A predecessor's run is being stopped already (a cancel sent again after a reconnect changes nothing).
   if (state.origin === "predecessor") return [];
   const out: ScriptEffect[] = [log("info", `Cancelling ${nameOf(state)}.`)];
@@ -326,7 +355,7 @@ function resume(state: ScriptState, action: ResumeAction | undefined, nextSequen
         return out;
       }
       // Sends again what the control plane is missing: `started` (unless an ack showed it arrived), output, exit.
-      if (state.origin === "dispatch" && state.hasProcess && !state.startedConfirmed) out.push({ type: "send_started" });
+      if (followed(state) && state.hasProcess && !state.startedConfirmed) out.push({ type: "send_started" });
       out.push({ type: "resend", nextSequence }, { type: "send_exit" });
       return out;
     }
@@ -339,10 +368,10 @@ function resume(state: ScriptState, action: ResumeAction | undefined, nextSequen
         ...letGo(state, { kill: killProcess ? "now" : "none", watch: true }),
       ];
     case "forget":
-      // A predecessor's run it has no use for is stopped; a script of this runner has ended already.
+      // A script of this runner has ended already; one found after a restart may have left processes nobody wants.
       return [
         log("info", `The control plane no longer knows ${name}; dropping it.`),
-        ...letGo(state, { kill: state.origin === "predecessor" ? "tree" : "none", watch: false }),
+        ...letGo(state, { kill: state.origin === "dispatch" ? "none" : "tree", watch: false }),
       ];
     default: {
       const unreachable: never = action;
@@ -366,16 +395,17 @@ function letGo(state: ScriptState, fate: Fate): ScriptEffect[] {
 /** What a released script's process meets. */
 function applyFate(state: ScriptState, tracked: boolean): ScriptEffect[] {
   const fate = state.fate ?? { kill: "none", watch: false };
+  const release: ScriptEffect = { type: "release", handOff: fate.handOff === true };
   const out: ScriptEffect[] = [];
   if (fate.watch) out.push({ type: "watch" });
   if (fate.kill === "now") out.push({ type: "kill_now" });
   if (fate.kill === "tree") {
     // Released once stopped; a stop already under way (a cancel) serves.
     out.push(...stopTree(state));
-    if (state.treeStop === "done" && tracked) out.push({ type: "release" });
+    if (state.treeStop === "done" && tracked) out.push(release);
     return out;
   }
-  if (tracked) out.push({ type: "release" });
+  if (tracked) out.push(release);
   return out;
 }
 
@@ -409,6 +439,8 @@ function killLog(state: ScriptState, kill: KillSummary): ScriptEffect[] {
 
 /** The outcome to report after a cancel, and the debug lines that explain it. */
 export function cancelOutcome(own: Outcome, kill: KillSummary, context: ScriptContext): { outcome: Outcome; lines: string[] } {
+  // A re-attached script whose wrapper had gone without its status: nothing was left to cancel, its end is unknown.
+  if (kill.signals.length === 0 && own.kind === "lost") return lostOutcome(kill, context, "unknown-end");
   if (kill.signals.length === 0) {
     const lines = context.disableKill ? [] : ["Cancel requested, but the process had already exited; its own exit code stands."];
     return { outcome: own, lines };
@@ -421,24 +453,38 @@ export function cancelOutcome(own: Outcome, kill: KillSummary, context: ScriptCo
   return { outcome: { kind: "cancelled", signals: kill.signals }, lines };
 }
 
+/** Said when a re-attached script's wrapper turns out to have gone without recording the script's end. */
+export const UNKNOWN_END_LINE =
+  "The script's wrapper process ended without recording the script's exit status (it was killed while the runner restarted): the result is unknown.";
+
+/** Why a run is reported `lost`: a predecessor's run this runner cannot re-attach to, or a re-attached one whose end is unknown. */
+export type LostReason = "unreattachable" | "unknown-end";
+
 /**
- * The outcome of a predecessor's run that this runner stopped (`lost`: -46), with the processes that would not die
- * (the control plane lists them as abandoned), and the debug lines that say what happened.
+ * The outcome of a run that this runner stopped because it could not follow it (`lost`: -46), with the processes that
+ * would not die (the control plane lists them as abandoned), and the debug lines that say what happened.
  */
-export function lostOutcome(kill: KillSummary, context: ScriptContext): { outcome: Outcome; lines: string[] } {
-  const found = "A new runner process found this script left running by the previous one and could not re-attach to it";
+export function lostOutcome(kill: KillSummary, context: ScriptContext, reason: LostReason = "unreattachable"): { outcome: Outcome; lines: string[] } {
   const pids = kill.survivors.map((survivor) => survivor.pid);
+  const [first, ...rest] = kill.signals;
+  const then = rest.length > 0 ? `, then ${rest.join(", then ")} after ${context.killGraceMs} ms` : "";
   const lines: string[] = [];
-  if (context.disableKill && pids.length > 0) {
-    lines.push(`${found}; process kill is disabled on this runner (UNSAFE), so it did not stop it.`);
-    lines.push(`${plural(pids.length, "process", "processes")} of the script ${pids.length === 1 ? "is" : "are"} still running (pid ${pids.join(", ")}); listed as abandoned.`);
-  } else if (kill.signals.length === 0 && pids.length === 0) {
-    lines.push(`${found}; no process of it was left running.`);
-  } else {
-    const [first, ...rest] = kill.signals;
-    const then = rest.length > 0 ? `, then ${rest.join(", then ")} after ${context.killGraceMs} ms` : "";
-    lines.push(`${found}, so it stopped it: sent ${first ?? "nothing"} to its processes${then}.`);
+  if (reason === "unknown-end") {
+    if (context.disableKill && pids.length > 0) lines.push("Process kill is disabled on this runner (UNSAFE): what it left running was not stopped.");
+    else if (kill.signals.length === 0 && pids.length === 0) lines.push("No process of it was left running.");
+    else lines.push(`Stopped what it left running: sent ${first ?? "nothing"} to its processes${then}.`);
     if (pids.length > 0) lines.push(`${survivorsSentence(pids)} Listed as abandoned: ${pids.length === 1 ? "it" : "they"} may still be running.`);
+  } else {
+    const found = "A new runner process found this script left running by the previous one and could not re-attach to it";
+    if (context.disableKill && pids.length > 0) {
+      lines.push(`${found}; process kill is disabled on this runner (UNSAFE), so it did not stop it.`);
+      lines.push(`${plural(pids.length, "process", "processes")} of the script ${pids.length === 1 ? "is" : "are"} still running (pid ${pids.join(", ")}); listed as abandoned.`);
+    } else if (kill.signals.length === 0 && pids.length === 0) {
+      lines.push(`${found}; no process of it was left running.`);
+    } else {
+      lines.push(`${found}, so it stopped it: sent ${first ?? "nothing"} to its processes${then}.`);
+      if (pids.length > 0) lines.push(`${survivorsSentence(pids)} Listed as abandoned: ${pids.length === 1 ? "it" : "they"} may still be running.`);
+    }
   }
   const survivors: ProcessRef[] = kill.survivors.slice(0, MAX_SURVIVORS).map((survivor) => ({
     pid: survivor.pid,

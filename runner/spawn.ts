@@ -6,6 +6,8 @@
 import type { ScriptPayload } from "../shared/api.js";
 import type { Outcome } from "../shared/protocol.js";
 import { SCRIPT_MARKER_VARIABLE, type CgroupTree, type ScriptCgroup } from "./containment.js";
+import type { WrapperStatus } from "./wrapper-status.js";
+import type { WrapperPaths } from "./wrapper.js";
 
 /** Shell names as the protocol spells them. */
 export type ShellName = ScriptPayload["shell"];
@@ -20,6 +22,8 @@ export interface SpawnRequest {
   shell: ShellName;
   /** The script file, passed to the shell. */
   scriptPath: string;
+  /** The run folder: a wrapper keeps its FIFOs and the exit status there. */
+  runDir: string;
   /** The working directory. */
   cwd: string;
   /** Passed to the script after its path. */
@@ -34,9 +38,11 @@ export interface ScriptIdentity {
   marker: string;
   /** Its cgroup's folder, when it gets one. */
   cgroup: string | undefined;
-  /** Its pid and start time, when the process exists already (a warm shell). */
+  /** Its pid and start time, when the process exists already (a wrapper). */
   pid?: number;
   startTime?: number | undefined;
+  /** It is a wrapper (wrapper.ts): a later runner process can re-attach to the script. */
+  wrapped?: boolean;
 }
 
 /**
@@ -48,6 +54,8 @@ export type BeforeStart = (identity: ScriptIdentity) => void;
 /** What starting one script takes, worked out once for whichever path starts it. */
 export interface Launch {
   request: SpawnRequest;
+  /** The runner's work dir: wrappers are named for it, and their slots are made in it. */
+  workDir: string;
   /** The script's shell, found on the base environment's PATH. */
   shellPath: string;
   /** The shell's arguments: the script and the script's own arguments. */
@@ -70,6 +78,8 @@ export interface ScriptShell {
   cgroup: ScriptCgroup | undefined;
   /** When it started (clock ticks after boot), when already known. */
   startTime?: number | undefined;
+  /** A wrapper (wrapper.ts): its files, the read ends of its FIFOs (opened by the runner) and its status lines. */
+  wrapper?: { paths: WrapperPaths; readers: { stdout: number; stderr: number }; status: WrapperStatus };
   /** Makes it run the script, once our listeners are on its pipes; a shell spawned for the script runs it already. */
   run?: () => void;
 }

@@ -1,33 +1,39 @@
 /**
- * Warm shells: `/bin/sh` processes started before they are needed, so that a script usually starts by exec'ing
- * into one instead of forking the runner. A fork of the large Node process blocks its event loop for milliseconds,
- * and the cold path pays it on the dispatch's critical path (then a second exec, when the cgroup wrapper runs).
+ * Wrapper shells (wrapper.ts): the `/bin/sh` each script runs under, as its parent, so that the script outlives the
+ * runner and a new runner process can re-attach to it. Usually one is started before it is needed (warm), so that a
+ * script starts without forking the runner: a fork of the large Node process blocks its event loop for milliseconds.
  *
- * A warm shell is what the cold path would spawn, minus the script: its own process group and session, piped
- * output, the inherited environment with a marker of its own, a cgroup of its own (joined at once); it waits
- * reading its stdin. A claim writes it one line (enter the workspace, export the request's variables, exec the
- * script's shell) and ends its stdin, so the script is then the same process, pid and marker included. Whatever a
- * shell could not reproduce exactly takes the cold path. A shell whose runner died reads EOF and exits.
+ * A warm wrapper is what the cold path would start, minus the script: its own process group and session, the
+ * inherited environment with a marker of its own, a cgroup of its own (joined at once), its FIFOs made in a slot folder
+ * and held open; it says `ready` and waits, reading its stdin. A claim renames its slot to the run's `io` folder (open
+ * FIFOs stay valid) and writes it one line (enter the workspace, export the request's variables, run the script's shell
+ * in the foreground, record its status; see `runCommand`), so the script's process group, marker and cgroup are the
+ * wrapper's. Without a waiting wrapper, one is started for the script (the cold path). A script that a shell could not
+ * start exactly as a direct spawn would (a variable a shell cannot pass on, a workspace it cannot enter) is spawned
+ * directly instead (process-manager.ts), and cannot be re-attached to. A waiting wrapper whose runner died reads EOF
+ * and exits.
  */
-import { accessSync, constants as fsConstants, statSync } from "node:fs";
+import { accessSync, closeSync, constants as fsConstants, existsSync, mkdirSync, renameSync, rmSync, statSync } from "node:fs";
 import { Socket } from "node:net";
+import { join } from "node:path";
 import type { Writable } from "node:stream";
-import { SCRIPT_MARKER_VARIABLE, isProcessGone, newScriptMarker, readProcessStat, signalGroup, type CgroupTree, type ScriptCgroup } from "./containment.js";
+import { SCRIPT_MARKER_VARIABLE, isProcessGone, newScriptMarker, ownStartTime, readProcessStat, signalGroup, type CgroupTree, type ScriptCgroup } from "./containment.js";
+import { makeSlot } from "./run-folder.js";
 import {
   ignore,
   joinCgroup,
   loadExeca,
   scriptEnvironment,
   startProcess,
+  type BeforeStart,
   type Ending,
   type Execa,
   type Launch,
   type ScriptShell,
   type ShellSubprocess,
 } from "./spawn.js";
-
-/** The shell that waits; it execs the script's own shell when claimed. */
-const WARM_SHELL = "/bin/sh";
+import { WrapperStatus } from "./wrapper-status.js";
+import { WRAPPER_SHELL, openFifoReader, prologue, quote, runCommand, wrapperArguments, wrapperPaths, type WrapperRun } from "./wrapper.js";
 
 /** How a pool behaves. */
 export interface WarmShellOptions {
@@ -37,37 +43,47 @@ export interface WarmShellOptions {
   refillDelayMs?: number;
 }
 
-/** The environment and cgroup tree a shell is warmed with; a script can use it only when its own are the same. */
+/** What a wrapper is started with; a warm one can run a script only when the script's are the same. */
 interface Recipe {
   inherited: Readonly<Record<string, string>>;
   cgroups: CgroupTree | undefined;
+  workDir: string;
 }
 
-/** One waiting shell. */
-interface WarmShell {
+/** One wrapper shell, from its start until a script claims it (or it is retired). */
+interface Wrapper {
   recipe: Recipe;
   subprocess: ShellSubprocess;
   stdin: Writable;
+  status: WrapperStatus;
   pid: number;
   /** With the pid, names this process for good. */
   startTime: number | undefined;
   marker: string;
   cgroup: ScriptCgroup | undefined;
+  /** The folder its FIFOs are in: a slot (warm, until claimed) or the run's `io` folder. */
+  io: string;
+  /** `io` is a slot of its own, removed with it unless a script claims it. */
+  slot: boolean;
+  /** The read ends of its FIFOs, opened once it said `ready`. */
+  readers: { stdout: number; stderr: number } | undefined;
+  /** Resolves true once it is ready, false if it exited first (or its FIFOs could not be opened). */
+  ready: Promise<boolean>;
   exited: boolean;
-  /** Resolves once it has exited while idle. */
+  /** Resolves once it has exited while not claimed. */
   gone: Promise<void>;
-  /** Its `exit` listener while it waits; removed when it is claimed. */
+  /** Its `exit` listener until it is claimed. */
   onExit: () => void;
 }
 
 /**
- * Shells that wait for the next script. Created without any process: `refillAfter`, called after each script
+ * Wrapper shells that wait for the next script. Created without any process: `refillAfter`, called after each script
  * started (the first one always cold), starts them, so an idle runner that never ran a script has none.
  */
 export class WarmShellPool {
   private readonly size: number;
   private readonly refillDelayMs: number;
-  private readonly idle: WarmShell[] = [];
+  private readonly idle: Wrapper[] = [];
   /** What the latest script started with: the next shells are warmed with it. */
   private recipe: Recipe | undefined;
   /** Scripts that started and have neither exited nor run for `refillDelayMs`: no refill meanwhile. */
@@ -82,28 +98,33 @@ export class WarmShellPool {
     this.refillDelayMs = options.refillDelayMs ?? 50;
   }
 
-  /** The pids of the shells waiting now. */
+  /** The pids of the shells that are ready for a script now. */
   get idlePids(): number[] {
-    return this.idle.map((shell) => shell.pid);
+    return this.idle.filter((shell) => shell.readers !== undefined).map((shell) => shell.pid);
   }
 
   /**
-   * A waiting shell that will run `launch` exactly as the cold path would, taken out of the pool; undefined when
-   * there is none (the caller then takes the cold path). Call `run` on the result once its pipes are listened to.
+   * A ready wrapper that will run `launch` exactly as a cold one would, taken out of the pool, its FIFOs moved into the
+   * run folder; undefined when there is none (the caller then starts one). `launch` must be `wrappable`. Call `run`
+   * on the result once its FIFOs are read.
    */
   claim(launch: Launch): ScriptShell | undefined {
-    if (this.idle.length === 0 || !Object.keys(launch.request.environment).every(isExportable)) return undefined;
-    // The cold path reports a workspace it cannot enter (or a shell gone since it was found) as a failure; in a warm
-    // shell, `cd` or `exec` would only fail with an exit code.
-    if (!canStart(launch)) return undefined;
+    if (this.idle.length === 0) return undefined;
     this.retireStale(launch);
-    const shell = this.idle.find(isLive);
+    const shell = this.idle.find((candidate) => candidate.readers !== undefined && isLive(candidate));
     if (shell === undefined) return undefined;
-    const env = scriptEnvironment(launch.inherited, launch.request.environment, launch.request.ticket, shell.marker);
-    // Past this size the exec could fail with E2BIG, which the cold path reports as a failure and a shell would not.
-    if (execSize(launch.shellPath, [launch.shellPath, ...launch.args], env) > EXEC_ROOM) return undefined;
+    const paths = wrapperPaths(launch.request.runDir);
+    try {
+      // One rename moves the three FIFOs; the wrapper's fds and ours stay valid.
+      renameSync(shell.io, paths.io);
+    } catch {
+      void this.retire(shell);
+      return undefined;
+    }
     this.idle.splice(this.idle.indexOf(shell), 1);
-    return handOver(shell, warmCommand(launch, env));
+    shell.io = paths.io;
+    shell.slot = false;
+    return handOver(shell, launch);
   }
 
   /**
@@ -114,7 +135,7 @@ export class WarmShellPool {
    */
   refillAfter(script: Ending, launch: Launch): void {
     if (this.disposal !== undefined) return;
-    this.recipe = { inherited: launch.inherited, cgroups: launch.cgroups };
+    this.recipe = recipeOf(launch);
     this.starting += 1;
     let settled = false;
     const settle = (refillIn: number) => {
@@ -158,6 +179,12 @@ export class WarmShellPool {
           return;
         }
         this.idle.push(shell);
+        // One at a time: a shell that cannot make its FIFOs breaks the pool instead of being started again and again.
+        if (!(await shell.ready)) {
+          this.broken = true;
+          void this.retire(shell);
+          return;
+        }
       }
     } finally {
       this.refilling = false;
@@ -175,67 +202,40 @@ export class WarmShellPool {
     );
   }
 
-  /** Starts one shell that waits with `recipe`'s environment (and a marker of its own) in a cgroup of its own. */
-  private warmUp(execa: Execa, recipe: Recipe): WarmShell | undefined {
-    const marker = newScriptMarker();
-    const env: Record<string, string> = Object.create(null);
-    for (const [name, value] of Object.entries(recipe.inherited)) env[name] = value;
-    env[SCRIPT_MARKER_VARIABLE] = marker;
-    const created = recipe.cgroups?.create(`s-${marker}`);
-    let subprocess: ShellSubprocess;
+  /** Starts one wrapper that waits with `recipe`'s environment (and a marker of its own) in a slot and a cgroup of its own. */
+  private warmUp(execa: Execa, recipe: Recipe): Wrapper | undefined {
+    let slot: string;
     try {
-      // In `/`, so that a waiting shell keeps no other folder busy.
-      subprocess = startProcess(execa, WARM_SHELL, ["-s"], "/", env, "pipe");
+      slot = makeSlot(join(recipe.workDir, "slots"));
     } catch {
-      created?.release();
       return undefined;
     }
-    subprocess.catch(ignore);
-    subprocess.on("error", ignore);
-    const { pid, stdin } = subprocess;
-    if (pid === undefined || stdin === null) {
-      created?.release();
+    const shell = startWrapper(execa, recipe, slot, true);
+    if (shell === undefined) {
+      rmSync(slot, { recursive: true, force: true });
       return undefined;
     }
-    // A shell that died before its command arrived makes the write fail; its exit tells the rest.
-    stdin.on("error", ignore);
-    // Like the cold path's wrapper, the shell moves itself in (silently), and the runner moves it too.
-    if (created !== undefined) stdin.write(`{ echo $$ > ${quote(created.procsFile)}; } 2>/dev/null\n`);
-    const cgroup = joinCgroup(created, pid);
-    let resolveGone: () => void = ignore;
-    const gone = new Promise<void>((resolve) => (resolveGone = resolve));
-    const shell: WarmShell = {
-      recipe,
-      subprocess,
-      stdin,
-      pid,
-      startTime: readProcessStat(pid)?.startTime,
-      marker,
-      cgroup,
-      exited: false,
-      gone,
-      onExit: () => {
-        shell.exited = true;
-        this.remove(shell);
-        shell.cgroup?.release();
-        resolveGone();
-      },
+    shell.onExit = () => {
+      shell.exited = true;
+      this.remove(shell);
+      releaseWrapper(shell);
     };
-    subprocess.once("exit", shell.onExit);
+    shell.subprocess.once("exit", shell.onExit);
     // A waiting shell does not keep the runner alive; it is referenced again when a script claims it.
-    setReferenced(subprocess, false);
+    setReferenced(shell.subprocess, false);
     return shell;
   }
 
-  /** Kills the waiting shells warmed with another environment or cgroup tree: the refill replaces them. */
+  /** Kills the waiting shells warmed with another environment, cgroup tree or work dir: the refill replaces them. */
   private retireStale(launch: Launch): void {
     for (const shell of [...this.idle]) {
-      if (shell.recipe.cgroups !== launch.cgroups || !sameEnvironment(shell.recipe.inherited, launch.inherited)) void this.retire(shell);
+      const { cgroups, workDir, inherited } = shell.recipe;
+      if (cgroups !== launch.cgroups || workDir !== launch.workDir || !sameEnvironment(inherited, launch.inherited)) void this.retire(shell);
     }
   }
 
-  /** Kills a waiting shell by its process group; resolves once it is gone (its cgroup released). */
-  private retire(shell: WarmShell): Promise<void> {
+  /** Kills a waiting shell by its process group; resolves once it is gone (its cgroup, slot and read ends released). */
+  private retire(shell: Wrapper): Promise<void> {
     this.remove(shell);
     if (!shell.exited) {
       // Referenced again until its exit is seen: a runner that waits for it while stopping has nothing else to keep
@@ -246,16 +246,153 @@ export class WarmShellPool {
     return shell.gone;
   }
 
-  private remove(shell: WarmShell): void {
+  private remove(shell: Wrapper): void {
     const index = this.idle.indexOf(shell);
     if (index !== -1) this.idle.splice(index, 1);
   }
 }
 
-/** Makes a claimed shell the script's: no longer watched as idle, referenced like any script, and told what to run. */
-function handOver(shell: WarmShell, command: string): ScriptShell {
+/** True when `launch` can run in a wrapper exactly as a direct spawn would run it (see `wrapperRun`). */
+export function wrappable(launch: Launch): boolean {
+  if (!Object.keys(launch.request.environment).every(isExportable) || !Object.keys(launch.inherited).every(isExportable)) return false;
+  // A direct spawn reports a workspace it cannot enter (or a shell gone since it was found) as a failure; a wrapper
+  // would only fail with an exit code.
+  if (!canStart(launch) || !existsSync(WRAPPER_SHELL)) return false;
+  // Past this size the wrapper's exec of the script's shell could fail with E2BIG, which a direct spawn reports as a failure.
+  const env = scriptEnvironment(launch.inherited, launch.request.environment, launch.request.ticket, "0".repeat(32));
+  return execSize(launch.shellPath, [launch.shellPath, ...launch.args], env) <= EXEC_ROOM;
+}
+
+/**
+ * The cold path: starts a wrapper for `launch` now, with its FIFOs in the run's `io` folder, tells `beforeStart` who it
+ * is, and waits until it is ready. A string says why it could not start.
+ */
+export async function startColdWrapper(launch: Launch, beforeStart: BeforeStart | undefined): Promise<ScriptShell | string> {
+  const execa = await loadExeca();
+  const paths = wrapperPaths(launch.request.runDir);
+  try {
+    mkdirSync(paths.io, { mode: 0o700 });
+  } catch (error) {
+    return `Could not make the folder ${paths.io}: ${describeError(error)}`;
+  }
+  const shell = startWrapper(execa, recipeOf(launch), paths.io, false);
+  if (shell === undefined) return `Could not start ${WRAPPER_SHELL} to run the script.`;
+  shell.onExit = () => {
+    shell.exited = true;
+    releaseWrapper(shell);
+  };
+  shell.subprocess.once("exit", shell.onExit);
+  try {
+    beforeStart?.({ marker: shell.marker, cgroup: shell.cgroup?.path, pid: shell.pid, startTime: shell.startTime, wrapped: true });
+  } catch (error) {
+    signalGroup(shell.pid, "SIGKILL");
+    return `Could not record the run before starting it: ${describeError(error)}`;
+  }
+  if (!(await shell.ready)) {
+    signalGroup(shell.pid, "SIGKILL");
+    const said = shell.status.complaints;
+    return `Could not start ${WRAPPER_SHELL} to run the script${said === "" ? "" : `: ${said}`}.`;
+  }
+  return handOver(shell, launch);
+}
+
+function recipeOf(launch: Launch): Recipe {
+  return { inherited: launch.inherited, cgroups: launch.cgroups, workDir: launch.workDir };
+}
+
+/**
+ * Starts a wrapper with `recipe`'s environment and a marker of its own, in a new cgroup, making its FIFOs in `io`;
+ * its `ready` resolves once it said so and the runner opened the FIFOs' read ends. Undefined when it cannot start.
+ */
+function startWrapper(execa: Execa, recipe: Recipe, io: string, slot: boolean): Wrapper | undefined {
+  const marker = newScriptMarker();
+  const env: Record<string, string> = Object.create(null);
+  for (const [name, value] of Object.entries(recipe.inherited)) env[name] = value;
+  env[SCRIPT_MARKER_VARIABLE] = marker;
+  const created = recipe.cgroups?.create(`s-${marker}`);
+  let subprocess: ShellSubprocess;
+  try {
+    // In `/`, so that a waiting shell keeps no other folder busy; named for its work dir and this runner process.
+    subprocess = startProcess(execa, WRAPPER_SHELL, wrapperArguments(recipe.workDir, { pid: process.pid, startTime: ownStartTime() }), "/", env, "pipe");
+  } catch {
+    created?.release();
+    return undefined;
+  }
+  subprocess.catch(ignore);
+  subprocess.on("error", ignore);
+  const { pid, stdin, stdout, stderr } = subprocess;
+  if (pid === undefined || stdin === null || stdout === null || stderr === null) {
+    created?.release();
+    return undefined;
+  }
+  // A shell that died before its command arrived makes the write fail; its exit tells the rest.
+  stdin.on("error", ignore);
+  const paths = wrapperPaths(io, io);
+  // Like a direct start's cgroup wrapper, the shell moves itself in (silently), and the runner moves it too.
+  stdin.write(prologue(paths, created?.procsFile));
+  const cgroup = joinCgroup(created, pid);
+  let resolveGone: () => void = ignore;
+  const gone = new Promise<void>((resolve) => (resolveGone = resolve));
+  let resolveReady: (ready: boolean) => void = ignore;
+  const ready = new Promise<boolean>((resolve) => (resolveReady = resolve));
+  const shell: Wrapper = {
+    recipe,
+    subprocess,
+    stdin,
+    status: new WrapperStatus(stdout, stderr),
+    pid,
+    startTime: readProcessStat(pid)?.startTime,
+    marker,
+    cgroup,
+    io,
+    slot,
+    readers: undefined,
+    ready,
+    exited: false,
+    gone,
+    onExit: ignore,
+  };
+  subprocess.once("exit", () => {
+    resolveReady(false);
+    resolveGone();
+  });
+  shell.status.onReady(() => {
+    try {
+      const stdoutFd = openFifoReader(paths.stdout);
+      try {
+        shell.readers = { stdout: stdoutFd, stderr: openFifoReader(paths.stderr) };
+      } catch (error) {
+        closeQuietly(stdoutFd);
+        throw error;
+      }
+      resolveReady(true);
+    } catch {
+      signalGroup(pid, "SIGKILL");
+      resolveReady(false);
+    }
+  });
+  return shell;
+}
+
+/** What a wrapper that will never run a script leaves: its cgroup, its FIFOs' read ends, its slot. */
+function releaseWrapper(shell: Wrapper): void {
+  shell.cgroup?.release();
+  if (shell.readers !== undefined) {
+    closeQuietly(shell.readers.stdout);
+    closeQuietly(shell.readers.stderr);
+    shell.readers = undefined;
+  }
+  if (shell.slot) rmSync(shell.io, { recursive: true, force: true });
+  shell.status.stop(true);
+}
+
+/** Makes a ready wrapper the script's: no longer watched as idle, referenced like any script, and told what to run. */
+function handOver(shell: Wrapper, launch: Launch): ScriptShell {
   shell.subprocess.off("exit", shell.onExit);
   setReferenced(shell.subprocess, true);
+  const paths = wrapperPaths(launch.request.runDir);
+  const env = scriptEnvironment(launch.inherited, launch.request.environment, launch.request.ticket, shell.marker);
+  const command = runCommand(wrapperRun(launch, env), paths);
   return {
     ok: true,
     subprocess: shell.subprocess,
@@ -263,12 +400,13 @@ function handOver(shell: WarmShell, command: string): ScriptShell {
     marker: shell.marker,
     cgroup: shell.cgroup,
     startTime: shell.startTime,
-    // Ending stdin too: should `cd` or `exec` fail after all, the shell reads EOF and exits rather than wait.
+    wrapper: { paths, readers: shell.readers!, status: shell.status },
+    // Ending stdin too: should the command fail to parse after all, the shell reads EOF and exits rather than wait.
     run: () => shell.stdin.end(command),
   };
 }
 
-function isLive(shell: WarmShell): boolean {
+function isLive(shell: Wrapper): boolean {
   // The exit event comes a turn of the event loop after the death: a zombie is gone too.
   return !shell.exited && !isProcessGone(shell.pid, shell.startTime);
 }
@@ -278,7 +416,7 @@ const IDENTIFIER = /^[A-Za-z_][A-Za-z0-9_]*$/;
 
 /**
  * Names a shell gives a value or a meaning of its own, so that passed through a shell they would not reach the script
- * as the cold path passes them. dash (/bin/sh here) resets IFS, OPTIND and PPID at startup and refuses to assign an
+ * as a direct spawn passes them. dash (/bin/sh here) resets IFS, OPTIND and PPID at startup and refuses to assign an
  * OPTIND that is not a number; bash (/bin/sh elsewhere) also computes LINENO, RANDOM, SECONDS and the like afresh
  * on every read, keeps EUID, UID, PPID, SHELLOPTS, BASHOPTS and its BASH_* variables read-only, and takes its options
  * from SHELLOPTS. PATH, HOME, CDPATH, ENV and PS1/PS2/PS4 are safe: the command execs an absolute path, holds no
@@ -308,23 +446,22 @@ const SHELL_VARIABLES = new Set([
 ]);
 
 /**
- * True when a shell passes the variable on exactly as set: only those can be in a warm shell's environment (the
- * shell drops a name that is not an identifier) or be exported by its command.
+ * True when a shell passes the variable on exactly as set: only those can be in a wrapper's environment (the shell
+ * drops a name that is not an identifier) or be exported by its command.
  */
 function isExportable(name: string): boolean {
   return IDENTIFIER.test(name) && !SHELL_VARIABLES.has(name) && !name.startsWith("BASH_");
 }
 
-/** What `cd` changes in the shell's environment; the command sets both back to the cold path's values. */
+/** What `cd` changes in the shell's environment; the command sets both back to a direct spawn's values. */
 const CD_VARIABLES = ["PWD", "OLDPWD"] as const;
 
 /**
- * The line that makes a warm shell the script: enter the workspace, export what the cold path's environment `env`
- * holds beyond the shell's own (the request's variables and `TENDRIL_TICKET`; the marker is the shell's already),
- * set back what `cd` changed, and exec the script's shell with stdin from /dev/null, as the cold path's "ignore"
- * gives it. Every word is single-quoted, so every byte arrives as it is.
+ * What a wrapper runs for `launch`: enter the workspace, export what a direct spawn's environment `env` holds beyond
+ * the wrapper's own (the request's variables and `TENDRIL_TICKET`; the marker is the wrapper's already), set back what
+ * `cd` changed, then the script's shell. Every word is single-quoted, so every byte arrives as it is.
  */
-function warmCommand(launch: Launch, env: Readonly<Record<string, string>>): string {
+function wrapperRun(launch: Launch, env: Readonly<Record<string, string>>): WrapperRun {
   const names = new Set([...Object.keys(launch.request.environment), "TENDRIL_TICKET", ...CD_VARIABLES]);
   names.delete(SCRIPT_MARKER_VARIABLE);
   const exported: string[] = [];
@@ -335,13 +472,19 @@ function warmCommand(launch: Launch, env: Readonly<Record<string, string>>): str
   const unset = CD_VARIABLES.filter((name) => env[name] === undefined);
   const steps = [`cd -- ${quote(launch.request.cwd)}`, `export ${exported.join(" ")}`];
   if (unset.length > 0) steps.push(`unset ${unset.join(" ")}`);
-  steps.push(`exec ${[launch.shellPath, ...launch.args].map(quote).join(" ")} </dev/null`);
-  return `${steps.join(" && ")}\n`;
+  return { steps, argv: [launch.shellPath, ...launch.args] };
 }
 
-/** Single-quotes a word: inside single quotes, only the quote itself needs care. */
-function quote(word: string): string {
-  return `'${word.replaceAll("'", "'\\''")}'`;
+function closeQuietly(fd: number): void {
+  try {
+    closeSync(fd);
+  } catch {
+    // Closed already.
+  }
+}
+
+function describeError(error: unknown): string {
+  return error instanceof Error ? error.message : String(error);
 }
 
 /** Room for the strings of an exec that Linux grants whatever the stack limit (32 pages, pointers included). */

@@ -25,7 +25,7 @@ describe("abandon", () => {
     await f.runner(m, UNKILLABLE);
     const pidFile = join(f.scratch, `${m}.pid`);
     const secondStarted = join(f.scratch, `${m}.second`);
-    await f.api("POST", `/api/v1/machines/${m}/scripts`, { ticket: "stuck", scriptBody: `echo $$ > '${pidFile}'; sleep 600` });
+    await f.api("POST", `/api/v1/machines/${m}/scripts`, { ticket: "stuck", scriptBody: `echo $(cut -d' ' -f5 /proc/$$/stat) > '${pidFile}'; sleep 600` });
     const pid = await pidFrom(pidFile);
     try {
       await f.api("POST", `/api/v1/machines/${m}/scripts`, { ticket: "second", scriptBody: `touch '${secondStarted}'` });
@@ -67,7 +67,8 @@ describe("abandon", () => {
     const first = await f.runner(m);
     const pidFile = join(f.scratch, `${m}.pid`);
     const waiterRan = join(f.scratch, `${m}.waiter`);
-    await f.api("POST", `/api/v1/machines/${m}/scripts`, { ticket: "orphan", scriptBody: `echo $$ > '${pidFile}'; sleep 600` });
+    // The script's process group: its leader is the shell that wraps it, the process the abandoned list names.
+    await f.api("POST", `/api/v1/machines/${m}/scripts`, { ticket: "orphan", scriptBody: `echo $(cut -d' ' -f5 /proc/$$/stat) > '${pidFile}'; sleep 600` });
     const pid = await pidFrom(pidFile);
     try {
       await f.api("POST", `/api/v1/machines/${m}/scripts`, { ticket: "waiter", scriptBody: `touch '${waiterRan}'` });

@@ -17,7 +17,7 @@ describe("cancel", () => {
     const m = f.machine();
     await f.runner(m);
     const pidFile = join(f.scratch, `${m}.pid`);
-    await f.api("POST", `/api/v1/machines/${m}/scripts`, { ticket: "sleeper", scriptBody: `echo $$ > '${pidFile}'; sleep 600` });
+    await f.api("POST", `/api/v1/machines/${m}/scripts`, { ticket: "sleeper", scriptBody: `echo $(cut -d' ' -f5 /proc/$$/stat) > '${pidFile}'; sleep 600` });
     const pgid = await pidFrom(pidFile);
     expect(pidsInGroup(pgid).length).toBeGreaterThan(0);
     const response = await f.api("POST", `/api/v1/machines/${m}/scripts/sleeper/cancel`);
@@ -49,7 +49,7 @@ describe("cancel", () => {
     const m = f.machine();
     await f.runner(m);
     const pidFile = join(f.scratch, `${m}.pid`);
-    await f.api("POST", `/api/v1/machines/${m}/scripts`, { ticket: "tree", scriptBody: `echo $$ > '${pidFile}'; (sleep 600) & sleep 600` });
+    await f.api("POST", `/api/v1/machines/${m}/scripts`, { ticket: "tree", scriptBody: `echo $(cut -d' ' -f5 /proc/$$/stat) > '${pidFile}'; (sleep 600) & sleep 600` });
     const pgid = await pidFrom(pidFile);
     await waitFor(() => pidsInGroup(pgid).length >= 3, { what: "the whole tree to start" });
     await f.api("POST", `/api/v1/machines/${m}/scripts/tree/cancel`);

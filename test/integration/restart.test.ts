@@ -1,7 +1,8 @@
-// Restarts end to end: a runner killed mid-script (and started again on the same work dir), and the control plane
-// killed and restarted on its state folder. Real processes throughout, stopped by PID. (Hibernation: hibernation.test.ts.)
+// Restarts end to end: a runner killed mid-script (and started again on the same work dir, where its scripts cannot be
+// re-attached to: the floor rule), and the control plane killed and restarted on its state folder. Real processes
+// throughout, stopped by PID. (Re-attaching: reattach.test.ts. Hibernation: hibernation.test.ts.)
 import { describe, expect, it } from "vitest";
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { call } from "../helpers/api.js";
@@ -9,6 +10,7 @@ import { startControlPlane, type TestControlPlane } from "../helpers/control-pla
 import { startFaultProxy, type FaultProxy } from "../helpers/fault-proxy.js";
 import { useControlPlane } from "../helpers/fixture.js";
 import { isAlive, killScript, pidFrom, pidsInGroup, signalGroup } from "../helpers/processes.js";
+import { runFoldersOf } from "../helpers/run-folders.js";
 import { startRunner, startRunnerInWorkDir, type TestRunner } from "../helpers/runner.js";
 import { waitFor } from "../helpers/wait.js";
 
@@ -105,7 +107,19 @@ describe("a runner killed mid-script", () => {
   });
 });
 
-describe("a runner killed mid-script and started again on the same work dir", () => {
+/**
+ * Rewrites the records of a ticket's runs without `reattach`, as a runner that predates wrappers wrote them: the next
+ * runner on that work dir cannot re-attach to them, and follows the floor rule.
+ */
+function unreattachable(workDir: string, ticket: string): void {
+  for (const dir of runFoldersOf(workDir, ticket)) {
+    const file = join(dir, "record.json");
+    const { reattach: _reattach, ...record } = JSON.parse(readFileSync(file, "utf8"));
+    writeFileSync(file, JSON.stringify(record));
+  }
+}
+
+describe("a runner killed mid-script and started again on the same work dir, unable to re-attach", () => {
   /** A script that waits, and one behind it that says whether the first one's process still runs when it starts. */
   async function twoScripts(m: string): Promise<{ pidFile: string }> {
     const pidFile = join(f.scratch, `${m}.pid`);
@@ -134,6 +148,7 @@ describe("a runner killed mid-script and started again on the same work dir", ()
     await waitFor(async () => (await f.api("GET", `/api/v1/machines/${m}`)).body.runner.connected === false, {
       what: "the control plane to see the runner gone",
     });
+    unreattachable(first.workDir, "main");
     return { token, workDir: first.workDir, pid };
   }
 
@@ -163,23 +178,29 @@ describe("a runner killed mid-script and started again on the same work dir", ()
     const m = f.machine();
     const { token, workDir, pid } = await killedMidScript(m);
     let second: TestRunner | undefined;
+    let survivors: number[] = [];
     try {
       // A runner that cannot kill: the script's process survives the stop.
       second = await startRunnerInWorkDir(f.cp, m, token, workDir, { env: { TENDRIL_UNSAFE_DISABLE_PROCESS_KILL: "1" } });
       const main = await f.completed(m, "main");
       const next = await f.completed(m, "next");
       const view = (await f.api("GET", `/api/v1/machines/${m}`)).body;
-      expect(view.abandoned).toEqual([{ ticket: "main", pid, abandonedAt: expect.any(String) }]);
+      // The script's process and its wrapper (the shell that runs it, and leads its process group) survived.
+      expect(view.abandoned).toHaveLength(2);
+      expect(view.abandoned).toContainEqual({ ticket: "main", pid, abandonedAt: expect.any(String) });
+      expect(view.abandoned.every((entry: { ticket: string }) => entry.ticket === "main")).toBe(true);
+      survivors = view.abandoned.map((entry: { pid: number }) => entry.pid);
       expect(main.exitCode).toBe(-46);
       // It ran beside the earlier process, but that one was listed before the mutex went to it.
       expect(stdout(next)).toEqual(["beside the earlier script"]);
       expect(isAlive(pid)).toBe(true);
-      killScript(pid);
+      for (const survivor of survivors) killScript(survivor);
       await waitFor(async () => (await f.api("GET", `/api/v1/machines/${m}`)).body.abandoned.length === 0, {
-        what: "the process to leave the abandoned list once it is gone",
+        what: "the processes to leave the abandoned list once they are gone",
       });
     } finally {
       killScript(pid);
+      for (const survivor of survivors) killScript(survivor);
       await second?.stop();
     }
   });

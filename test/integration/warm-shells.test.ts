@@ -10,7 +10,7 @@ import { waitFor } from "../helpers/wait.js";
 
 const f = useControlPlane();
 
-/** The pids of the waiting shells among a process's children: `/bin/sh -s`. */
+/** The pids of the waiting shells (each a script's wrapper to be) among a process's children: `/bin/sh -s tendril-wrapper …`. */
 function waitingShells(parentPid: number): number[] {
   const pids: number[] = [];
   for (const entry of readdirSync("/proc")) {
@@ -19,7 +19,7 @@ function waitingShells(parentPid: number): number[] {
       const stat = readFileSync(`/proc/${entry}/stat`, "utf8");
       const parent = Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]);
       const argv = readFileSync(`/proc/${entry}/cmdline`, "utf8").split("\0").filter(Boolean);
-      if (parent === parentPid && argv.join(" ") === "/bin/sh -s") pids.push(Number(entry));
+      if (parent === parentPid && argv.slice(0, 3).join(" ") === "/bin/sh -s tendril-wrapper") pids.push(Number(entry));
     } catch {
       // Gone meanwhile.
     }
@@ -27,9 +27,9 @@ function waitingShells(parentPid: number): number[] {
   return pids;
 }
 
-/** Runs a script that prints its own pid; returns that pid. */
+/** Runs a script that prints its process group, whose leader is the shell that wraps it; returns that pid. */
 async function scriptPid(machineId: string, ticket: string): Promise<number> {
-  const started = await f.api("POST", `/api/v1/machines/${machineId}/scripts`, { ticket, scriptBody: "echo $$", waitMs: 20_000 });
+  const started = await f.api("POST", `/api/v1/machines/${machineId}/scripts`, { ticket, scriptBody: "cut -d' ' -f5 /proc/$$/stat", waitMs: 20_000 });
   expect(started.body.state).toBe("complete");
   expect(started.body.exitCode).toBe(0);
   return Number(started.body.logs.find((line: { source: string }) => line.source === "stdout").text);

@@ -5,6 +5,7 @@
  * backpressure); after acknowledgements, reconnects and cuts every line arrives exactly once, in order, and
  * then the exit. The fake control plane stores strictly (a gap or a repeated line is a violation).
  */
+import { existsSync } from "node:fs";
 import { writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from "vitest";
@@ -13,6 +14,7 @@ import type { RunnerInput } from "../../runner/index.js";
 import { buildCli, type BuiltCli } from "../helpers/built-cli.js";
 import { isAlive, killGroup, pidsInGroupNamed } from "../helpers/processes.js";
 import {
+  runDir,
   setUpRunnerTest,
   startConnectedRunner,
   startTestRunner as startAgainst,
@@ -262,11 +264,12 @@ describe("runner backpressure", () => {
   }, 90_000);
 
   it("reports the exit only after every line of a script that exited while its output was paused", async () => {
-    // Whole lines in both parts: the first is read until the spool pauses reading, the second (less than a pipe
-    // holds) is written only then, so the script exits with it unread.
+    // Whole lines in both parts: the first is read until the spool pauses reading (at least the 16 KiB mark of it), the
+    // second is written only then, so the script exits with it unread: what is left of the first and the second fit
+    // in the FIFO's 64 KiB together.
     const lineBytes = LINE.length + 1;
     const first = lineBytes * Math.floor(40_000 / lineBytes);
-    const second = lineBytes * Math.floor(60_000 / lineBytes);
+    const second = lineBytes * Math.floor(30_000 / lineBytes);
     const lines = yesLines(first + second);
     plane.keepOutputFrames = false;
     plane.welcomeFromLedger = true;
@@ -277,7 +280,9 @@ describe("runner backpressure", () => {
     const { pid } = await connection.frame("started");
     await waitFor(() => handle.stats().scripts[0]?.outputPaused === true, "the spool to pause reading");
     await writeFile(join(workspaceOf(workDir, "t1"), "go"), "");
-    await waitFor(() => !isAlive(pid), "the script to exit with output still unread");
+    // Its wrapper writes the exit status once the script's shell has ended (and waits for the runner to read the rest).
+    await waitFor(() => existsSync(join(runDir(workDir, "t1"), "exit")), "the script to exit with output still unread");
+    expect(isAlive(pid)).toBe(true);
     const [script] = handle.stats().scripts;
     expect(script).toMatchObject({ outputPaused: true, phase: "running" });
     expect(script!.nextSequence).toBeLessThan(lines.count);

@@ -41,7 +41,7 @@ function cgroupFolderOf(pid: number): string {
   return join(mount.mountPoint, ownCgroupPath(readFileSync(`/proc/${pid}/cgroup`, "utf8"))!);
 }
 
-/** The pids of the warm shells (`/bin/sh -s`) this process started. */
+/** The pids of the waiting warm shells (`/bin/sh -s tendril-wrapper ...`, no child) this process started. */
 function warmShells(): number[] {
   return readdirSync("/proc")
     .filter((name) => /^\d+$/.test(name))
@@ -50,7 +50,7 @@ function warmShells(): number[] {
       try {
         const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
         const parent = Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]);
-        return parent === process.pid && readFileSync(`/proc/${pid}/cmdline`, "utf8") === "/bin/sh\0-s\0";
+        return parent === process.pid && readFileSync(`/proc/${pid}/cmdline`, "utf8").startsWith("/bin/sh\0-s\0tendril-wrapper\0");
       } catch {
         return false;
       }

@@ -72,7 +72,7 @@ afterEach(async () => {
 
 function connect(overrides: { maxSocketBufferBytes?: number; deadAfterMs?: number; random?: () => number } = {}): Connection {
   const handlers: ConnectionHandlers = {
-    opened: () => calls.push("opened"),
+    opened: (protocol) => calls.push(`opened:${protocol}`),
     message: (message) => calls.push(message.type),
     lost: () => calls.push("lost"),
     ended: (reason) => calls.push(`ended:${reason.kind}`),
@@ -199,5 +199,42 @@ describe("runner connection", () => {
     }
     lasting.events.close(1006, "");
     expect(reconnectDelays().at(-1)).toBe(100);
+  });
+
+  it("offers protocol 1 at once after a refusal of protocol 2 during the handshake, and protocol 2 again after a backoff when 1 is refused too", async () => {
+    const conn = connect({ random: () => 0.5 });
+    sockets[0]!.events.open();
+    expect(calls).toEqual(["opened:2"]);
+    sockets[0]!.events.close(4426, "unsupported protocol version");
+    // No backoff: the same control plane, asked again in its version.
+    await vi.advanceTimersByTimeAsync(0);
+    expect(sockets).toHaveLength(2);
+    sockets[1]!.events.open();
+    expect(calls.at(-1)).toBe("opened:1");
+    // A refusal of version 1 as well is an ordinary failure: a backoff, then version 2 again; never a loop.
+    sockets[1]!.events.close(4426, "unsupported protocol version");
+    await vi.advanceTimersByTimeAsync(0);
+    expect(sockets).toHaveLength(2);
+    await vi.advanceTimersByTimeAsync(reconnectDelays().at(-1)!);
+    expect(sockets).toHaveLength(3);
+    sockets[2]!.events.open();
+    expect(calls.at(-1)).toBe("opened:2");
+    expect(conn.protocol).toBeUndefined();
+  });
+
+  it("speaks the version the welcome names, 1 or 2, and refuses any other", async () => {
+    const conn = connect();
+    const socket = sockets[0]!;
+    socket.events.open();
+    socket.events.message(JSON.stringify({ type: "welcome", protocol: 1, machineId: "m1", connectionId: "c1", heartbeatMs: 10_000, resume: [], watch: [] }));
+    expect(conn.welcomed).toBe(true);
+    expect(conn.protocol).toBe(1);
+    socket.events.close(1006, "");
+    await vi.advanceTimersByTimeAsync(10_000);
+    const next = sockets.at(-1)!;
+    next.events.open();
+    next.events.message(JSON.stringify({ type: "welcome", protocol: 3, machineId: "m1", connectionId: "c2", heartbeatMs: 10_000, resume: [], watch: [] }));
+    expect(conn.welcomed).toBe(false);
+    expect(next.closedWith?.code).toBe(4426);
   });
 });

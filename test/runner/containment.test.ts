@@ -20,6 +20,7 @@ import { outputLines } from "../../shared/protocol.js";
 import { isAlive, killPid, removeDir, tempDir } from "../helpers/processes.js";
 import {
   ScriptTag,
+  runDir,
   setUpRunnerTest,
   startConnectedRunner,
   tearDownRunnerTest,
@@ -152,7 +153,8 @@ describe.each(MODES)("cancel with %s", (_mode, cgroupTree) => {
     // The escaped sleep holds the pipes, so the exit waits for pipeDrainMs: the cancel arrives in between.
     tag.dispatch(connection, "t1", 1, "setsid sleep 600 & echo ready; exit 3");
     await connection.frame("output");
-    await waitFor(() => sleeps().length === 1 && !isAlive(connection.all("started")[0]?.pid ?? 0), "the shell to exit, leaving one process");
+    // The script's shell has exited once its wrapper wrote the exit status (the wrapper waits for the runner).
+    await waitFor(() => sleeps().length === 1 && existsSync(join(runDir(workDir, "t1"), "exit")), "the shell to exit, leaving one process");
     const [leftover] = tag.pids();
     connection.send({ type: "cancel", ticket: "t1", fence: 1 });
     const exit = await connection.frame("exit");

@@ -125,6 +125,8 @@ export class FakeConnection {
   closed: { code: number; reason: string } | undefined;
   /** Half-open: this side neither handles nor answers anything any more, and closes nothing. */
   frozen = false;
+  /** Close codes this connection was refused with (a version 1 control plane's 4426 or 4400). */
+  readonly refused: number[] = [];
 
   constructor(
     readonly ws: WebSocket,
@@ -150,6 +152,13 @@ export class FakeConnection {
       const message = parsed.message;
       if (message.type === "output") this.outputFrames++;
       if (message.type !== "output" || this.plane.keepOutputFrames) this.frames.push(message);
+      const refusal = this.plane.refusalOf(message);
+      if (refusal !== undefined) {
+        // As a control plane of an older version does: the frame is kept above for the test, but changes nothing.
+        this.refused.push(refusal);
+        this.cut(refusal);
+        return;
+      }
       if (message.type === "hello") this.plane.current = this;
       else if (this.plane.current === this) this.plane.record(this, message);
       if (message.type === "hello" && this.plane.autoWelcome) {
@@ -175,9 +184,11 @@ export class FakeConnection {
     this.ws.send(JSON.stringify(ControlMessage.parse(message)));
   }
 
-  /** Answers the hello; `watch` lists abandoned processes the runner should report on. */
+  /** Answers the hello (in the version it offered, or the newest this plane speaks); `watch` lists abandoned processes to report on. */
   welcome(resume: Welcome["resume"] = [], watch: Welcome["watch"] = []): void {
-    this.send({ type: "welcome", protocol: PROTOCOL_VERSION, machineId: "m1", connectionId: "c1", heartbeatMs: 10_000, resume, watch });
+    const offered = this.frames.find(isType("hello"))?.protocol ?? PROTOCOL_VERSION;
+    const protocol = Math.min(offered, Math.max(...this.plane.protocols));
+    this.send({ type: "welcome", protocol, machineId: "m1", connectionId: "c1", heartbeatMs: 10_000, resume, watch });
   }
 
   dispatch(ticket: string, fence: number, scriptBody: string, extra: Partial<ScriptPayload> = {}): void {
@@ -251,6 +262,13 @@ export class FakeControlPlane {
   autoAck = false;
   /** The automatic welcome names the ledger's next sequence instead of the runner's own. */
   welcomeFromLedger = false;
+  /** The protocol versions this plane speaks; a hello offering another is refused with 4426, as today's control plane does. */
+  protocols: number[] = [1, 2];
+  /**
+   * Like a control plane that knows only version 1: a hello or a message with a version 2 field or type (`killGraceMs`,
+   * `reattached`, `startTime`/`bootId` in `started`, a `lost` outcome, `draining`) is refused with 4400.
+   */
+  strictVersion1 = false;
   /** Checks one stored line; returns a problem, or undefined when the line is as expected. */
   checkLine: ((ticket: string, sequence: number, line: OutputLine) => string | undefined) | undefined;
   /** Called after each stored output frame (tests cut connections from here, in the middle of a stream). */
@@ -289,6 +307,30 @@ export class FakeControlPlane {
       this.ledgers.set(key, ledger);
     }
     return ledger;
+  }
+
+  /** Makes this plane one of version 1 only (today's control plane): it refuses a newer hello and any version 2 field. */
+  speakVersion1Only(): void {
+    this.protocols = [1];
+    this.strictVersion1 = true;
+  }
+
+  /** The close code a frame is refused with, by what this plane's versions allow; undefined when it is allowed. */
+  refusalOf(message: RunnerMessage): number | undefined {
+    if (message.type === "hello" && !this.protocols.includes(message.protocol)) return 4426;
+    if (!this.strictVersion1) return undefined;
+    switch (message.type) {
+      case "hello":
+        return message.killGraceMs !== undefined || message.inventory.some((item) => item.reattached !== undefined) ? 4400 : undefined;
+      case "started":
+        return message.startTime !== undefined || message.bootId !== undefined ? 4400 : undefined;
+      case "exit":
+        return message.outcome.kind === "lost" ? 4400 : undefined;
+      case "draining":
+        return 4400;
+      default:
+        return undefined;
+    }
   }
 
   /** Stores a frame of the current connection in its ledger, strictly in order; acknowledges when `autoAck`. */

@@ -62,6 +62,8 @@ async function run(ticket: string, script: ScriptPayload, options: ProcessManage
   const started = await start(ticket, script, options);
   const child = processOf(started);
   const outcome = await within(child.wait(), "the outcome");
+  // As the runner does once it holds the whole output: the wrapper may exit.
+  child.settle();
   return { outcome, ...started.output, pid: child.pid, run: started.run };
 }
 
@@ -73,8 +75,14 @@ describe("process manager", () => {
     expect(result.stderr).toBe("err\n");
   });
 
-  it("reports a script killed by a signal with the signal's name and number", async () => {
+  it("reports a script killed by a signal as its wrapper saw it: 128 plus the signal's number, the exit code the API gives", async () => {
     const result = await run("t1", payload("kill -KILL $$"));
+    expect(result.outcome).toEqual({ kind: "exited", code: 137 });
+  });
+
+  it("reports a script spawned directly and killed by a signal with the signal's name and number", async () => {
+    // A variable no shell can pass on as it is: the script is spawned directly, without a wrapper.
+    const result = await run("t1", payload("kill -KILL $$", { environment: { "ODD-NAME": "x" } }));
     expect(result.outcome).toEqual({ kind: "signaled", signal: "SIGKILL", number: 9 });
   });
 
@@ -183,7 +191,8 @@ describe("process manager", () => {
     expect(signals).toEqual(["SIGTERM", "SIGKILL"]);
     expect(Date.now() - begin).toBeGreaterThanOrEqual(250);
     const outcome: Outcome | undefined = await within(child.wait(), "the outcome");
-    expect(outcome).toEqual({ kind: "signaled", signal: "SIGKILL", number: 9 });
+    // The wrapper (the process group's leader) does not trap SIGTERM: it ended at the first signal, the script at the second.
+    expect(outcome).toEqual({ kind: "signaled", signal: "SIGTERM", number: 15 });
   });
 
   it("kills once: a second killTree gets the first one's answer", async () => {

@@ -1,9 +1,11 @@
 /**
- * A runner restart: a new runner process on the same work dir finds, through the run records, what its
- * predecessor left running, lists it in its hello, and (told to continue) stops it as a cancel would and reports it
- * lost, with the processes that would not die; it carries out kills an abandon asked for while no runner was
- * there, and names processes for good (pid, start time, boot). Real runners (stopped in between, as a killed one
- * would leave things), real processes, a fake control plane; every process is stopped by pid.
+ * A runner restart, where the new runner cannot re-attach (the floor rule): a new runner process on the same work dir
+ * finds, through the run records, what its predecessor left running that it cannot re-attach to (here: records
+ * without `reattach`, as a runner that predates wrappers wrote them), lists it in its hello, and (told to continue)
+ * stops it as a cancel would and reports it lost, with the processes that would not die; it carries out kills an
+ * abandon asked for while no runner was there, and names processes for good (pid, start time, boot). Re-attaching is
+ * in reattach.test.ts. Real runners (stopped in between, as a killed one would leave things), real processes, a fake
+ * control plane; every process is stopped by pid.
  */
 import { spawn } from "node:child_process";
 import { existsSync, readFileSync, readdirSync, writeFileSync } from "node:fs";
@@ -11,7 +13,7 @@ import { join } from "node:path";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { parseProcessStat } from "../../runner/containment.js";
 import type { RunnerDependencies, RunnerInput } from "../../runner/index.js";
-import { isAlive, killPid } from "../helpers/processes.js";
+import { isAlive, killGroup, killPid } from "../helpers/processes.js";
 import {
   ScriptTag,
   runDir,
@@ -48,7 +50,8 @@ function startTimeOf(pid: number): number {
 
 /**
  * Runs a tagged script under a first runner until it printed its first line, then stops that runner: the script
- * keeps running, as it would after the runner was killed. Returns the script's pid.
+ * keeps running, as it would after the runner was killed, in a run the next runner cannot re-attach to. Returns the
+ * pid the runner said it started (the script's wrapper, which leads its process group).
  */
 async function leftRunning(ticket: string, fence: number, scriptBody: string, overrides: Partial<RunnerInput> = {}, dependencies: RunnerDependencies = {}): Promise<number> {
   const { handle, connection } = await startConnectedRunner(plane, workDir, overrides, { ...FAST, ...dependencies });
@@ -57,7 +60,15 @@ async function leftRunning(ticket: string, fence: number, scriptBody: string, ov
   await connection.frame("output", (frame) => frame.ticket === ticket);
   await handle.stop();
   expect(isAlive(pid)).toBe(true);
+  unreattachable(ticket);
   return pid;
+}
+
+/** Rewrites a run's record without `reattach`, as a runner that predates wrappers wrote it: the next runner cannot re-attach. */
+function unreattachable(ticket: string): void {
+  const file = join(runDir(workDir, ticket), "record.json");
+  const { reattach: _reattach, ...record } = JSON.parse(readFileSync(file, "utf8"));
+  writeFileSync(file, JSON.stringify(record));
 }
 
 /** Starts the next runner on the same work dir and waits for its hello on the next connection. */
@@ -102,7 +113,7 @@ describe("a runner that finds its predecessor's script still running", () => {
     const all = tag.pids();
     // As if the runner had died between the spawn and the record's update: only the marker finds them.
     const recordFile = join(runDir(workDir, "t1"), "record.json");
-    const { process: _process, ...withoutPid } = JSON.parse(readFileSync(recordFile, "utf8"));
+    const { process: _process, reattach: _reattach, ...withoutPid } = JSON.parse(readFileSync(recordFile, "utf8"));
     writeFileSync(recordFile, JSON.stringify(withoutPid));
     const { connection, hello } = await nextRunner({}, { cgroups: null });
     expect(hello.inventory.map((item) => item.ticket)).toEqual(["t1"]);
@@ -115,18 +126,26 @@ describe("a runner that finds its predecessor's script still running", () => {
 
   it("lists the processes it cannot stop as survivors, with start time and boot, and reports each one's end", async () => {
     const pid = await leftRunning("t1", 2, "echo ready; exec sleep 600");
+    // The wrapper and the script's shell (now the sleep).
+    const [script] = tag.pids().filter((each) => each !== pid);
     const { connection } = await nextRunner({ disableKill: true });
     connection.welcome([{ ticket: "t1", fence: 2, action: "continue", nextSequence: 1 }]);
     const exit = await connection.frame("exit");
-    expect(exit.outcome).toEqual({ kind: "lost", signals: [], survivors: [{ pid, startTime: startTimeOf(pid), bootId: BOOT_ID }] });
+    const expected = [pid, script!].sort((a, b) => a - b);
+    expect(exit.outcome).toEqual({
+      kind: "lost",
+      signals: [],
+      survivors: expected.map((each) => ({ pid: each, startTime: startTimeOf(each), bootId: BOOT_ID })),
+    });
     expect(debugLines(connection, "t1")).toEqual([
       "1:debug:A new runner process found this script left running by the previous one and could not re-attach to it; process kill is disabled on this runner (UNSAFE), so it did not stop it.",
-      `2:debug:1 process of the script is still running (pid ${pid}); listed as abandoned.`,
+      `2:debug:2 processes of the script are still running (pid ${expected.join(", ")}); listed as abandoned.`,
     ]);
     connection.send({ type: "exit_ack", ticket: "t1", fence: 2 });
     expect(connection.all("abandoned_exit")).toEqual([]);
-    killPid(pid);
-    expect(await connection.frame("abandoned_exit")).toEqual({ type: "abandoned_exit", ticket: "t1", fence: 2, pid });
+    killGroup(pid);
+    await connection.frame("abandoned_exit", (frame) => frame.pid === pid);
+    await connection.frame("abandoned_exit", (frame) => frame.pid === script);
   });
 
   it("kills it, escaped processes included, when the welcome abandons it with killProcess (bug 7)", async () => {
@@ -169,6 +188,7 @@ describe("a runner that finds its predecessor's script still running", () => {
     await waitFor(() => tag.pids().length === 1, "the sleep it left");
     const [leftover] = tag.pids();
     await handle.stop();
+    unreattachable("t1");
     const { connection, hello } = await nextRunner();
     expect(hello.inventory).toEqual([{ ticket: "t1", fence: 1, nextSequence: 0, exited: false }]);
     connection.welcome([{ ticket: "t1", fence: 1, action: "forget", nextSequence: 0 }]);
@@ -181,8 +201,8 @@ describe("a runner that finds its predecessor's script still running", () => {
     const pid = await leftRunning("t1", 1, "echo ready; exec sleep 600");
     const folders = readdirSync(join(workDir, "runs"));
     expect(folders).toHaveLength(1);
-    killPid(pid);
-    await waitFor(() => !isAlive(pid), "the script to die");
+    killGroup(pid);
+    await waitFor(() => !isAlive(pid) && tag.pids().length === 0, "the script and its wrapper to die");
     const { hello } = await nextRunner();
     expect(hello.inventory).toEqual([]);
     await waitFor(() => readdirSync(join(workDir, "runs")).length === 0, "the dead run's folder to be removed");
@@ -210,6 +230,9 @@ describe("a runner that finds its predecessor's script still running", () => {
     const all = tag.pids();
     first.send({ type: "abandon", ticket: "t1", fence: 1, killProcess: false });
     await first.roundTrip("t2", 2);
+    // t2 is done with: its exit is acknowledged.
+    first.send({ type: "exit_ack", ticket: "t2", fence: 2 });
+    await waitFor(() => runRecords(workDir).some(({ record }) => record.ticket === "t2" && record.exit !== undefined), "t2's record to say it is done");
     await handle.stop();
 
     // Neither is listed: the abandoned run's script is the control plane's no more, and t2 has no process left.

@@ -289,3 +289,74 @@ describe("outcomes", () => {
     expect(describeOutcome(unkillable.outcome)).toBe("lost after a runner restart, 1 process surviving");
   });
 });
+
+describe("a script re-attached to after a runner restart", () => {
+  /** A script an earlier runner process started, re-attached to by this one. */
+  function reattached(): ScriptState {
+    return newScriptState("t1", 1, "reattached");
+  }
+
+  it("runs with its process and its lines numbered already, and on continue resends from the welcome (with started) and its exit", () => {
+    const state = reattached();
+    expect(state).toMatchObject({ phase: "running", hasProcess: true, numbered: true });
+    expect(acts(handleScript(state, { type: "resume", action: "continue", nextSequence: 12, killProcess: false }, CONTEXT))).toEqual([
+      { type: "send_started" },
+      { type: "resend", nextSequence: 12 },
+      { type: "send_exit" },
+    ]);
+    expect(acts(handleScript(state, { type: "process_ended", outcome: { kind: "exited", code: 4 } }, CONTEXT))).toEqual([
+      { type: "finish", outcome: { kind: "exited", code: 4 } },
+      { type: "send_exit" },
+    ]);
+  });
+
+  it("pauses and resumes its output like a dispatched script", () => {
+    const state = reattached();
+    expect(types(handleScript(state, { type: "pressure", paused: true }, CONTEXT))).toEqual(["pause_output"]);
+    expect(types(handleScript(state, { type: "pressure", paused: false }, CONTEXT))).toEqual(["resume_output"]);
+  });
+
+  it("is cancelled like a dispatched script: its tree stopped, cancelled with the signals once its process ended", () => {
+    const state = reattached();
+    expect(types(handleScript(state, { type: "cancel" }, CONTEXT))).toEqual(["stop_tree"]);
+    expect(types(handleScript(state, stopped(), CONTEXT))).toEqual([]);
+    expect(acts(handleScript(state, { type: "process_ended", outcome: { kind: "lost", signals: [], survivors: [] } }, CONTEXT))).toEqual([
+      { type: "debug", text: "Cancelled: sent SIGTERM to the process group." },
+      { type: "finish", outcome: { kind: "cancelled", signals: ["SIGTERM"] } },
+      { type: "send_exit" },
+    ]);
+  });
+
+  it("stops what is left and reports lost when its wrapper went without recording the script's end", () => {
+    const state = reattached();
+    expect(acts(handleScript(state, { type: "process_ended", outcome: { kind: "lost", signals: [], survivors: [] } }, CONTEXT))).toEqual([
+      { type: "debug", text: "The script's wrapper process ended without recording the script's exit status (it was killed while the runner restarted): the result is unknown." },
+      { type: "stop_tree" },
+    ]);
+    expect(state.phase).toBe("stopping");
+    expect(acts(handleScript(state, stopped({ survivors: [{ pid: 9, startTime: 3 }] }), CONTEXT))).toEqual([
+      { type: "watch_survivors", survivors: [{ pid: 9, startTime: 3 }] },
+      { type: "debug", text: "Stopped what it left running: sent SIGTERM to its processes." },
+      { type: "debug", text: "1 process of the script survived every SIGKILL (pid 9); giving up on it. Listed as abandoned: it may still be running." },
+      { type: "finish", outcome: { kind: "lost", signals: ["SIGTERM"], survivors: [{ pid: 9, startTime: 3, bootId: "boot-1" }] } },
+      { type: "send_exit" },
+    ]);
+  });
+
+  it("is left for the next runner process when the runner stops (handed off), and stopped when the control plane forgets it", () => {
+    const halted = reattached();
+    expect(acts(handleScript(halted, { type: "halt" }, CONTEXT))).toEqual([{ type: "release", handOff: true }, { type: "untrack" }]);
+    const forgotten = reattached();
+    expect(types(handleScript(forgotten, { type: "resume", action: "forget", nextSequence: 0, killProcess: false }, CONTEXT))).toEqual(["stop_tree", "untrack"]);
+    expect(acts(handleScript(forgotten, stopped(), CONTEXT))).toEqual([{ type: "release", handOff: false }]);
+  });
+
+  it("hands a dispatched script off too when the runner stops, and releases it for good on abandon", () => {
+    expect(acts(handleScript(running(), { type: "halt" }, CONTEXT))).toEqual([{ type: "release", handOff: true }, { type: "untrack" }]);
+    expect(acts(handleScript(running(), { type: "abandon", killProcess: false }, CONTEXT))).toEqual([
+      { type: "watch" },
+      { type: "release", handOff: false },
+      { type: "untrack" },
+    ]);
+  });
+});

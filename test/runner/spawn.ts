@@ -20,6 +20,7 @@ export async function spawnInRun(
       ticket,
       shell: script.shell,
       scriptPath: run.scriptPath,
+      runDir: run.dir,
       cwd: cwd ?? run.cwd,
       arguments: script.arguments,
       environment: script.environment,

@@ -83,6 +83,8 @@ const text = (chunks: Buffer[]): string => Buffer.concat(chunks).toString("utf8"
 async function ended(started: Started) {
   const child = processOf(started);
   const outcome = await within(child.wait(), "the outcome");
+  // As the runner does once it holds the whole output: the wrapper may exit.
+  child.settle();
   return { outcome, stdout: text(started.output.stdout), stderr: text(started.output.stderr), bytes: Buffer.concat(started.output.stdout), child, run: started.run };
 }
 
@@ -233,15 +235,19 @@ describe("a script in a warm shell", () => {
     expect(result.stdout).toBe(`${dir}\n${dir}\n/dev/null\ncat=0\n`);
   });
 
-  it("leads its own process group and session, and carries its marker", async () => {
+  it("runs in the process group and session its wrapper leads, and carries its marker", async () => {
     const { pool, options } = await armedPool();
-    const started = await startWarm("t1", payload("cut -d' ' -f5,6 /proc/$$/stat; sleep 600"), pool, options);
+    const started = await startWarm("t1", payload("echo $$ $(cut -d' ' -f5,6 /proc/$$/stat); sleep 600"), pool, options);
     const child = processOf(started);
     try {
       await waitFor(() => text(started.output.stdout).includes("\n"), "the group and session");
-      expect(text(started.output.stdout)).toBe(`${child.pid} ${child.pid}\n`);
+      const [script, group, session] = text(started.output.stdout).trim().split(" ").map(Number);
+      expect([group, session]).toEqual([child.pid, child.pid]);
+      expect(script).not.toBe(child.pid);
       expect(child.marker).toMatch(/^[0-9a-f]{32}$/);
-      const environ = readFileSync(`/proc/${child.pid}/environ`);
+      // The wrapper was started with the marker; the script's shell got TENDRIL_TICKET too.
+      expect(environHasEntry(readFileSync(`/proc/${child.pid}/environ`), Buffer.from(`${SCRIPT_MARKER_VARIABLE}=${child.marker}`))).toBe(true);
+      const environ = readFileSync(`/proc/${script}/environ`);
       expect(environHasEntry(environ, Buffer.from(`${SCRIPT_MARKER_VARIABLE}=${child.marker}`))).toBe(true);
       expect(environHasEntry(environ, Buffer.from("TENDRIL_TICKET=t1"))).toBe(true);
     } finally {
@@ -471,13 +477,17 @@ const OWNER_SOURCE = `
 import { spawnScript } from "./runner/process-manager.ts";
 import { WarmShellPool } from "./runner/warm-shell.ts";
 const pool = new WarmShellPool({ size: 1 });
+import { mkdirSync } from "node:fs";
+const runDir = process.argv[2] + "/runs/owner";
+mkdirSync(runDir, { recursive: true });
 const started = await spawnScript(
-  { ticket: "owner", shell: "sh", scriptPath: "/dev/null", cwd: process.argv[2], arguments: [], environment: {} },
+  { ticket: "owner", shell: "sh", scriptPath: "/dev/null", runDir, cwd: process.argv[2], arguments: [], environment: {} },
   () => undefined,
   { pipeDrainMs: 100, disableKill: false, warmShells: pool },
 );
 if (!started.ok) throw new Error(started.outcome.message);
 await started.process.wait();
+started.process.settle();
 const timer = setInterval(() => {
   if (pool.idlePids.length === 0) return;
   process.stdout.write("waiting " + pool.idlePids[0] + "\\n");

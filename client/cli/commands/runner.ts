@@ -22,7 +22,14 @@ export interface RunnerFlags {
   killGrace?: number;
 }
 
-/** `tendril runner`: one runner until SIGINT/SIGTERM (exit 0) or a fatal stop (exit 3). */
+/** How long a runner asked to stop by SIGTERM gets to say `draining` and close before the process exits anyway. */
+const DRAIN_MS = 5_000;
+
+/**
+ * `tendril runner`: one runner until SIGINT/SIGTERM (exit 0) or a fatal stop (exit 3). SIGTERM (`systemctl stop`, an
+ * upgrade) drains: the runner says `draining`, closes, and leaves its running scripts to the next runner process,
+ * which re-attaches to them. SIGINT (Ctrl-C) stops it the same way without saying `draining`.
+ */
 export async function runRunner(flags: RunnerFlags): Promise<number> {
   const shutdown = new Shutdown();
   const env = process.env;
@@ -65,14 +72,15 @@ export async function runRunner(flags: RunnerFlags): Promise<number> {
   process.stdout.write(`runner ${runner.runnerId} serving machine ${machineId} from ${url} (work dir ${workDir})\n`);
 
   const outcome = await Promise.race([
-    shutdown.signal.then(() => ({ fatal: undefined })),
-    fatal.then((message) => ({ fatal: message })),
+    shutdown.signal.then((signal) => ({ fatal: undefined, signal })),
+    fatal.then((message) => ({ fatal: message, signal: undefined })),
   ]);
   if (outcome.fatal !== undefined) {
     process.stderr.write(`error: the runner stopped for good: ${oneLine(outcome.fatal)}\n`);
     await Promise.race([runner.stop().catch(() => undefined), delay(DEFAULTS.runnerFatalStopMs)]);
     return CLI_EXIT.runnerFatal;
   }
-  await runner.stop();
+  if (outcome.signal === "SIGTERM") await Promise.race([runner.drain(), delay(DRAIN_MS)]);
+  else await runner.stop();
   return CLI_EXIT.ok;
 }

@@ -1,0 +1,168 @@
+/**
+ * Re-attaching across a real runner process's death: `tendril runner` as a process of its own (the command built from
+ * these sources), killed with SIGKILL or stopped with SIGTERM, then started again on the same work dir. The fake
+ * control plane stores strictly (a gap or a repeated line is a violation) and welcomes each runner with what it
+ * stored. Every process a test starts is stopped by pid: the runner processes (their groups) and the tagged scripts.
+ */
+import { existsSync, readdirSync, rmSync } from "node:fs";
+import { writeFile } from "node:fs/promises";
+import { join } from "node:path";
+import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from "vitest";
+import { buildCli, type BuiltCli } from "../helpers/built-cli.js";
+import { isAlive, killGroup, pidsInGroup } from "../helpers/processes.js";
+import { ScriptTag, setUpRunnerTest, tearDownRunnerTest, waitFor, workspaceOf, type FakeControlPlane } from "./fake-control-plane.js";
+import { startRunnerProcess, type RunnerProcess } from "./runner-cli.js";
+
+let cli: BuiltCli;
+let plane: FakeControlPlane;
+let workDir: string;
+let tag: ScriptTag;
+const runners: RunnerProcess[] = [];
+
+beforeAll(async () => {
+  cli = await buildCli();
+});
+
+afterAll(async () => {
+  await cli?.remove();
+});
+
+beforeEach(async () => {
+  ({ plane, workDir } = await setUpRunnerTest("reattach-process"));
+  tag = new ScriptTag();
+});
+
+afterEach(async () => {
+  for (const runner of runners.splice(0)) {
+    killGroup(runner.pid);
+    await waitFor(() => pidsInGroup(runner.pid).length === 0, "a runner process to be gone");
+  }
+  await tearDownRunnerTest({ plane, workDir }, tag);
+});
+
+/** Starts `tendril runner` on the test's work dir and waits for its hello on the next connection. */
+async function runnerProcess() {
+  const count = plane.connections.length;
+  const runner = startRunnerProcess(cli.bin, plane.url, "m1", "runner-token", workDir);
+  runners.push(runner);
+  const connection = await plane.connection(count + 1, 20_000);
+  const hello = await connection.frame("hello", () => true, 20_000);
+  return { runner, connection, hello, connectedAt: Date.now() };
+}
+
+/** A tagged script printing `line-1`, `line-2`, ...: 2,000 at once, then one every 5 ms until `go` exists, then 2,000 more; exits 9. */
+const NUMBERED = [
+  "i=0",
+  'emit() { i=$((i+1)); echo "line-$i"; }',
+  "for j in $(seq 1 2000); do emit; done",
+  "while [ ! -e go ]; do emit; sleep 0.005; done",
+  "for j in $(seq 1 2000); do emit; done",
+  "exit 9",
+].join("\n");
+
+function checkNumbered(ticket: string, sequence: number, line: { source: string; text: string }): string | undefined {
+  return line.source === "stdout" && line.text === `line-${sequence + 1}` ? undefined : `line ${sequence} of ${ticket} is ${line.source} ${JSON.stringify(line.text)}`;
+}
+
+describe("a runner process that dies or is stopped mid-script", () => {
+  it("re-attaches after SIGKILL when started again on the same work dir: the script stays running, numbered lines arrive with none lost, doubled or reordered, and it completes with its real exit code", async () => {
+    plane.welcomeFromLedger = true;
+    plane.autoAck = true;
+    plane.keepOutputFrames = false;
+    plane.checkLine = checkNumbered;
+    const first = await runnerProcess();
+    tag.dispatch(first.connection, "t1", 1, NUMBERED);
+    const { pid } = await first.connection.frame("started", () => true, 10_000);
+    const ledger = plane.ledger("t1", 1);
+    await waitFor(() => ledger.next >= 2_100, "lines past the first burst", 20_000);
+
+    process.kill(first.runner.pid, "SIGKILL");
+    await first.runner.exited;
+    const storedAtKill = ledger.next;
+    expect(isAlive(pid)).toBe(true);
+    // No runner: the script keeps going until its FIFO's buffer is full, then waits; it never dies of a broken pipe.
+    await waitFor(() => tag.pids().length >= 2, "the script to run on");
+
+    const second = await runnerProcess();
+    expect(second.hello.inventory).toEqual([{ ticket: "t1", fence: 1, nextSequence: expect.any(Number), exited: false, reattached: true }]);
+    // Re-attached within 5 s of connecting: output it wrote meanwhile, and new output, arrives.
+    await waitFor(() => ledger.next > storedAtKill + 100, "output after the restart", 5_000);
+    expect(Date.now() - second.connectedAt).toBeLessThan(5_000);
+    expect(isAlive(pid)).toBe(true);
+
+    await writeFile(join(workspaceOf(workDir, "t1"), "go"), "");
+    const exit = await waitFor(() => ledger.exits[0], "the exit", 20_000);
+    expect(exit).toEqual({ type: "exit", ticket: "t1", fence: 1, lineCount: ledger.next, outcome: { kind: "exited", code: 9 } });
+    expect(ledger.violations).toEqual([]);
+    expect(ledger.next).toBeGreaterThan(storedAtKill + 2_000);
+    expect(plane.connections.every((connection) => connection.invalid.length === 0)).toBe(true);
+    await waitFor(() => !isAlive(pid), "the wrapper to exit");
+  }, 90_000);
+
+  it("drains on SIGTERM: says draining, closes with 1000, exits within a few seconds, and the next runner re-attaches", async () => {
+    plane.welcomeFromLedger = true;
+    plane.autoAck = true;
+    plane.checkLine = checkNumbered;
+    const first = await runnerProcess();
+    tag.dispatch(first.connection, "t1", 1, NUMBERED);
+    const { pid } = await first.connection.frame("started", () => true, 10_000);
+    const ledger = plane.ledger("t1", 1);
+    await waitFor(() => ledger.next >= 2_000, "the first burst", 20_000);
+
+    const asked = Date.now();
+    process.kill(first.runner.pid, "SIGTERM");
+    const ended = await first.runner.exited;
+    expect(Date.now() - asked).toBeLessThan(5_000);
+    expect(ended).toEqual({ code: 0, signal: null });
+    expect(first.connection.frames.some((frame) => frame.type === "draining")).toBe(true);
+    expect(first.connection.closed?.code).toBe(1000);
+    expect(isAlive(pid)).toBe(true);
+
+    const second = await runnerProcess();
+    expect(second.hello.inventory).toMatchObject([{ ticket: "t1", fence: 1, exited: false, reattached: true }]);
+    await writeFile(join(workspaceOf(workDir, "t1"), "go"), "");
+    const exit = await waitFor(() => ledger.exits[0], "the exit", 20_000);
+    expect(exit.outcome).toEqual({ kind: "exited", code: 9 });
+    expect(ledger.violations).toEqual([]);
+  }, 90_000);
+
+  it("stops the wrappers its predecessor left whose run folders were removed, before it says hello", async () => {
+    const first = await runnerProcess();
+    tag.dispatch(first.connection, "t1", 1, "setsid sleep 600 & echo ready; sleep 600");
+    const { pid } = await first.connection.frame("started", () => true, 10_000);
+    await first.connection.frame("output", () => true, 10_000);
+    await waitFor(() => tag.pids().length >= 3, "the wrapper, the script and its escaped sleep");
+    const all = tag.pids();
+    process.kill(first.runner.pid, "SIGKILL");
+    await first.runner.exited;
+    // The work dir is wiped: nothing on disk names the script any more.
+    rmSync(join(workDir, "runs"), { recursive: true, force: true });
+
+    const second = await runnerProcess();
+    // By the time it says hello (which lets the control plane release the script's mutex), nothing of it runs.
+    expect(all.filter(isAlive)).toEqual([]);
+    expect(isAlive(pid)).toBe(false);
+    expect(second.hello.inventory).toEqual([]);
+    expect(second.runner.output()).toMatch(new RegExp(`Found the script wrapper ${pid} of this work dir`));
+    expect(existsSync(join(workDir, "runs")) ? readdirSync(join(workDir, "runs")) : []).toEqual([]);
+  }, 60_000);
+
+  it("leaves alone the wrapper of an abandoned script whose run folder was removed: it was let go on purpose", async () => {
+    const first = await runnerProcess();
+    tag.dispatch(first.connection, "t1", 1, "echo ready; sleep 600");
+    const { pid } = await first.connection.frame("started", () => true, 10_000);
+    await first.connection.frame("output", () => true, 10_000);
+    first.connection.send({ type: "abandon", ticket: "t1", fence: 1, killProcess: false });
+    // A round trip: the abandon was handled.
+    first.connection.dispatch("t2", 2, "true");
+    await first.connection.frame("exit", (frame) => frame.ticket === "t2", 10_000);
+    process.kill(first.runner.pid, "SIGKILL");
+    await first.runner.exited;
+    rmSync(join(workDir, "runs"), { recursive: true, force: true });
+
+    const second = await runnerProcess();
+    expect(second.hello.inventory).toEqual([]);
+    expect(isAlive(pid)).toBe(true);
+    expect(second.runner.output()).not.toMatch(/Found the script wrapper/);
+  }, 60_000);
+});
