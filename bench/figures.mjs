@@ -291,3 +291,86 @@ export async function runnerMemory(sizes) {
     rmSync(scratch, { recursive: true, force: true });
   }
 }
+
+/** Registers `count` machines named `<prefix>-<n>`, 50 at a time. */
+async function registerMachines(cp, prefix, count) {
+  for (let i = 0; i < count; i += 50) {
+    const batch = await Promise.all(
+      Array.from({ length: Math.min(50, count - i) }, (_, j) => cp.api("POST", `/api/v1/machines/${prefix}-${String(i + j).padStart(6, "0")}/runner-token`)),
+    );
+    if (batch.some((r) => r.status !== 201)) throw new Error("a registration failed");
+  }
+}
+
+/** p50 of `fn`'s latency over `runs` runs, in ms. */
+async function latencyP50(runs, fn) {
+  const latencies = [];
+  for (let i = 0; i < runs; i += 1) {
+    const started = performance.now();
+    await fn();
+    latencies.push(performance.now() - started);
+  }
+  return percentile(latencies, 50);
+}
+
+/**
+ * The fleet list with many registered machines: the first page (answered from the registry's summary rows, one
+ * query) against `GET /healthz` in the same run, interleaved; and a dispatch on one of those machines, whose answer
+ * does not wait for its summary to reach the registry (the summary's lag is measured apart).
+ */
+export async function fleetList(sizes) {
+  return withStack(
+    async (cp) => {
+      for (let i = 0; i < 10; i += 1) await dispatchOnce(cp, "bench"); // warm-up
+      const before = await latencyP50(sizes.fleetListRuns, () => dispatchOnce(cp, "bench"));
+      await registerMachines(cp, "fleet", sizes.fleetList);
+      const list = async () => {
+        const page = await cp.api("GET", "/api/v1/machines?limit=100");
+        if (page.status !== 200 || page.body.machines.length !== Math.min(100, sizes.fleetList + 1)) throw new Error(`fleet list: ${page.status}`);
+        if (page.body.counts.total !== sizes.fleetList + 1) throw new Error(`fleet list counts ${JSON.stringify(page.body.counts)}`);
+      };
+      const health = async () => {
+        const response = await fetch(`${cp.url}/healthz`);
+        await response.text();
+      };
+      for (let i = 0; i < 10; i += 1) {
+        await list();
+        await health();
+      }
+      const listed = [];
+      const healthz = [];
+      for (let i = 0; i < sizes.fleetListRuns; i += 1) {
+        let started = performance.now();
+        await health();
+        healthz.push(performance.now() - started);
+        started = performance.now();
+        await list();
+        listed.push(performance.now() - started);
+      }
+      const after = await latencyP50(sizes.fleetListRuns, () => dispatchOnce(cp, "bench"));
+      // How long after a dispatch's answer its machine's summary shows the script gone from the holders.
+      const lags = [];
+      for (let i = 0; i < Math.min(20, sizes.fleetListRuns); i += 1) {
+        const holders = async () => (await cp.api("GET", "/api/v1/machines?prefix=bench&limit=1")).body.machines[0]?.holders.length;
+        const started = await cp.api("POST", "/api/v1/machines/bench/scripts", { scriptBody: "sleep 0.2" });
+        await waitFor(async () => (await holders()) === 1, 10_000, 2);
+        const answered = await cp.api("GET", `/api/v1/machines/bench/scripts/${started.body.ticket}?limit=1`);
+        if (answered.body.state === "complete") throw new Error("summary lag: the script completed before its hold was seen");
+        const completed = await cp.api("POST", "/api/v1/machines/bench/scripts", { ticket: started.body.ticket, scriptBody: "sleep 0.2", waitMs: 10_000 });
+        if (completed.body.state !== "complete") throw new Error("summary lag: the script did not complete");
+        const completedAt = performance.now();
+        await waitFor(async () => (await holders()) === 0, 10_000, 2);
+        lags.push(performance.now() - completedAt);
+      }
+      const l50 = percentile(listed, 50);
+      const h50 = percentile(healthz, 50);
+      const lag = percentile(lags, 50);
+      return [
+        row(`fleet list: first page p50 with ${sizes.fleetList} machines`, l50, "ms", h50, "≤ 2× GET /healthz p50", l50 <= 2 * h50, `p95 ${percentile(listed, 95).toFixed(1)} ms`),
+        row(`fleet list: dispatch p50 with ${sizes.fleetList} registered`, after, "ms", before, "≤ 1.5× (baseline: 1 registered)", after <= 1.5 * before),
+        row("fleet list: summary reaches the registry, p50 after completion", lag, "ms", null, "≤ 1,000 ms, after the answer", lag <= 1_000, "the dispatch's answer does not wait for it"),
+      ];
+    },
+    { machines: ["bench"] },
+  );
+}

@@ -7,9 +7,9 @@ import * as figures from "./figures.mjs";
 import { ROOT } from "./stack.mjs";
 
 const SIZES = {
-  full: { dispatchRuns: 300, handoffScripts: 500, abandonRuns: 25, outputMb: 100, queueShallow: 10, queueDeep: 10_000, queueRuns: 50, fleet: 1000, fleetSmall: 10, fleetDispatchRuns: 50, idleSeconds: 20, concurrentScripts: 100 },
-  quick: { dispatchRuns: 100, handoffScripts: 200, abandonRuns: 20, outputMb: 20, queueShallow: 10, queueDeep: 2_000, queueRuns: 30, fleet: 300, fleetSmall: 10, fleetDispatchRuns: 30, idleSeconds: 5, concurrentScripts: 100 },
-  tiny: { dispatchRuns: 5, handoffScripts: 10, abandonRuns: 2, outputMb: 1, queueShallow: 2, queueDeep: 20, queueRuns: 3, fleet: 5, fleetSmall: 2, fleetDispatchRuns: 3, idleSeconds: 1, concurrentScripts: 5 },
+  full: { dispatchRuns: 300, handoffScripts: 500, abandonRuns: 25, outputMb: 100, queueShallow: 10, queueDeep: 10_000, queueRuns: 50, fleet: 1000, fleetSmall: 10, fleetDispatchRuns: 50, idleSeconds: 20, concurrentScripts: 100, fleetList: 10_000, fleetListRuns: 200 },
+  quick: { dispatchRuns: 100, handoffScripts: 200, abandonRuns: 20, outputMb: 20, queueShallow: 10, queueDeep: 2_000, queueRuns: 30, fleet: 300, fleetSmall: 10, fleetDispatchRuns: 30, idleSeconds: 5, concurrentScripts: 100, fleetList: 2_000, fleetListRuns: 100 },
+  tiny: { dispatchRuns: 5, handoffScripts: 10, abandonRuns: 2, outputMb: 1, queueShallow: 2, queueDeep: 20, queueRuns: 3, fleet: 5, fleetSmall: 2, fleetDispatchRuns: 3, idleSeconds: 1, concurrentScripts: 5, fleetList: 20, fleetListRuns: 3 },
 };
 
 const args = process.argv.slice(2);
@@ -19,7 +19,7 @@ const outFile = outIndex >= 0 ? args[outIndex + 1] : join(ROOT, "bench", "result
 const only = args.filter((a) => !a.startsWith("--") && a !== outFile);
 const sizes = SIZES[mode];
 
-const order = ["dispatch", "handoff", "abandon", "output", "queueDepth", "fleet", "runnerMemory"];
+const order = ["dispatch", "handoff", "abandon", "output", "queueDepth", "fleet", "fleetList", "runnerMemory"];
 const rows = [];
 const startedAt = new Date();
 for (const name of order) {

@@ -279,7 +279,7 @@ export const ScriptStatus = z
     logs: z.array(LogLine).meta({ description: "One page of lines from `logSequence`, in order." }),
     nextLogSequence: z.int().min(0).meta({ description: "Pass it back as `logSequence` to continue." }),
     hasMoreLogs: z.boolean().meta({ description: "True when lines after this page are already stored." }),
-    events: z.array(AuditEvent).optional().meta({ description: "The script's audit trail, oldest first (`[]` when none)." }),
+    events: z.array(AuditEvent).meta({ description: "The script's audit trail, oldest first (`[]` when none)." }),
   })
   .meta({
     id: "ScriptStatus",
@@ -290,6 +290,7 @@ export const ScriptStatus = z
       logs: [{ sequence: 0, source: "stdout", text: "hello", occurred: "2026-12-02T10:15:30.000Z" }],
       nextLogSequence: 1,
       hasMoreLogs: false,
+      events: [],
     },
   });
 /** A script's status as the API returns it. */
@@ -391,6 +392,8 @@ export type MachineSummary = z.infer<typeof MachineSummary>;
 export const FleetCounts = z
   .object({ total: z.int().min(0), connected: z.int().min(0), disconnected: z.int().min(0), busy: z.int().min(0), stuck: z.int().min(0) })
   .meta({ id: "FleetCounts" });
+/** The fleet's counts. */
+export type FleetCounts = z.infer<typeof FleetCounts>;
 
 /** `GET /api/v1/machines`. */
 export const MachineList = z

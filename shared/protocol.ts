@@ -6,8 +6,18 @@ import { z } from "zod";
 import { Ticket } from "./ids.js";
 import { ScriptPayload } from "./api.js";
 
-/** The protocol version both ends speak. */
-export const PROTOCOL_VERSION = 1;
+/**
+ * The newest protocol version this code speaks. Version 2 adds, on top of version 1: `killGraceMs` and each
+ * inventory entry's `reattached` in `hello`; `startTime` and `bootId` in `started`; the `lost` outcome; the
+ * `draining` message; `killProcess` in `welcome` resume answers and `startTime`, `bootId`, `kill` in its watch
+ * entries. A runner offers its newest version in `hello`; a control plane answers with the version it will speak,
+ * and a runner refused during the handshake (4426, or 4400 from a control plane that knows no version 2 field)
+ * says `hello` again in version 1 (see PROTOCOL.md, "Versions").
+ */
+export const PROTOCOL_VERSION = 2;
+
+/** Every protocol version this code can speak, oldest first. */
+export const SUPPORTED_PROTOCOLS: readonly number[] = [1, 2];
 
 /** Heartbeat: the runner sends this text frame; the control plane answers `HEARTBEAT_PONG` without waking up. */
 export const HEARTBEAT_PING = "ping";
@@ -261,7 +271,16 @@ export const RunnerMessage = z.discriminatedUnion("type", [
     killGraceMs: z.int().min(0).max(24 * 60 * 60 * 1000).optional(),
     /** Every script this runner process still tracks. */
     inventory: z
-      .array(z.strictObject({ ticket: Ticket, fence: Fence, nextSequence: Sequence, exited: z.boolean() }))
+      .array(
+        z.strictObject({
+          ticket: Ticket,
+          fence: Fence,
+          nextSequence: Sequence,
+          exited: z.boolean(),
+          /** Version 2: this runner process re-attached to the script, which an earlier runner process started. */
+          reattached: z.boolean().optional(),
+        }),
+      )
       .max(10_000),
   }),
   z.strictObject({
@@ -300,6 +319,11 @@ export const RunnerMessage = z.discriminatedUnion("type", [
   }),
   /** An abandoned process (one the control plane asked the runner to watch) has exited. */
   z.strictObject({ type: z.literal("abandoned_exit"), ticket: Ticket, fence: Fence, pid: z.int().min(1) }),
+  /**
+   * Version 2: the runner was asked to stop (SIGTERM) and takes no new scripts; it is about to close the connection,
+   * leaving its running scripts for the next runner process to re-attach to. The control plane holds dispatches.
+   */
+  z.strictObject({ type: z.literal("draining") }),
 ]);
 /** Runner → control plane. */
 export type RunnerMessage = z.infer<typeof RunnerMessage>;

@@ -7,16 +7,19 @@ import { OpenAPIHono } from "@hono/zod-openapi";
 import { LIMITS } from "../../shared/api.js";
 import { isMachineId } from "../../shared/ids.js";
 import { ALL_ROUTES, ROUTES } from "../../shared/routes.js";
-import { bearerToken, sha256Hex } from "../crypto.js";
+import { bearerToken, randomToken, sha256Hex } from "../crypto.js";
 import type { RpcResult } from "../machine/results.js";
-import { ApiError, errorJson } from "./errors.js";
+import { parseFeedCursor, parseMachineCursor } from "../registry/cursors.js";
+import { actorOf, OPERATOR_TOKEN_PREFIX } from "./callers.js";
+import { ApiError, errorJson, invalid } from "./errors.js";
 import { openApiDocument } from "./openapi.js";
 import { fallbacks, mount, type AppEnv, type Ctx } from "./routing.js";
 
 /** How long one stream page waits in the object before the edge sends a keep-alive comment. */
 const STREAM_POLL_MS = 15_000;
-/** Machine views fetched at once for the machine list. */
-const LIST_CONCURRENCY = 50;
+/** A page's size when the request names none (fleet list, audit feed). */
+const DEFAULT_PAGE = 100;
+const DAY_MS = 24 * 60 * 60 * 1000;
 
 /** Builds the Worker's Hono app. */
 export function createApp(): OpenAPIHono<AppEnv> {
@@ -50,25 +53,76 @@ export function createApp(): OpenAPIHono<AppEnv> {
     // The machine object first: it is the authority, and issuing there revokes the old token at once. Should
     // the registry then fail, it still holds the old hash, which no longer works: the machine refuses every
     // runner until the token is issued again (fail closed), and the caller is told to do so.
-    const issued = await machineStub(c, machineId).issueRunnerToken(machineId);
+    const issued = await machineStub(c, machineId).issueRunnerToken(machineId, actorOf(c.get("caller")));
     if (!issued.ok) return respond(c, issued);
     try {
-      await registry(c).setRunnerToken(machineId, await sha256Hex(issued.value.runnerToken));
+      await registry(c).setRunnerToken(machineId, await sha256Hex(issued.value.runnerToken), issued.value.incarnation);
     } catch (error) {
       console.error("registry: could not record the runner token of", machineId, error);
       return errorJson(c, 503, "storage_unavailable", "The runner token was issued but could not be recorded, so no runner can connect with it; issue it again.");
     }
-    return c.json(issued.value, 201);
+    return c.json({ machineId: issued.value.machineId, runnerToken: issued.value.runnerToken }, 201);
   });
 
-  mount(app, ROUTES.listMachines, async (c) => {
-    const ids = await registry(c).list();
-    const machines = [];
-    for (let i = 0; i < ids.length; i += LIST_CONCURRENCY) {
-      const batch = await Promise.all(ids.slice(i, i + LIST_CONCURRENCY).map((id) => machineStub(c, id).view(id, false)));
-      for (const result of batch) if (result.ok) machines.push(result.value);
+  // The machine object first, as for issuing: once it has dropped the token no runner gets in, whatever the registry
+  // says. Should the registry then fail, the edge still lets that token reach the object, which refuses it.
+  mount(app, ROUTES.revokeRunnerToken, async (c, { params: { machineId } }) => {
+    const revoked = await machineStub(c, machineId).revokeRunnerToken(machineId, actorOf(c.get("caller")));
+    if (!revoked.ok) return respond(c, revoked);
+    try {
+      await registry(c).revokeRunnerToken(machineId);
+    } catch (error) {
+      console.error("registry: could not revoke the runner token of", machineId, error);
+      return errorJson(c, 503, "storage_unavailable", "The machine refuses its runner token now, but the registry could not record the revocation; revoke it again.");
     }
-    return c.json({ machines });
+    return c.json({ machineId, revoked: true as const });
+  });
+
+  // The object deletes its own storage (or refuses: 409 machine_busy); then the registry forgets the machine and
+  // records the removal. A removal whose registry step failed is completed by calling it again: the object then
+  // answers unknown_machine, and the registry still has the row.
+  mount(app, ROUTES.removeMachine, async (c, { params: { machineId } }) => {
+    const actor = actorOf(c.get("caller"));
+    const removed = await machineStub(c, machineId).removeMachine(machineId);
+    if (!removed.ok && removed.code !== "unknown_machine") return respond(c, removed);
+    let known: boolean;
+    try {
+      known = await registry(c).removeMachine(machineId, actor, removed.ok ? removed.value : null);
+    } catch (error) {
+      console.error("registry: could not forget the removed machine", machineId, error);
+      return errorJson(c, 503, "storage_unavailable", "The machine's state was deleted, but the registry could not record the removal; call again to finish it.");
+    }
+    if (!removed.ok && !known) return respond(c, removed);
+    return c.json({ machineId, removed: true as const });
+  });
+
+  mount(app, ROUTES.listMachines, async (c, { query }) => {
+    const after = query.cursor === undefined ? null : parseMachineCursor(query.cursor);
+    if (query.cursor !== undefined && after === null) throw invalid("cursor is not a cursor this control plane gave out.");
+    const page = await registry(c).listMachines({ limit: query.limit ?? DEFAULT_PAGE, after, prefix: query.prefix ?? null, status: query.status ?? null });
+    return c.body(page, 200, { "content-type": "application/json" });
+  });
+
+  mount(app, ROUTES.audit, async (c, { query }) => {
+    const before = query.cursor === undefined ? null : parseFeedCursor(query.cursor);
+    if (query.cursor !== undefined && before === null) throw invalid("cursor is not a cursor this control plane gave out.");
+    return c.json(await registry(c).feed({ machineId: query.machineId ?? null, limit: query.limit ?? DEFAULT_PAGE, before }));
+  });
+
+  mount(app, ROUTES.addOperator, async (c, { body }) => {
+    const token = randomToken(OPERATOR_TOKEN_PREFIX);
+    const expiresAt = Date.now() + body.expiresInDays * DAY_MS;
+    const operator = await registry(c).addOperator({ name: body.name, role: body.role, tokenHash: await sha256Hex(token), expiresAt }, actorOf(c.get("caller")));
+    return c.json({ name: operator.name, role: operator.role, token, expiresAt: operator.expiresAt }, 201);
+  });
+
+  mount(app, ROUTES.listOperators, async (c) => c.json({ operators: await registry(c).listOperators() }));
+
+  mount(app, ROUTES.removeOperator, async (c, { params: { name } }) => {
+    if (!(await registry(c).removeOperator(name, actorOf(c.get("caller"))))) {
+      return errorJson(c, 404, "unknown_operator", `No operator is named ${name}.`);
+    }
+    return c.json({ name, removed: true as const });
   });
 
   mount(app, ROUTES.getMachine, async (c, { params: { machineId } }) => respond(c, await machineStub(c, machineId).view(machineId, true)));
@@ -91,6 +145,8 @@ export function createApp(): OpenAPIHono<AppEnv> {
       mutexName: request.mutexName,
       mutexTimeoutMs: request.mutexTimeoutMs,
       taskId: request.taskId ?? null,
+      // Only when set, so that scripts started before run timeouts existed keep their identity.
+      ...(request.runTimeoutMs > 0 ? { runTimeoutMs: request.runTimeoutMs } : {}),
     });
     const result = await machineStub(c, machineId).startScript(machineId, {
       ticket: request.ticket ?? crypto.randomUUID(),
@@ -99,6 +155,7 @@ export function createApp(): OpenAPIHono<AppEnv> {
       isolation: request.isolation,
       mutexName: request.mutexName,
       mutexTimeoutMs: request.mutexTimeoutMs,
+      runTimeoutMs: request.runTimeoutMs,
       taskId: request.taskId ?? null,
       waitMs: request.waitMs,
     });
@@ -115,13 +172,15 @@ export function createApp(): OpenAPIHono<AppEnv> {
     respond(c, await machineStub(c, machineId).completeScript(machineId, ticket, query.logSequence ?? 0, query.limit ?? LIMITS.logPageLines)),
   );
 
-  mount(app, ROUTES.cancelScript, async (c, { params: { machineId, ticket }, body }) =>
-    respond(c, await machineStub(c, machineId).cancelScript(machineId, ticket, body.abandonAfterMs ?? null)),
-  );
+  mount(app, ROUTES.cancelScript, async (c, { params: { machineId, ticket }, body }) => {
+    const by = { actor: actorOf(c.get("caller"), body.requestedBy), reason: body.reason ?? null };
+    return respond(c, await machineStub(c, machineId).cancelScript(machineId, ticket, body.abandonAfterMs ?? null, by));
+  });
 
-  mount(app, ROUTES.abandonScript, async (c, { params: { machineId, ticket }, body }) =>
-    respond(c, await machineStub(c, machineId).abandonScript(machineId, ticket, body.killProcess ?? false)),
-  );
+  mount(app, ROUTES.abandonScript, async (c, { params: { machineId, ticket }, body }) => {
+    const by = { actor: actorOf(c.get("caller"), body.requestedBy), reason: body.reason ?? null };
+    return respond(c, await machineStub(c, machineId).abandonScript(machineId, ticket, body.killProcess ?? false, by));
+  });
 
   mount(app, ROUTES.streamScript, async (c, { params: { machineId, ticket }, query }) => {
     const stub = machineStub(c, machineId);

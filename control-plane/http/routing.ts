@@ -11,10 +11,11 @@ import { describeZodError, parseQueryInt } from "../../shared/api.js";
 import type { RouteDecl } from "../../shared/routes.js";
 import type { Env } from "../env.js";
 import { requireAccess } from "./auth.js";
-import { errorJson, invalid, readJsonBody } from "./errors.js";
+import type { Caller } from "./callers.js";
+import { ApiError, errorJson, invalid, readJsonBody } from "./errors.js";
 
-/** The app's environment: the Worker's bindings. */
-export type AppEnv = { Bindings: Env };
+/** The app's environment: the Worker's bindings, and who is calling (set by authentication). */
+export type AppEnv = { Bindings: Env; Variables: { caller: Caller } };
 /** A request's context. */
 export type Ctx = Context<AppEnv>;
 
@@ -58,15 +59,19 @@ export function fallbacks(app: OpenAPIHono<AppEnv>, routes: readonly RouteDecl[]
   app.all("/api/v1/*", requireAccess("read"), (c) => errorJson(c, 404, "not_found", `No route ${c.req.method} ${c.req.path}.`));
 }
 
-/** Checks the path parameters, the query and the body of a request against its route; throws a 4xx ApiError. */
+/**
+ * Checks the path parameters, the query and the body of a request against its route; throws a 4xx ApiError. The body
+ * is read first: a permission that depends on it (an operator token may not send `requestedBy`) is a 403, which
+ * comes before every 400 once the body is JSON.
+ */
 async function validate<R extends RouteDecl>(c: Ctx, route: R): Promise<Inputs<R>> {
+  const raw = route.body ? await readJsonBody(c, route.body.maxBytes, !route.body.required) : undefined;
+  if (route.access === "act" && c.get("caller")?.kind === "operator" && typeof raw === "object" && raw !== null && "requestedBy" in raw) {
+    throw new ApiError(403, "forbidden", "An operator token may not send requestedBy: an operator acts as itself (only the server token acts on behalf of someone).");
+  }
   const params = route.params && route.access !== "runner" ? parse(route.params, c.req.param()) : {};
   const query = route.query ? parse(route.query, queryValues(c, route.query)) : {};
-  let body: unknown;
-  if (route.body) {
-    const raw = await readJsonBody(c, route.body.maxBytes, !route.body.required);
-    body = parse(route.body.schema, raw === undefined ? {} : raw);
-  }
+  const body = route.body ? parse(route.body.schema, raw === undefined ? {} : raw) : undefined;
   return { params, query, body } as Inputs<R>;
 }
 

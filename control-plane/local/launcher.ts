@@ -17,12 +17,16 @@ export interface LocalControlPlaneOptions {
   host?: string;
   /** The server API's bearer token. */
   serverToken: string;
+  /** A second server token accepted beside it while set (rotation without downtime). */
+  serverTokenNext?: string;
   /** Folder for persisted Durable Object state. */
   stateDir: string;
   /** How long completed scripts the server never deleted are kept, in ms (the Worker's default: 7 days). */
   retentionMs?: number;
   /** Most output stored per script, in bytes (the Worker's default: 100 MiB). */
   maxOutputBytes?: number;
+  /** How long the audit feed keeps an event, in ms (the Worker's default: 90 days). */
+  auditRetentionMs?: number;
 }
 
 /** A running local control plane. */
@@ -77,6 +81,8 @@ export async function startLocalControlPlane(options: LocalControlPlaneOptions):
     },
     bindings: {
       SERVER_TOKEN: options.serverToken,
+      ...(options.serverTokenNext === undefined ? {} : { SERVER_TOKEN_NEXT: options.serverTokenNext }),
+      ...(options.auditRetentionMs === undefined ? {} : { AUDIT_RETENTION_MS: String(options.auditRetentionMs) }),
       ...(options.retentionMs === undefined ? {} : { SCRIPT_RETENTION_MS: String(options.retentionMs) }),
       ...(options.maxOutputBytes === undefined ? {} : { MAX_SCRIPT_OUTPUT_BYTES: String(options.maxOutputBytes) }),
     },

@@ -5,21 +5,51 @@
  * wake waiting requests, set the alarm). A write that fails rolls back whole, and memory is read back from
  * storage, so memory never runs ahead of what is stored: the request gets 503 `storage_unavailable`, the runner
  * reconnects and resumes.
+ *
+ * It also keeps the machine's report to the registry (a transactional outbox): a decision that changes the machine's
+ * summary or records audit events bumps the report's version in the same transaction, and the engine then pushes
+ * the summary and the events the registry lacks, off the request path, coalescing bursts (one push in flight, after
+ * a short delay). A failed push is retried by the alarm, and the alarm re-sends the summary now and then so that a
+ * write the registry lost heals.
  */
-import { LIMITS, type MachineView, type ScriptStatus } from "../../shared/api.js";
+import { LIMITS, type AuditAction, type MachineView, type ScriptStatus } from "../../shared/api.js";
 import { CloseCode, PROTOCOL_VERSION, type ControlMessage, type RunnerMessage } from "../../shared/protocol.js";
 import { constantTimeEqual } from "../crypto.js";
 import type { Storage } from "../sql.js";
 import { storedOutcome, type StoredScript } from "./core/inventory.js";
-import { emptyState, handle, LAZY_CHANGES, nextDeadline, restoreState, type Change, type Decision, type Effect, type MachineEvent, type MachineState } from "./core/machine-core.js";
+import {
+  DEFAULT_KILL_GRACE_MS,
+  emptyState,
+  handle,
+  LAZY_CHANGES,
+  nextDeadline,
+  restoreState,
+  type Change,
+  type Decision,
+  type Effect,
+  type MachineEvent,
+  type MachineState,
+  type Requester,
+} from "./core/machine-core.js";
 import { checkLiveness, DEAD_AFTER_MS, HEARTBEAT_MS, nextAlarm, pruneBatch, PRUNE_SCRIPTS, retentionCutoff } from "./core/policy.js";
 import { onRunnerReport, type RunnerReport } from "./core/runner-reports.js";
+import { summarize, summaryKey, type SummaryCore } from "./core/summary.js";
 import type { CompletionReason } from "../../shared/exit-codes.js";
 import type { MachineLimits } from "./limits.js";
 import { readLogs } from "./logs.js";
 import { fail, ok, storageUnavailable, unknownScript, type RpcResult } from "./results.js";
 import * as db from "./storage.js";
-import { machineView, scriptStatus, STATUS_ENVELOPE_BYTES } from "./views.js";
+import { auditEvents, machineView, scriptStatus, STATUS_ENVELOPE_BYTES } from "./views.js";
+import {
+  nextReportAttempt,
+  REPORT_EVENTS_PER_PUSH,
+  REPORT_PUSH_DELAY_MS,
+  REPORT_RETRY_MS,
+  reportDueAt,
+  type MachineReport,
+  type ReportAck,
+  type ReportEvent,
+} from "./report.js";
 
 /** The longest a lazy change (see `LAZY_CHANGES`) waits in memory for a write to go with. */
 const LAZY_WRITE_DELAY_MS = 1_000;
@@ -42,6 +72,14 @@ export interface MachinePort {
   setAlarm(at: number | null): void;
   /** Resets the object: its memory cannot be trusted and storage could not be read back. */
   reset(reason: string): void;
+  /** The connected runner's last sign of life (epoch ms), or null when none is connected. */
+  lastSeen(): number | null;
+  /** Sends the machine's report to the registry; resolves with what the registry kept. */
+  report(report: MachineReport): Promise<ReportAck>;
+  /** The time now (epoch ms), for work the engine starts by itself (a delayed push). */
+  now(): number;
+  /** Runs `task` once, `delayMs` from now, unless `cancel` is called first (the report's coalescing delay). */
+  schedule(task: () => void, delayMs: number): { cancel(): void };
 }
 
 /** A change could not be stored: nothing of it was kept, and memory was read back from storage. */
@@ -56,7 +94,27 @@ export interface RunnerInfo {
   capabilities: string[];
   connectedAt: number;
   lastMessageAt: number;
+  /** The grace it gives a process between SIGTERM and SIGKILL (absent: the default, 10 s). */
+  killGraceMs?: number;
 }
+
+/** The machine's report as storage keeps it: the summary's version, when it last changed, and its key. */
+interface ReportState {
+  version: number;
+  changedAt: number;
+  key: string;
+}
+
+/** What the registry last accepted: the summary's version, and when. */
+interface ReportAccepted {
+  version: number;
+  at: number;
+}
+
+/** Change types that can alter the machine's summary (holders, queue, abandoned list). */
+const SUMMARY_CHANGES: ReadonlySet<Change["type"]> = new Set(["insert", "granted", "dispatched", "completed", "abandoned", "abandoned_process", "abandoned_exit"]);
+/** Change types after which the abandoned list's count must be read again. */
+const ABANDONED_CHANGES: ReadonlySet<Change["type"]> = new Set(["abandoned", "abandoned_process", "abandoned_exit"]);
 
 /** What `startScript` receives from the edge, already validated. */
 export interface StartInput {
@@ -66,6 +124,7 @@ export interface StartInput {
   isolation: "full" | "none";
   mutexName: string;
   mutexTimeoutMs: number;
+  runTimeoutMs: number;
   taskId: string | null;
   waitMs: number;
 }
@@ -74,8 +133,12 @@ export interface StartInput {
 interface DecisionWrites {
   /** The row of a script the decision inserts. */
   insert?: db.NewScriptRow;
+  /** Bookkeeping that belongs in the same transaction, written before the changes (a new machine's schema). */
+  before?: () => void;
   /** Bookkeeping that belongs in the same transaction. */
   also?: () => void;
+  /** The runner connected or went: the summary may have changed even without a change of the core. */
+  connection?: boolean;
 }
 
 /** One machine: its state, its storage and the rules between them. */
@@ -92,7 +155,20 @@ export class MachineEngine {
   /** The alarm as last set; undefined when unknown (setting it failed), so that it is set again. */
   private alarmAt: number | null | undefined = undefined;
   /** The counters as last written, so that a decision that does not move them does not write them. */
-  private written: db.Counters = { nextFence: 1, nextQueueSeq: 1 };
+  private written: db.Counters = { nextFence: 1, nextQueueSeq: 1, nextAuditSeq: 1 };
+  /** This machine's life, from storage (a removed machine registered again is a new one). */
+  private incarnation = "";
+  /** The report's version as stored, and what the registry last accepted. */
+  private reportState: ReportState = { version: 0, changedAt: 0, key: "" };
+  private reportAccepted: ReportAccepted = { version: 0, at: 0 };
+  /** The abandoned list's count and oldest time, read again after a decision that touches it. */
+  private abandoned = { count: 0, oldest: null as number | null };
+  /** When the report is next tried while the registry lacks something (null: nothing to retry). */
+  private reportRetryAt: number | null = null;
+  /** Failed pushes in a row (for the retry's backoff). */
+  private reportFailures = 0;
+  private reportInFlight = false;
+  private reportTimer: { cancel(): void } | null = null;
 
   constructor(
     private readonly storage: Storage,
@@ -128,7 +204,13 @@ export class MachineEngine {
    * cancel the handler (workerd logs "NOSENTRY ... alarm handler canceled") and put the check off again. An
    * early alarm is harmless: the handler serves what is due and sets the next one.
    */
-  rearm(): void {
+  rearm(now: number = Date.now()): void {
+    // After a restart the runner connection is gone (or not): what the registry was last told may be out of date.
+    if (this.registered()) {
+      this.checkSummary(now);
+      // A report the registry lacks (the push was lost with the previous instance) goes out at once.
+      if (this.reportDirty()) this.reportRetryAt = now;
+    }
     const stored = this.alarmAt;
     const due = this.dueAt();
     if (stored !== null && stored !== undefined && (due === null || due > stored)) return;
@@ -137,10 +219,14 @@ export class MachineEngine {
 
   private readState(): void {
     const counters = db.readCounters(this.sql);
-    this.state = restoreState(db.getMeta(this.sql, "machine_id") ?? "", db.loadActiveScripts(this.sql), counters);
-    this.written = counters;
     const info = db.getMeta(this.sql, "runner_info");
     this.runnerInfo = info ? (JSON.parse(info) as RunnerInfo) : null;
+    this.state = restoreState(db.getMeta(this.sql, "machine_id") ?? "", db.loadActiveScripts(this.sql), counters, this.runnerInfo?.killGraceMs ?? DEFAULT_KILL_GRACE_MS);
+    this.written = counters;
+    this.incarnation = db.getMeta(this.sql, "incarnation") ?? "";
+    this.reportState = parseJson<ReportState>(db.getMeta(this.sql, "report")) ?? { version: 0, changedAt: 0, key: "" };
+    this.reportAccepted = parseJson<ReportAccepted>(db.getMeta(this.sql, "report_accepted")) ?? { version: 0, at: 0 };
+    this.abandoned = this.registered() ? db.abandonedStats(this.sql) : { count: 0, oldest: null };
   }
 
   /** The runner connection storage recorded as current, if any (it may not have survived a restart). */
@@ -165,19 +251,74 @@ export class MachineEngine {
     this.write(() => db.deleteMeta(this.sql, "current_connection"));
   }
 
+  /** This machine's life (a removed machine registered again is another one). */
+  machineIncarnation(): string {
+    return this.incarnation;
+  }
+
   // ---------------------------------------------------------------- the runner token
 
-  /** Registers the machine if new and sets the hash of its runner token (the previous token stops working). */
-  setRunnerToken(machineId: string, tokenHash: string): void {
+  /**
+   * Registers the machine if new and sets the hash of its runner token (the previous token stops working), with the
+   * audit event `runner-token-issued`, in one transaction.
+   */
+  setRunnerToken(machineId: string, tokenHash: string, actor: string, now: number): void {
     const isNew = !this.registered();
-    this.write(() => {
-      if (isNew) {
-        db.migrate(this.sql);
-        db.setMeta(this.sql, "machine_id", machineId);
-      }
-      db.setMeta(this.sql, "runner_token_hash", tokenHash);
-    });
+    this.decide(() => handle(this.state, { type: "admin", action: "runner-token-issued", by: { actor, reason: null }, now }), {
+      before: isNew
+        ? () => {
+            db.migrate(this.sql);
+            db.setMeta(this.sql, "machine_id", machineId);
+          }
+        : undefined,
+      also: () => db.setMeta(this.sql, "runner_token_hash", tokenHash),
+    }, now);
     if (isNew) this.readState();
+  }
+
+  /**
+   * Revokes the runner token without issuing another (no runner can connect until one is issued), with the audit
+   * event `runner-token-revoked`. Returns false, recording nothing, when there was no token to revoke.
+   */
+  revokeRunnerToken(actor: string, now: number): boolean {
+    if (db.getMeta(this.sql, "runner_token_hash") === null) return false;
+    this.decide(() => handle(this.state, { type: "admin", action: "runner-token-revoked", by: { actor, reason: null }, now }), {
+      also: () => db.deleteMeta(this.sql, "runner_token_hash"),
+    }, now);
+    return true;
+  }
+
+  /**
+   * Whether the machine may be removed: not while a script is pending or running (409 `machine_busy`). When it may,
+   * answers the audit events the registry does not have yet, which the removal hands over to it (this machine's
+   * storage is about to be deleted).
+   */
+  removal(machineId: string): RpcResult<{ events: MachineReport["events"]; incarnation: string }> {
+    const busy = [...this.state.scripts.values()];
+    if (busy.length > 0) {
+      const named = busy.slice(0, 3).map((s) => `${s.ticket} (${s.state})`).join(", ");
+      return fail(409, "machine_busy", `Machine ${machineId} has ${busy.length} script(s) pending or running (${named}${busy.length > 3 ? ", ..." : ""}); cancel or abandon them first.`);
+    }
+    return ok({ events: db.unpushedEvents(this.sql, Number.MAX_SAFE_INTEGER).map(reportEvent), incarnation: this.incarnation });
+  }
+
+  /** Forgets everything in memory: the machine's storage was deleted (it was removed), so it is unknown from now on. */
+  forget(): void {
+    this.clearLazy();
+    this.reportTimer?.cancel();
+    this.reportTimer = null;
+    this.state = emptyState();
+    this.runnerInfo = null;
+    this.connectionId = null;
+    this.heartbeatCheckAt = null;
+    this.alarmAt = undefined;
+    this.written = { nextFence: 1, nextQueueSeq: 1, nextAuditSeq: 1 };
+    this.incarnation = "";
+    this.reportState = { version: 0, changedAt: 0, key: "" };
+    this.reportAccepted = { version: 0, at: 0 };
+    this.abandoned = { count: 0, oldest: null };
+    this.reportRetryAt = null;
+    this.reportFailures = 0;
   }
 
   /** True when `tokenHash` is the hash of the machine's current runner token (constant time). */
@@ -220,6 +361,7 @@ export class MachineEngine {
         mutexName: input.mutexName,
         taskId: input.taskId,
         mutexTimeoutMs: input.mutexTimeoutMs,
+        runTimeoutMs: input.runTimeoutMs,
       },
     };
     return this.request(() => {
@@ -228,20 +370,20 @@ export class MachineEngine {
     });
   }
 
-  /** Cancels a script (see the core); answers its status. */
-  cancel(ticket: string, abandonAfterMs: number | null, now: number): RpcResult<ScriptStatus> {
+  /** Cancels a script (see the core) on behalf of `by`; answers its status. */
+  cancel(ticket: string, abandonAfterMs: number | null, by: Requester, now: number): RpcResult<ScriptStatus> {
     if (!db.getScript(this.sql, ticket)) return unknownScript(ticket);
     return this.request(() => {
-      this.run({ type: "cancel", ticket, abandonAfterMs, now });
+      this.run({ type: "cancel", ticket, abandonAfterMs, by, now });
       return this.page(db.getScript(this.sql, ticket)!, 0, LIMITS.logPageLines);
     });
   }
 
-  /** Abandons a script (see the core); answers its status. */
-  abandon(ticket: string, killProcess: boolean, now: number): RpcResult<ScriptStatus> {
+  /** Abandons a script (see the core) on behalf of `by`; answers its status. */
+  abandon(ticket: string, killProcess: boolean, by: Requester, now: number): RpcResult<ScriptStatus> {
     if (!db.getScript(this.sql, ticket)) return unknownScript(ticket);
     return this.request(() => {
-      this.run({ type: "abandon", ticket, killProcess, now });
+      this.run({ type: "abandon", ticket, killProcess, by, now });
       return this.page(db.getScript(this.sql, ticket)!, 0, LIMITS.logPageLines);
     });
   }
@@ -276,7 +418,11 @@ export class MachineEngine {
   }
 
   private page(row: db.ScriptRow, logSequence: number, limit: number): ScriptStatus {
-    return scriptStatus(row, logSequence, readLogs(this.sql, row.ticket, logSequence, limit, LIMITS.logPageBytes - STATUS_ENVELOPE_BYTES));
+    const events = auditEvents(db.scriptEvents(this.sql, row.ticket));
+    // The events take their share of the page's 4 MiB, so that the answer stays under it whatever they say.
+    // (3 bytes per UTF-16 unit bounds its UTF-8.)
+    const envelope = STATUS_ENVELOPE_BYTES + JSON.stringify(events).length * 3;
+    return scriptStatus(row, logSequence, readLogs(this.sql, row.ticket, logSequence, limit, LIMITS.logPageBytes - envelope), events);
   }
 
   /** Runs a request's writes; a storage failure becomes 503 `storage_unavailable`. */
@@ -303,7 +449,14 @@ export class MachineEngine {
   /** A runner completed its handshake on `connectionId`: records it and answers with a welcome. */
   runnerConnected(hello: Extract<RunnerMessage, { type: "hello" }>, connectionId: string, now: number): void {
     this.connectionId = connectionId;
-    this.runnerInfo = { runnerId: hello.runnerId, version: hello.version, capabilities: hello.capabilities, connectedAt: now, lastMessageAt: now };
+    this.runnerInfo = {
+      runnerId: hello.runnerId,
+      version: hello.version,
+      capabilities: hello.capabilities,
+      connectedAt: now,
+      lastMessageAt: now,
+      ...(hello.killGraceMs === undefined ? {} : { killGraceMs: hello.killGraceMs }),
+    };
     this.heartbeatCheckAt = now + DEAD_AFTER_MS;
     const inventory = hello.inventory.map((item) => ({
       ticket: item.ticket,
@@ -312,12 +465,14 @@ export class MachineEngine {
     }));
     const abandoned = db.abandonedProcesses(db.listAbandoned(this.sql));
     const info = JSON.stringify(this.runnerInfo);
-    this.decide(() => handle(this.state, { type: "runner_connected", runnerId: hello.runnerId, inventory, abandoned, now }), {
+    const killGraceMs = hello.killGraceMs ?? DEFAULT_KILL_GRACE_MS;
+    this.decide(() => handle(this.state, { type: "runner_connected", runnerId: hello.runnerId, inventory, abandoned, killGraceMs, now }), {
       also: () => {
         db.setMeta(this.sql, "current_connection", connectionId);
         db.setMeta(this.sql, "runner_info", info);
       },
-    });
+      connection: true,
+    }, now);
   }
 
   /** The runner's connection closed: it is gone until it reconnects. */
@@ -331,7 +486,8 @@ export class MachineEngine {
         db.deleteMeta(this.sql, "current_connection");
         if (info) db.setMeta(this.sql, "runner_info", info);
       },
-    });
+      connection: true,
+    }, now);
   }
 
   /** A frame arrived from the connected runner (a sign of life). */
@@ -341,13 +497,17 @@ export class MachineEngine {
 
   /** A report from the connected runner (anything but hello). */
   report(report: RunnerReport, now: number): void {
-    this.decide(() => onRunnerReport(this.state, report, { now, maxOutputBytes: this.limits.maxOutputBytes }));
+    this.decide(() => onRunnerReport(this.state, report, { now, maxOutputBytes: this.limits.maxOutputBytes }), {}, now);
   }
 
   // ---------------------------------------------------------------- the alarm
 
-  /** Every deadline: the runner's liveness (`lastSeen`: its last sign of life, null when none is connected), retention, the core's. */
-  alarm(now: number, lastSeen: number | null): void {
+  /**
+   * Every deadline: the runner's liveness (`lastSeen`: its last sign of life, null when none is connected),
+   * retention, the core's, and the report to the registry (a retry, or the periodic re-send). Resolves once the
+   * report, if one was due, has been pushed (or has failed, to be retried later).
+   */
+  alarm(now: number, lastSeen: number | null): Promise<void> {
     this.alarmAt = null; // it fired
     if (lastSeen === null) {
       this.heartbeatCheckAt = null;
@@ -358,6 +518,9 @@ export class MachineEngine {
     }
     this.prune(now);
     this.run({ type: "tick", now });
+    const due = this.reportDue();
+    if (due !== null && due <= now) return this.pushReport(now);
+    return Promise.resolve();
   }
 
   /** Setting the alarm failed: it is set again after the next decision. */
@@ -379,12 +542,14 @@ export class MachineEngine {
   }
 
   private dueAt(): number | null {
-    return nextAlarm({
+    const due = nextAlarm({
       coreDeadline: nextDeadline(this.state),
       heartbeatCheckAt: this.heartbeatCheckAt,
       oldestCompletion: db.oldestCompletion(this.sql),
       retentionMs: this.limits.retentionMs,
     });
+    const report = this.reportDue();
+    return report !== null && (due === null || report < due) ? report : due;
   }
 
   private scheduleAlarm(): void {
@@ -394,14 +559,151 @@ export class MachineEngine {
     this.port.setAlarm(due);
   }
 
+  // ---------------------------------------------------------------- the report to the registry
+
+  /** The machine's summary for the fleet list, as it stands. */
+  summary(abandoned: { count: number; oldest: number | null } = this.abandoned): SummaryCore {
+    return summarize(this.state, {
+      connected: this.connectionId !== null,
+      draining: false,
+      runnerVersion: this.runnerInfo?.version ?? null,
+      abandoned: abandoned.count,
+      oldestAbandonedAt: abandoned.oldest,
+    });
+  }
+
+  /** True while the registry lacks the report's current version (or events). */
+  reportDirty(): boolean {
+    return this.reportState.version > this.reportAccepted.version;
+  }
+
+  /**
+   * Inside a decision's transaction: the report's next version when the decision recorded events or changed the
+   * summary (stored now, with the decision), or null when the registry has nothing new to learn.
+   */
+  private nextReport(now: number, recorded: boolean, abandoned: { count: number; oldest: number | null }): ReportState | null {
+    const key = summaryKey(this.summary(abandoned));
+    if (!recorded && key === this.reportState.key) return null;
+    const next = { version: this.reportState.version + 1, changedAt: now, key };
+    db.setMeta(this.sql, "report", JSON.stringify(next));
+    return next;
+  }
+
+  /** The report's new version was stored: it is pushed soon, and retried by the alarm should that push not happen. */
+  private reportChanged(report: ReportState, now: number): void {
+    this.reportState = report;
+    this.reportRetryAt ??= now + REPORT_RETRY_MS;
+  }
+
+  /**
+   * After a load: when the summary differs from the one last reported (the runner connection did not survive a
+   * restart, or the machine predates reports), a new version is stored.
+   */
+  private checkSummary(now: number): void {
+    const key = summaryKey(this.summary());
+    if (key !== this.reportState.key) {
+      const next = { version: this.reportState.version + 1, changedAt: now, key };
+      try {
+        this.write(() => db.setMeta(this.sql, "report", JSON.stringify(next)));
+      } catch (error) {
+        if (!(error instanceof StorageUnavailable)) throw error;
+        return;
+      }
+      this.reportState = next;
+    }
+  }
+
+  /** When the alarm must push the report, or null. */
+  private reportDue(): number | null {
+    // A push under way sets the next time itself when it ends.
+    if (!this.registered() || this.reportInFlight) return null;
+    const inUse = this.connectionId !== null || this.state.scripts.size > 0 || this.abandoned.count > 0;
+    return reportDueAt({ dirty: this.reportDirty(), retryAt: this.reportRetryAt, acceptedAt: this.reportAccepted.at, inUse });
+  }
+
+  /** Pushes the report after a short delay, unless a push is already planned or under way (it pushes again after). */
+  private schedulePush(): void {
+    if (this.reportInFlight || this.reportTimer !== null) return;
+    this.reportTimer = this.port.schedule(() => {
+      this.reportTimer = null;
+      void this.pushReport(this.port.now());
+    }, REPORT_PUSH_DELAY_MS);
+  }
+
+  /**
+   * Pushes the summary and the events the registry lacks (off every request's path: nothing waits for it), then
+   * stores what the registry accepted. A failure is retried by the alarm, with a backoff; never throws.
+   */
+  async pushReport(now: number): Promise<void> {
+    this.reportTimer?.cancel();
+    this.reportTimer = null;
+    if (this.reportInFlight || !this.registered()) return;
+    const incarnation = this.incarnation;
+    const version = this.reportState.version;
+    let events: ReportEvent[];
+    try {
+      events = db.unpushedEvents(this.sql, REPORT_EVENTS_PER_PUSH).map(reportEvent);
+    } catch (error) {
+      console.error("machine", this.state.machineId, "could not read its report:", describe(error));
+      this.reportRetryAt = nextReportAttempt(now, ++this.reportFailures);
+      this.scheduleAlarm();
+      return;
+    }
+    const connected = this.connectionId !== null;
+    const report: MachineReport = {
+      machineId: this.state.machineId,
+      incarnation,
+      version,
+      updatedAt: this.reportState.changedAt || now,
+      summary: { ...this.summary(), lastSeenAt: connected ? (this.port.lastSeen() ?? this.runnerInfo?.lastMessageAt ?? null) : (this.runnerInfo?.lastMessageAt ?? null) },
+      events,
+    };
+    this.reportInFlight = true;
+    let ack: ReportAck | null = null;
+    try {
+      ack = await this.port.report(report);
+    } catch (error) {
+      console.error("machine", report.machineId, "could not report to the registry:", describe(error));
+    } finally {
+      this.reportInFlight = false;
+    }
+    // Removed (and maybe registered again) meanwhile: that storage is gone, nothing to record.
+    if (!this.registered() || this.incarnation !== incarnation) return;
+    const accepted = ack !== null && ack.summary !== "unknown";
+    if (ack) {
+      try {
+        this.write(() => {
+          if (events.length > 0) db.markEventsPushed(this.sql, events[events.length - 1]!.seq);
+          if (accepted) db.setMeta(this.sql, "report_accepted", JSON.stringify({ version, at: now }));
+        });
+        if (accepted) this.reportAccepted = { version, at: now };
+      } catch (error) {
+        if (!(error instanceof StorageUnavailable)) throw error;
+        ack = null;
+      }
+    }
+    this.reportFailures = ack && accepted ? 0 : this.reportFailures + 1;
+    const more = events.length === REPORT_EVENTS_PER_PUSH;
+    if (!this.reportDirty() && !more) {
+      this.reportRetryAt = null;
+    } else if (ack && accepted) {
+      // Changed again while the push was under way (or more events wait): push again.
+      this.reportRetryAt = now + REPORT_RETRY_MS;
+      this.schedulePush();
+    } else {
+      this.reportRetryAt = nextReportAttempt(now, this.reportFailures);
+    }
+    this.scheduleAlarm();
+  }
+
   // ---------------------------------------------------------------- deciding and persisting
 
   /** Runs an event through the core, persists its decision in one transaction, then carries out its effects. */
   run(event: MachineEvent, writes: DecisionWrites = {}): void {
-    this.decide(() => handle(this.state, event), writes);
+    this.decide(() => handle(this.state, event), writes, event.now);
   }
 
-  private decide(decideNow: () => Decision, writes: DecisionWrites = {}): void {
+  private decide(decideNow: () => Decision, writes: DecisionWrites, now: number): void {
     let decision: Decision;
     try {
       decision = decideNow();
@@ -409,25 +711,42 @@ export class MachineEngine {
       // The core may have changed memory before it threw: read it back before anything else happens.
       this.recover(error);
     }
-    if (!writes.insert && !writes.also && decision.effects.length === 0 && decision.changes.length > 0 && decision.changes.every((c) => LAZY_CHANGES.has(c.type))) {
+    if (!writes.insert && !writes.also && !writes.before && decision.effects.length === 0 && decision.changes.length > 0 && decision.changes.every((c) => LAZY_CHANGES.has(c.type))) {
       this.lazy.push(...decision.changes);
       this.lazyTimer ??= setTimeout(() => this.flushLazy(), LAZY_WRITE_DELAY_MS);
       return;
     }
     const changes = this.lazy.length ? [...this.lazy, ...decision.changes] : decision.changes;
-    const counters = { nextFence: this.state.nextFence, nextQueueSeq: this.state.nextQueueSeq };
-    const movedCounters = counters.nextFence !== this.written.nextFence || counters.nextQueueSeq !== this.written.nextQueueSeq;
-    if (changes.length > 0 || writes.also || movedCounters) {
+    const counters = { nextFence: this.state.nextFence, nextQueueSeq: this.state.nextQueueSeq, nextAuditSeq: this.state.nextAuditSeq };
+    const movedCounters =
+      counters.nextFence !== this.written.nextFence || counters.nextQueueSeq !== this.written.nextQueueSeq || counters.nextAuditSeq !== this.written.nextAuditSeq;
+    let reported = false;
+    if (changes.length > 0 || writes.also || writes.before || movedCounters) {
+      const recorded = changes.some((c) => c.type === "audit");
+      const summaryMayMove = writes.connection === true || changes.some((c) => SUMMARY_CHANGES.has(c.type));
+      const abandonedMoved = changes.some((c) => ABANDONED_CHANGES.has(c.type));
+      let abandoned = this.abandoned;
+      let report: ReportState | null = null;
       this.write(() => {
+        writes.before?.();
         for (const change of changes) db.writeChange(this.sql, change, change.type === "insert" ? writes.insert : undefined);
         if (movedCounters) db.writeCounters(this.sql, counters, this.written);
         writes.also?.();
+        // The outbox: the report's new version is stored with the decision that changed it.
+        if (abandonedMoved) abandoned = db.abandonedStats(this.sql);
+        if (recorded || summaryMayMove) report = this.nextReport(now, recorded, abandoned);
       });
       this.written = counters;
+      this.abandoned = abandoned;
+      if (report) {
+        this.reportChanged(report, now);
+        reported = true;
+      }
       this.clearLazy();
     }
     for (const effect of decision.effects) this.carryOut(effect);
     this.scheduleAlarm();
+    if (reported) this.schedulePush();
   }
 
   /** Writes the lazy changes waiting in memory. */
@@ -532,6 +851,20 @@ export class MachineEngine {
 
   private send(message: ControlMessage): void {
     this.port.send(JSON.stringify(message));
+  }
+}
+
+/** A stored audit event as the registry receives it (the action was written by this code, from the closed union). */
+function reportEvent(row: db.AuditRow): ReportEvent {
+  return { seq: row.seq, ticket: row.ticket, action: row.action as AuditAction, actor: row.actor, reason: row.reason, at: row.at };
+}
+
+function parseJson<T>(text: string | null): T | null {
+  if (text === null) return null;
+  try {
+    return JSON.parse(text) as T;
+  } catch {
+    return null;
   }
 }
 

@@ -12,8 +12,10 @@ import { LIMITS, type LogLine, type MachineView, type ScriptStatus } from "../..
 import { CloseCode, HEARTBEAT_PING, HEARTBEAT_PONG, parseRunnerMessage, type RunnerMessage } from "../../shared/protocol.js";
 import { bearerToken, randomToken, sha256Hex } from "../crypto.js";
 import type { Env } from "../env.js";
+import type { Requester } from "./core/machine-core.js";
 import { MachineEngine, StorageUnavailable, type MachinePort, type StartInput } from "./engine.js";
 import { machineLimits } from "./limits.js";
+import type { MachineReport } from "./report.js";
 import { fail, ok, storageUnavailable, unknownMachine, unknownScript, type RpcResult } from "./results.js";
 import { Waiters } from "./waiters.js";
 
@@ -90,23 +92,69 @@ export class MachineObject extends DurableObject<Env> {
         });
       },
       reset: (reason) => this.ctx.abort(reason),
+      lastSeen: () => (this.runnerSocket ? this.lastSeen(this.runnerSocket) : null),
+      report: (report: MachineReport) => this.env.REGISTRY.get(this.env.REGISTRY.idFromName("registry")).report(report),
+      now: () => Date.now(),
+      // A short timer keeps the object awake until it fires; should the object go anyway, the alarm retries.
+      schedule: (task, delayMs) => {
+        const timer = setTimeout(task, delayMs);
+        return { cancel: () => clearTimeout(timer) };
+      },
     };
   }
 
   // ---------------------------------------------------------------- RPC: machines
 
-  /** Creates the machine if new and issues a fresh runner token, revoking (and disconnecting) the old one. */
-  async issueRunnerToken(machineId: string): Promise<RpcResult<{ machineId: string; runnerToken: string }>> {
+  /**
+   * Creates the machine if new and issues a fresh runner token, revoking (and disconnecting) the old one; `actor`
+   * goes into the audit trail. Answers the token (and the machine's incarnation, for the registry).
+   */
+  async issueRunnerToken(machineId: string, actor: string): Promise<RpcResult<{ machineId: string; runnerToken: string; incarnation: string }>> {
     const token = randomToken("trt_");
     const hash = await sha256Hex(token);
     try {
-      this.engine.setRunnerToken(machineId, hash);
+      this.engine.setRunnerToken(machineId, hash, actor, Date.now());
     } catch (error) {
       if (error instanceof StorageUnavailable) return storageUnavailable();
       throw error;
     }
-    for (const ws of this.ctx.getWebSockets(RUNNER_TAG)) this.closeSocket(ws, CloseCode.TokenRevoked, "runner token revoked");
-    return ok({ machineId, runnerToken: token });
+    this.closeRunnerSockets();
+    return ok({ machineId, runnerToken: token, incarnation: this.engine.machineIncarnation() });
+  }
+
+  /** Revokes the runner token without issuing another, and disconnects the runner (4001). */
+  async revokeRunnerToken(machineId: string, actor: string): Promise<RpcResult<{ revoked: boolean }>> {
+    if (!this.engine.registered()) return unknownMachine(machineId);
+    let revoked: boolean;
+    try {
+      revoked = this.engine.revokeRunnerToken(actor, Date.now());
+    } catch (error) {
+      if (error instanceof StorageUnavailable) return storageUnavailable();
+      throw error;
+    }
+    this.closeRunnerSockets();
+    return ok({ revoked });
+  }
+
+  /**
+   * Removes the machine: refused (409 `machine_busy`) while a script is pending or running; otherwise deletes all of
+   * its storage and its alarm, disconnects its runner (4001) and forgets it, so that later calls answer 404. Answers
+   * the audit events the registry did not have yet, for the edge to hand over with the removal.
+   */
+  async removeMachine(machineId: string): Promise<RpcResult<{ events: MachineReport["events"]; incarnation: string }>> {
+    if (!this.engine.registered()) return unknownMachine(machineId);
+    let result: RpcResult<{ events: MachineReport["events"]; incarnation: string }> = unknownMachine(machineId);
+    // Nothing may slip in between the check and the deletion (a start would be deleted with the rest).
+    await this.ctx.blockConcurrencyWhile(async () => {
+      if (!this.engine.registered()) return;
+      result = this.engine.removal(machineId);
+      if (!result.ok) return;
+      this.engine.forget();
+      await this.ctx.storage.deleteAlarm();
+      await this.ctx.storage.deleteAll();
+      this.closeRunnerSockets();
+    });
+    return result;
   }
 
   /** The machine view; `withScripts` false for the machine list. */
@@ -128,19 +176,22 @@ export class MachineObject extends DurableObject<Env> {
     return status.ok ? ok({ created: started.value.created, status: status.value }) : status;
   }
 
-  /** Cancels a script: a pending one completes at once (-43); a running one is stopped by its runner. */
-  async cancelScript(machineId: string, ticket: string, abandonAfterMs: number | null): Promise<RpcResult<ScriptStatus>> {
+  /**
+   * Cancels a script on behalf of `by` (recorded in its audit trail): a pending one completes at once (-43); a running
+   * one is stopped by its runner.
+   */
+  async cancelScript(machineId: string, ticket: string, abandonAfterMs: number | null, by: Requester): Promise<RpcResult<ScriptStatus>> {
     if (!this.engine.registered()) return unknownMachine(machineId);
-    return this.engine.cancel(ticket, abandonAfterMs, Date.now());
+    return this.engine.cancel(ticket, abandonAfterMs, by, Date.now());
   }
 
   /**
    * Abandons a script: a running one completes at once with -48 and its mutex goes to the next waiter,
    * even with no runner connected; the runner is told to stop tracking it (and to kill it only when asked).
    */
-  async abandonScript(machineId: string, ticket: string, killProcess: boolean): Promise<RpcResult<ScriptStatus>> {
+  async abandonScript(machineId: string, ticket: string, killProcess: boolean, by: Requester): Promise<RpcResult<ScriptStatus>> {
     if (!this.engine.registered()) return unknownMachine(machineId);
-    return this.engine.abandon(ticket, killProcess, Date.now());
+    return this.engine.abandon(ticket, killProcess, by, Date.now());
   }
 
   /** A script's status with one page of logs. */
@@ -183,7 +234,7 @@ export class MachineObject extends DurableObject<Env> {
   override async alarm(): Promise<void> {
     if (!this.engine.registered()) return;
     // A storage failure throws: the runtime retries the alarm, and memory was read back meanwhile.
-    this.engine.alarm(Date.now(), this.runnerSocket ? this.lastSeen(this.runnerSocket) : null);
+    await this.engine.alarm(Date.now(), this.runnerSocket ? this.lastSeen(this.runnerSocket) : null);
   }
 
   /** The last sign of life on a runner socket: a heartbeat ping, a message, or the connection itself. */
@@ -289,6 +340,11 @@ export class MachineObject extends DurableObject<Env> {
       this.attachments.set(ws, attachment);
     }
     return attachment;
+  }
+
+  /** Disconnects every runner socket: its token was replaced or revoked, or the machine removed (4001). */
+  private closeRunnerSockets(): void {
+    for (const ws of this.ctx.getWebSockets(RUNNER_TAG)) this.closeSocket(ws, CloseCode.TokenRevoked, "runner token revoked");
   }
 
   private closeSocket(ws: WebSocket, code: number, reason: string): void {

@@ -90,6 +90,28 @@ export const MIGRATIONS: readonly (readonly string[])[] = [
     `DROP TABLE abandoned`,
     `ALTER TABLE abandoned_v5 RENAME TO abandoned`,
   ],
+  [
+    // When a holder got its mutex (the fleet list's heldSince), and the run timeout.
+    `ALTER TABLE scripts ADD COLUMN granted_at INTEGER`,
+    `ALTER TABLE scripts ADD COLUMN run_timeout_ms INTEGER NOT NULL DEFAULT 0`,
+    `ALTER TABLE scripts ADD COLUMN run_timed_out INTEGER NOT NULL DEFAULT 0`,
+    // The audit trail. seq numbers the machine's events (never reused: the counter is in meta). An event stays
+    // until the registry has it (pushed); a deleted script's events that were not pushed yet stay detached.
+    `CREATE TABLE audit (
+       seq INTEGER PRIMARY KEY,
+       ticket TEXT,
+       action TEXT NOT NULL,
+       actor TEXT NOT NULL,
+       reason TEXT,
+       at INTEGER NOT NULL,
+       pushed INTEGER NOT NULL DEFAULT 0,
+       detached INTEGER NOT NULL DEFAULT 0
+     )`,
+    `CREATE INDEX audit_by_ticket ON audit (ticket, seq) WHERE detached = 0`,
+    `CREATE INDEX audit_unpushed ON audit (seq) WHERE pushed = 0`,
+    // This machine's life (a removed machine registered again is a new one), for the fleet feed's de-duplication.
+    `INSERT OR IGNORE INTO meta (key, value) VALUES ('incarnation', lower(hex(randomblob(16))))`,
+  ],
 ];
 
 /** The pid of an abandoned entry whose process was not reported yet. */
@@ -159,6 +181,9 @@ export type ScriptRow = {
   output_truncated: number;
   start_time: number | null;
   boot_id: string | null;
+  granted_at: number | null;
+  run_timeout_ms: number;
+  run_timed_out: number;
 };
 
 /** One script row, or null. */
@@ -180,12 +205,16 @@ export function loadActiveScripts(sql: Sql): ActiveScript[] {
       createdAt: row.created_at,
       queueSeq: row.queue_seq,
       granted: row.granted === 1,
+      // Granted before the grant time was kept: its start (or arrival) stands in for it.
+      grantedAt: row.granted === 1 ? (row.granted_at ?? row.started_at ?? row.created_at) : null,
       mutexDeadline: row.mutex_deadline,
       fence: row.fence,
       runnerId: row.runner_id,
       startedAt: row.started_at,
       cancelRequested: row.cancel_requested === 1,
       abandonDeadline: row.abandon_deadline,
+      runTimeoutMs: row.run_timeout_ms,
+      runTimedOut: row.run_timed_out === 1,
       output: { logNext: row.log_next, runnerNext: row.runner_next, logBytes: row.log_bytes, truncated: row.output_truncated === 1 },
       process: row.pid === null ? null : processRef(row.pid, row.start_time, row.boot_id),
     }));
@@ -235,6 +264,34 @@ export function abandonedProcesses(rows: readonly AbandonedRow[]): AbandonedProc
   }));
 }
 
+/** How many abandoned processes may still run, and when the oldest was abandoned. */
+export function abandonedStats(sql: Sql): { count: number; oldest: number | null } {
+  const row = sql.exec<{ n: number; oldest: number | null }>("SELECT COUNT(*) AS n, MIN(abandoned_at) AS oldest FROM abandoned").one();
+  return { count: row.n, oldest: row.oldest };
+}
+
+/** One audit event as stored. */
+export type AuditRow = { seq: number; ticket: string | null; action: string; actor: string; reason: string | null; at: number };
+
+/** A script's audit events, oldest first. */
+export function scriptEvents(sql: Sql, ticket: string): AuditRow[] {
+  return sql.exec<AuditRow>("SELECT seq, ticket, action, actor, reason, at FROM audit WHERE ticket = ? AND detached = 0 ORDER BY seq", ticket).toArray();
+}
+
+/** Events the registry does not have yet, oldest first, at most `limit`. */
+export function unpushedEvents(sql: Sql, limit: number): AuditRow[] {
+  return sql.exec<AuditRow>("SELECT seq, ticket, action, actor, reason, at FROM audit WHERE pushed = 0 ORDER BY seq LIMIT ?", limit).toArray();
+}
+
+/**
+ * The registry has every event up to `seq`: they are marked pushed, and those nothing here shows any more (a deleted
+ * script's, the machine's own administrative ones) are deleted.
+ */
+export function markEventsPushed(sql: Sql, seq: number): void {
+  sql.exec("UPDATE audit SET pushed = 1 WHERE pushed = 0 AND seq <= ?", seq);
+  sql.exec("DELETE FROM audit WHERE seq <= ? AND (detached = 1 OR ticket IS NULL)", seq);
+}
+
 /** When the oldest completed script finished, or null when none is complete. */
 export function oldestCompletion(sql: Sql): number | null {
   const row = sql.exec<{ at: number | null }>("SELECT MIN(completed_at) AS at FROM scripts WHERE state = 'complete'").one();
@@ -258,23 +315,32 @@ export function deleteScript(sql: Sql, ticket: string): void {
   sql.exec("DELETE FROM scripts WHERE ticket = ?", ticket);
   sql.exec("DELETE FROM payload_parts WHERE ticket = ?", ticket);
   deleteLogs(sql, ticket);
+  // Its events go with it, but those the registry does not have yet stay (detached) until it does.
+  sql.exec("DELETE FROM audit WHERE ticket = ? AND pushed = 1", ticket);
+  sql.exec("UPDATE audit SET detached = 1 WHERE ticket = ? AND detached = 0", ticket);
 }
 
 /** The counters the core keeps between events. */
 export interface Counters {
   nextFence: number;
   nextQueueSeq: number;
+  nextAuditSeq: number;
 }
 
-/** Reads the counters (1 and 1 for a new machine). */
+/** Reads the counters (all 1 for a new machine). */
 export function readCounters(sql: Sql): Counters {
-  return { nextFence: Number(getMeta(sql, "next_fence") ?? "1"), nextQueueSeq: Number(getMeta(sql, "next_queue_seq") ?? "1") };
+  return {
+    nextFence: Number(getMeta(sql, "next_fence") ?? "1"),
+    nextQueueSeq: Number(getMeta(sql, "next_queue_seq") ?? "1"),
+    nextAuditSeq: Number(getMeta(sql, "next_audit_seq") ?? "1"),
+  };
 }
 
 /** Writes the counters that differ from `written` (what storage holds). */
 export function writeCounters(sql: Sql, counters: Counters, written: Counters): void {
   if (counters.nextFence !== written.nextFence) setMeta(sql, "next_fence", String(counters.nextFence));
   if (counters.nextQueueSeq !== written.nextQueueSeq) setMeta(sql, "next_queue_seq", String(counters.nextQueueSeq));
+  if (counters.nextAuditSeq !== written.nextAuditSeq) setMeta(sql, "next_audit_seq", String(counters.nextAuditSeq));
 }
 
 /** What an `insert` change needs besides the script: its identity hash and its payload. */
@@ -293,8 +359,8 @@ export function writeChange(sql: Sql, change: Change, insert?: NewScriptRow): vo
       if (!insert) throw new Error("insert without a payload");
       const script = change.script;
       sql.exec(
-        `INSERT INTO scripts (ticket, request_hash, state, isolation, mutex_name, task_id, created_at, queue_seq, granted, mutex_deadline)
-         VALUES (?, ?, 'pending', ?, ?, ?, ?, ?, 0, ?)`,
+        `INSERT INTO scripts (ticket, request_hash, state, isolation, mutex_name, task_id, created_at, queue_seq, granted, mutex_deadline, run_timeout_ms)
+         VALUES (?, ?, 'pending', ?, ?, ?, ?, ?, 0, ?, ?)`,
         script.ticket,
         insert.requestHash,
         script.mode === "exclusive" ? "full" : "none",
@@ -303,6 +369,7 @@ export function writeChange(sql: Sql, change: Change, insert?: NewScriptRow): vo
         script.createdAt,
         script.queueSeq,
         script.mutexDeadline,
+        script.runTimeoutMs,
       );
       const json = insert.payloadJson;
       for (let part = 0, at = 0; at < json.length || part === 0; part += 1, at += PAYLOAD_PART_CHARS) {
@@ -311,7 +378,7 @@ export function writeChange(sql: Sql, change: Change, insert?: NewScriptRow): vo
       return;
     }
     case "granted":
-      sql.exec("UPDATE scripts SET granted = 1, mutex_deadline = NULL WHERE ticket = ?", change.ticket);
+      sql.exec("UPDATE scripts SET granted = 1, granted_at = ?, mutex_deadline = NULL WHERE ticket = ?", change.at, change.ticket);
       return;
     case "dispatched":
       sql.exec(
@@ -335,6 +402,20 @@ export function writeChange(sql: Sql, change: Change, insert?: NewScriptRow): vo
       return;
     case "cancel_requested":
       sql.exec("UPDATE scripts SET cancel_requested = 1, abandon_deadline = ? WHERE ticket = ?", change.abandonDeadline, change.ticket);
+      return;
+    case "run_timed_out":
+      sql.exec("UPDATE scripts SET run_timed_out = 1 WHERE ticket = ?", change.ticket);
+      return;
+    case "audit":
+      sql.exec(
+        "INSERT INTO audit (seq, ticket, action, actor, reason, at) VALUES (?, ?, ?, ?, ?, ?)",
+        change.seq,
+        change.ticket,
+        change.action,
+        change.actor,
+        change.reason,
+        change.at,
+      );
       return;
     case "abandoned": {
       const processes: Array<ProcessRef | null> = change.processes.length ? change.processes : [null];

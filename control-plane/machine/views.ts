@@ -1,12 +1,12 @@
 /** The API's shapes of a machine and its scripts, built from stored rows and the core's state. Pure. */
-import type { MachineView, MutexView, ScriptStatus, ScriptSummary, LogLine } from "../../shared/api.js";
+import type { AuditAction, AuditEvent, MachineView, MutexView, ScriptStatus, ScriptSummary, LogLine } from "../../shared/api.js";
 import type { MachineState } from "./core/machine-core.js";
 import { heldMode } from "./core/mutex.js";
-import type { AbandonedRow, ScriptRow } from "./storage.js";
+import type { AbandonedRow, AuditRow, ScriptRow } from "./storage.js";
 
 /**
  * Bytes a status page's JSON takes besides its `logs` entries (ticket, state, exit code, next sequence): a page's
- * lines get `LIMITS.logPageBytes` minus this. Grow it when a status carries more (an audit trail's events).
+ * lines get `LIMITS.logPageBytes` minus this and minus what its audit events take.
  */
 export const STATUS_ENVELOPE_BYTES = 1024;
 
@@ -40,8 +40,14 @@ export function machineView(machineId: string, state: MachineState, runner: Runn
   return view;
 }
 
-/** A script's status with a page of its logs that starts at `logSequence`. */
-export function scriptStatus(row: ScriptRow, logSequence: number, logs: LogLine[]): ScriptStatus {
+/** A script's audit events as the API shows them, oldest first. */
+export function auditEvents(rows: readonly AuditRow[]): AuditEvent[] {
+  // The actions were written by the core, from the closed union.
+  return rows.map((row) => ({ at: iso(row.at), action: row.action as AuditAction, actor: row.actor, reason: row.reason }));
+}
+
+/** A script's status with a page of its logs that starts at `logSequence`, and its audit events. */
+export function scriptStatus(row: ScriptRow, logSequence: number, logs: LogLine[], events: AuditEvent[]): ScriptStatus {
   const last = logs[logs.length - 1];
   const nextLogSequence = last ? last.sequence + 1 : Math.min(logSequence, row.log_next);
   return {
@@ -51,6 +57,7 @@ export function scriptStatus(row: ScriptRow, logSequence: number, logs: LogLine[
     logs,
     nextLogSequence,
     hasMoreLogs: nextLogSequence < row.log_next,
+    events,
   };
 }
 

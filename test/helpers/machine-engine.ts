@@ -4,6 +4,7 @@
  */
 import { MachineEngine, type MachinePort } from "../../control-plane/machine/engine.js";
 import { DEFAULT_LIMITS, type MachineLimits } from "../../control-plane/machine/limits.js";
+import type { MachineReport, ReportAck } from "../../control-plane/machine/report.js";
 import type { RunnerMessage } from "../../shared/protocol.js";
 import { openSqlJsStorage, type SqlJsStorage } from "./sqljs-storage.js";
 
@@ -17,6 +18,14 @@ export interface RecordingPort extends MachinePort {
   resets: string[];
   /** Whether a runner connection is open, as the object's socket would be. */
   connected: boolean;
+  /** Every report pushed to the registry, in order. */
+  reports: MachineReport[];
+  /** How the registry answers the next report (a thrown error: the push fails). Default: applied. */
+  registry: (report: MachineReport) => ReportAck | Promise<ReportAck>;
+  /** Tasks the engine scheduled (the report's coalescing delay) and not cancelled, for the test to run. */
+  scheduled: Array<{ task: () => void; delayMs: number }>;
+  /** Runs every scheduled task. */
+  runScheduled(): void;
 }
 
 /** A port that records everything; `closeRunner` reports the close back to the engine as the object does. */
@@ -40,6 +49,28 @@ export function recordingPort(engine: () => MachineEngine, now: () => number): R
     notify: (ticket) => port.notified.push(ticket),
     setAlarm: (at) => port.alarms.push(at),
     reset: (reason) => port.resets.push(reason),
+    lastSeen: () => (port.connected ? now() : null),
+    now,
+    reports: [],
+    scheduled: [],
+    schedule: (task, delayMs) => {
+      const entry = { task, delayMs };
+      port.scheduled.push(entry);
+      return {
+        cancel: () => {
+          const at = port.scheduled.indexOf(entry);
+          if (at >= 0) port.scheduled.splice(at, 1);
+        },
+      };
+    },
+    runScheduled: () => {
+      for (const entry of port.scheduled.splice(0)) entry.task();
+    },
+    registry: () => ({ summary: "applied" }),
+    report: async (report) => {
+      port.reports.push(report);
+      return port.registry(report);
+    },
   };
   return port;
 }
@@ -60,7 +91,7 @@ export interface TestMachine {
   /** The connected runner reports something (anything but hello). */
   report(message: Exclude<RunnerMessage, { type: "hello" }>): void;
   /** Starts a script with a minimal payload. */
-  start(ticket: string, options?: { isolation?: "full" | "none"; mutexName?: string; mutexTimeoutMs?: number }): void;
+  start(ticket: string, options?: { isolation?: "full" | "none"; mutexName?: string; mutexTimeoutMs?: number; runTimeoutMs?: number }): void;
   /** The frames of one type sent so far. */
   sentOf(type: string): any[];
 }
@@ -76,7 +107,7 @@ export async function testMachine(limits: MachineLimits = DEFAULT_LIMITS, machin
   const port = recordingPort(() => engine, () => clock.now);
   engine = new MachineEngine(storage, port, limits);
   engine.load(null);
-  engine.setRunnerToken(machineId, TOKEN_HASH);
+  engine.setRunnerToken(machineId, TOKEN_HASH, "server", clock.now);
   let connections = 0;
   const machine: TestMachine = {
     get engine() {
@@ -125,6 +156,7 @@ export async function testMachine(limits: MachineLimits = DEFAULT_LIMITS, machin
           isolation: options.isolation ?? "full",
           mutexName: options.mutexName ?? "RunningScript",
           mutexTimeoutMs: options.mutexTimeoutMs ?? 0,
+          runTimeoutMs: options.runTimeoutMs ?? 0,
           taskId: null,
           waitMs: 0,
         },

@@ -121,3 +121,9 @@ export async function openSqliteFile(path: string): Promise<SqlJsStorage> {
   const SQL = await sqlJs();
   return new SqlJsStorage(new SQL.Database(readFileSync(path)));
 }
+
+/** Opens a database from its bytes (a copy of a file). */
+export async function openSqliteBytes(bytes: Uint8Array): Promise<SqlJsStorage> {
+  const SQL = await sqlJs();
+  return new SqlJsStorage(new SQL.Database(bytes));
+}

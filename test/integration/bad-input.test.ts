@@ -154,7 +154,7 @@ describe("bad input", () => {
     expectError(await f.api("GET", `/api/v1/machines/${m}/scripts/t/extra/deep`), 404, "not_found");
     expectError(await call(f.cp, "GET", "/nowhere", undefined, { token: null }), 404, "not_found");
     expectError(await f.api("PUT", "/api/v1/machines"), 405, "method_not_allowed");
-    expectError(await f.api("DELETE", `/api/v1/machines/${m}`), 405, "method_not_allowed");
+    expectError(await f.api("PATCH", `/api/v1/machines/${m}`), 405, "method_not_allowed");
     expectError(await f.api("GET", `/api/v1/machines/${m}/runner-token`), 405, "method_not_allowed");
     expectError(await f.api("PATCH", `/api/v1/machines/${m}/scripts`), 405, "method_not_allowed");
     expectError(await f.api("POST", `/api/v1/machines/${m}/scripts/t`), 405, "method_not_allowed");

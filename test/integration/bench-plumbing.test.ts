@@ -17,7 +17,7 @@ describe("npm run bench", () => {
       const results = JSON.parse(readFileSync(out, "utf8"));
       expect(results.mode).toBe("tiny");
       const figures = results.rows.map((r: { figure: string }) => r.figure).join("\n");
-      for (const name of ["dispatch p50", "dispatch p95", "mutex handoff", "abandon", "output:", "runner peak RSS", "queue depth", "connect storm", "fleet: dispatch", "idle CPU", "runner RSS, idle", "concurrent sleep"]) {
+      for (const name of ["dispatch p50", "dispatch p95", "mutex handoff", "abandon", "output:", "runner peak RSS", "queue depth", "connect storm", "fleet: dispatch", "idle CPU", "fleet list: first page", "fleet list: dispatch", "fleet list: summary reaches", "runner RSS, idle", "concurrent sleep"]) {
         expect(figures).toContain(name);
       }
       for (const r of results.rows) {

@@ -167,8 +167,9 @@ function errorShapeProblem(response: RawResponse): string | null {
 /** The routes of the API (docs/api.md), with the methods each one allows. */
 const ROUTES = [
   { id: "list", allowed: ["GET"] },
-  { id: "machine", allowed: ["GET"] },
-  { id: "runner-token", allowed: ["POST"] },
+  // DELETE removes the machine and revokes its token: never sent as a "wrong" method.
+  { id: "machine", allowed: ["GET", "DELETE"] },
+  { id: "runner-token", allowed: ["POST", "DELETE"] },
   { id: "scripts", allowed: ["POST"] },
   { id: "script", allowed: ["GET", "DELETE"] },
   { id: "stream", allowed: ["GET"] },

@@ -3,7 +3,7 @@
 import { describe, expect, it } from "vitest";
 import { expectDeclaredResponse } from "../helpers/contract.js";
 
-const status = { ticket: "t1", state: "complete", exitCode: 0, logs: [], nextLogSequence: 0, hasMoreLogs: false };
+const status = { ticket: "t1", state: "complete", exitCode: 0, logs: [], nextLogSequence: 0, hasMoreLogs: false, events: [] };
 
 describe("the declared-response check", () => {
   it("accepts an answer its route declares for that status", () => {

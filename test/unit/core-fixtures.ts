@@ -10,6 +10,7 @@ import {
   type InventoryEntry,
   type MachineState,
   type NewScript,
+  type Requester,
 } from "../../control-plane/machine/core/machine-core.js";
 import type { LockMode } from "../../control-plane/machine/core/mutex.js";
 import type { CompletionReason } from "../../shared/exit-codes.js";
@@ -35,7 +36,11 @@ export interface StartOptions {
   mutexName?: string;
   taskId?: string | null;
   mutexTimeoutMs?: number;
+  runTimeoutMs?: number;
 }
+
+/** Who asks, unless a test says otherwise: the server token with no reason. */
+export const SERVER: Requester = { actor: "server", reason: null };
 
 export function newScript(ticket: string, options: StartOptions = {}): NewScript {
   return {
@@ -44,6 +49,7 @@ export function newScript(ticket: string, options: StartOptions = {}): NewScript
     mutexName: options.mutexName ?? MUTEX,
     taskId: options.taskId ?? null,
     mutexTimeoutMs: options.mutexTimeoutMs ?? 0,
+    runTimeoutMs: options.runTimeoutMs ?? 0,
   };
 }
 
@@ -63,12 +69,12 @@ export function exit(state: MachineState, ticket: string, fence: number, reason:
   return handle(state, { type: "exited", ticket, fence, reason, now });
 }
 
-export function cancel(state: MachineState, ticket: string, abandonAfterMs: number | null = null, now = T0): Decision {
-  return handle(state, { type: "cancel", ticket, abandonAfterMs, now });
+export function cancel(state: MachineState, ticket: string, abandonAfterMs: number | null = null, now = T0, by: Requester = SERVER): Decision {
+  return handle(state, { type: "cancel", ticket, abandonAfterMs, by, now });
 }
 
-export function abandon(state: MachineState, ticket: string, killProcess = false, now = T0): Decision {
-  return handle(state, { type: "abandon", ticket, killProcess, now });
+export function abandon(state: MachineState, ticket: string, killProcess = false, now = T0, by: Requester = SERVER): Decision {
+  return handle(state, { type: "abandon", ticket, killProcess, by, now });
 }
 
 export function tick(state: MachineState, now: number): Decision {
@@ -91,6 +97,16 @@ export function completions(decision: Decision): Array<[string, string]> {
 /** `[ticket, text]` of every log change, in order. */
 export function logs(decision: Decision): Array<[string, string]> {
   return decision.changes.flatMap((c) => (c.type === "log" ? [[c.ticket, c.text] as [string, string]] : []));
+}
+
+/** `[ticket, action, actor, reason]` of every audit change, in order. */
+export function audits(decision: Decision): Array<[string | null, string, string, string | null]> {
+  return decision.changes.flatMap((c) => (c.type === "audit" ? [[c.ticket, c.action, c.actor, c.reason] as [string | null, string, string, string | null]] : []));
+}
+
+/** The decision without its audit changes (for tests about something else). */
+export function withoutAudits(decision: Decision): Decision {
+  return { changes: decision.changes.filter((c) => c.type !== "audit"), effects: decision.effects };
 }
 
 /** Tickets of every granted change, in order. */
@@ -121,8 +137,10 @@ export function snapshot(state: MachineState): unknown {
     scripts: [...state.scripts.entries()].map(([k, v]) => [k, { ...v, output: { ...v.output }, process: v.process ? { ...v.process } : null }]),
     mutexes: [...state.mutexes.entries()].map(([k, m]) => [k, { name: m.name, holders: [...m.holders.entries()], queue: m.queue.map((w) => ({ ...w })) }]),
     runner: state.runner ? { ...state.runner } : null,
+    killGraceMs: state.killGraceMs,
     nextFence: state.nextFence,
     nextQueueSeq: state.nextQueueSeq,
+    nextAuditSeq: state.nextAuditSeq,
   };
 }
 
@@ -136,12 +154,15 @@ export function row(ticket: string, fields: Partial<ActiveScript> & { queueSeq: 
     taskId: null,
     createdAt: T0,
     granted: false,
+    grantedAt: null,
     mutexDeadline: null,
     fence: null,
     runnerId: null,
     startedAt: null,
     cancelRequested: false,
     abandonDeadline: null,
+    runTimeoutMs: 0,
+    runTimedOut: false,
     output: { logNext: 0, runnerNext: 0, logBytes: 0, truncated: false },
     process: null,
     ...fields,

@@ -4,7 +4,7 @@
  * drives a real MachineState and asserts the exact changes and effects, then the state they leave.
  */
 import { describe, expect, it } from "vitest";
-import { abandonedLine, nextDeadline, restoreState, type Decision } from "../../control-plane/machine/core/machine-core.js";
+import { abandonedLine, nextDeadline, restoreState, type Change, type Decision } from "../../control-plane/machine/core/machine-core.js";
 import { exitCodeFor } from "../../shared/exit-codes.js";
 import {
   T0,
@@ -34,7 +34,18 @@ const ABANDONED_BEFORE_RUN = "Abandoned before it ran; the script never started.
 const CANCEL_REQUESTED = "Cancellation requested; asking the runner to stop the process tree.";
 const OVERDUE = "The script was still running when the abandon deadline set by its cancel passed; abandoning it.";
 
+const OVERDUE_REASON = "still running when the abandon deadline set by its cancel passed";
+
 const EMPTY: Decision = { changes: [], effects: [] };
+
+/** The audit event of a request by the fixtures' requester (the server token, no reason), and its log line. */
+function requested(action: "cancel" | "abandon" | "kill-requested", ticket: string, at: number, sequence: number, seq = 1): Change[] {
+  const what = action === "cancel" ? "Cancel" : action === "abandon" ? "Abandon" : "Kill of its process tree";
+  return [
+    { type: "audit", seq, ticket, action, actor: "server", reason: null, at },
+    { type: "log", ticket, text: `${what} requested by server`, at, sequence },
+  ];
+}
 
 describe("abandonedLine", () => {
   it("is the contract's sentence naming the machine", () => {
@@ -52,7 +63,8 @@ describe("cancel of a pending script", () => {
     const decision = cancel(state, "c", null, T0 + 5);
     expect(decision).toEqual({
       changes: [
-        { type: "log", ticket: "c", text: CANCELLED_BEFORE_RUN, at: T0 + 5, sequence: 1 },
+        ...requested("cancel", "c", T0 + 5, 1),
+        { type: "log", ticket: "c", text: CANCELLED_BEFORE_RUN, at: T0 + 5, sequence: 2 },
         { type: "completed", ticket: "c", reason: { kind: "cancelled" }, at: T0 + 5 },
       ],
       effects: [{ type: "notify", ticket: "c" }],
@@ -69,7 +81,8 @@ describe("cancel of a pending script", () => {
     const decision = cancel(state, "b", 5000, T0 + 1);
     expect(decision).toEqual({
       changes: [
-        { type: "log", ticket: "b", text: CANCELLED_BEFORE_RUN, at: T0 + 1, sequence: 1 },
+        ...requested("cancel", "b", T0 + 1, 1),
+        { type: "log", ticket: "b", text: CANCELLED_BEFORE_RUN, at: T0 + 1, sequence: 2 },
         { type: "completed", ticket: "b", reason: { kind: "cancelled" }, at: T0 + 1 },
       ],
       effects: [{ type: "notify", ticket: "b" }],
@@ -88,11 +101,12 @@ describe("cancel of a pending script", () => {
     const decision = cancel(state, "x", null, T0 + 10);
     expect(decision).toEqual({
       changes: [
-        { type: "log", ticket: "x", text: CANCELLED_BEFORE_RUN, at: T0 + 10, sequence: 1 },
+        ...requested("cancel", "x", T0 + 10, 1),
+        { type: "log", ticket: "x", text: CANCELLED_BEFORE_RUN, at: T0 + 10, sequence: 2 },
         { type: "completed", ticket: "x", reason: { kind: "cancelled" }, at: T0 + 10 },
-        { type: "granted", ticket: "s1" },
+        { type: "granted", ticket: "s1", at: T0 + 10 },
         { type: "dispatched", ticket: "s1", fence: 2, runnerId: "r1", startedAt: T0 + 10 },
-        { type: "granted", ticket: "s2" },
+        { type: "granted", ticket: "s2", at: T0 + 10 },
         { type: "dispatched", ticket: "s2", fence: 3, runnerId: "r1", startedAt: T0 + 10 },
         { type: "log", ticket: "x2", text: 'Waiting for the mutex "RunningScript" (exclusive, full isolation): held by s0, s1, s2.', at: T0 + 10, sequence: 1 },
       ],
@@ -114,9 +128,10 @@ describe("cancel of a pending script", () => {
     const decision = cancel(state, "a", null, T0 + 3);
     expect(decision).toEqual({
       changes: [
-        { type: "log", ticket: "a", text: CANCELLED_BEFORE_RUN, at: T0 + 3, sequence: 0 },
+        ...requested("cancel", "a", T0 + 3, 0),
+        { type: "log", ticket: "a", text: CANCELLED_BEFORE_RUN, at: T0 + 3, sequence: 1 },
         { type: "completed", ticket: "a", reason: { kind: "cancelled" }, at: T0 + 3 },
-        { type: "granted", ticket: "b" },
+        { type: "granted", ticket: "b", at: T0 + 3 },
       ],
       effects: [{ type: "notify", ticket: "a" }],
     });
@@ -144,8 +159,9 @@ describe("cancel of a running script", () => {
     const decision = cancel(state, "a", null, T0 + 20);
     expect(decision).toEqual({
       changes: [
+        ...requested("cancel", "a", T0 + 20, 0),
         { type: "cancel_requested", ticket: "a", abandonDeadline: null },
-        { type: "log", ticket: "a", text: CANCEL_REQUESTED, at: T0 + 20, sequence: 0 },
+        { type: "log", ticket: "a", text: CANCEL_REQUESTED, at: T0 + 20, sequence: 1 },
       ],
       effects: [{ type: "cancel", ticket: "a", fence: 2 }],
     });
@@ -161,8 +177,9 @@ describe("cancel of a running script", () => {
     disconnect(state);
     expect(cancel(state, "a", null, T0 + 20)).toEqual({
       changes: [
+        ...requested("cancel", "a", T0 + 20, 0),
         { type: "cancel_requested", ticket: "a", abandonDeadline: null },
-        { type: "log", ticket: "a", text: CANCEL_REQUESTED, at: T0 + 20, sequence: 0 },
+        { type: "log", ticket: "a", text: CANCEL_REQUESTED, at: T0 + 20, sequence: 1 },
       ],
       effects: [],
     });
@@ -199,7 +216,7 @@ describe("cancel of a running script", () => {
     expect(decision).toEqual({
       changes: [
         { type: "completed", ticket: "a", reason: { kind: "cancelled" }, at: T0 + 40 },
-        { type: "granted", ticket: "b" },
+        { type: "granted", ticket: "b", at: T0 + 40 },
         { type: "dispatched", ticket: "b", fence: 2, runnerId: "r1", startedAt: T0 + 40 },
       ],
       effects: [
@@ -231,8 +248,9 @@ describe("cancel with abandonAfterMs", () => {
     const decision = cancel(state, "a", 5000, T0 + 100);
     expect(decision).toEqual({
       changes: [
+        ...requested("cancel", "a", T0 + 100, 0),
         { type: "cancel_requested", ticket: "a", abandonDeadline: T0 + 5100 },
-        { type: "log", ticket: "a", text: `${CANCEL_REQUESTED} It will be abandoned if it is still running after 5000 ms.`, at: T0 + 100, sequence: 0 },
+        { type: "log", ticket: "a", text: `${CANCEL_REQUESTED} It will be abandoned if it is still running after 5000 ms.`, at: T0 + 100, sequence: 1 },
       ],
       effects: [{ type: "cancel", ticket: "a", fence: 1 }],
     });
@@ -259,13 +277,13 @@ describe("cancel with abandonAfterMs", () => {
     expect(nextDeadline(state)).toBe(T0 + 5000);
   });
 
-  it("brings the abandon deadline forward on a later cancel with a shorter abandonAfterMs, without a second log line", () => {
+  it("brings the abandon deadline forward on a later cancel with a shorter abandonAfterMs, recording that cancel but without a second cancellation line", () => {
     const state = machine(MACHINE);
     connect(state, "r1");
     start(state, "a");
     cancel(state, "a", 5000, T0);
     expect(cancel(state, "a", 1000, T0 + 10)).toEqual({
-      changes: [{ type: "cancel_requested", ticket: "a", abandonDeadline: T0 + 1010 }],
+      changes: [...requested("cancel", "a", T0 + 10, 2, 2), { type: "cancel_requested", ticket: "a", abandonDeadline: T0 + 1010 }],
       effects: [{ type: "cancel", ticket: "a", fence: 1 }],
     });
     expect(script(state, "a").abandonDeadline).toBe(T0 + 1010);
@@ -278,7 +296,7 @@ describe("cancel with abandonAfterMs", () => {
     start(state, "a");
     cancel(state, "a", null, T0);
     expect(cancel(state, "a", 300, T0 + 50)).toEqual({
-      changes: [{ type: "cancel_requested", ticket: "a", abandonDeadline: T0 + 350 }],
+      changes: [...requested("cancel", "a", T0 + 50, 2, 2), { type: "cancel_requested", ticket: "a", abandonDeadline: T0 + 350 }],
       effects: [{ type: "cancel", ticket: "a", fence: 1 }],
     });
     expect(nextDeadline(state)).toBe(T0 + 350);
@@ -328,11 +346,12 @@ describe("tick past an abandon deadline", () => {
     const decision = tick(state, T0 + 5000);
     expect(decision).toEqual({
       changes: [
-        { type: "log", ticket: "a", text: OVERDUE, at: T0 + 5000, sequence: 1 },
-        { type: "log", ticket: "a", text: CONTRACT_LINE, at: T0 + 5000, sequence: 2 },
+        { type: "audit", seq: 2, ticket: "a", action: "auto-abandon", actor: "control-plane", reason: OVERDUE_REASON, at: T0 + 5000 },
+        { type: "log", ticket: "a", text: OVERDUE, at: T0 + 5000, sequence: 2 },
+        { type: "log", ticket: "a", text: CONTRACT_LINE, at: T0 + 5000, sequence: 3 },
         { type: "abandoned", ticket: "a", fence: 1, at: T0 + 5000, processes: [], killRequested: false },
         { type: "completed", ticket: "a", reason: { kind: "abandoned" }, at: T0 + 5000 },
-        { type: "granted", ticket: "b" },
+        { type: "granted", ticket: "b", at: T0 + 5000 },
         { type: "dispatched", ticket: "b", fence: 2, runnerId: "r1", startedAt: T0 + 5000 },
         { type: "log", ticket: "c", text: 'Waiting for the mutex "RunningScript" (exclusive, full isolation): held by b.', at: T0 + 5000, sequence: 1 },
       ],
@@ -370,11 +389,12 @@ describe("tick past an abandon deadline", () => {
     const decision = tick(state, T0 + 1000);
     expect(decision).toEqual({
       changes: [
-        { type: "log", ticket: "a", text: OVERDUE, at: T0 + 1000, sequence: 1 },
-        { type: "log", ticket: "a", text: CONTRACT_LINE, at: T0 + 1000, sequence: 2 },
+        { type: "audit", seq: 2, ticket: "a", action: "auto-abandon", actor: "control-plane", reason: OVERDUE_REASON, at: T0 + 1000 },
+        { type: "log", ticket: "a", text: OVERDUE, at: T0 + 1000, sequence: 2 },
+        { type: "log", ticket: "a", text: CONTRACT_LINE, at: T0 + 1000, sequence: 3 },
         { type: "abandoned", ticket: "a", fence: 1, at: T0 + 1000, processes: [], killRequested: false },
         { type: "completed", ticket: "a", reason: { kind: "abandoned" }, at: T0 + 1000 },
-        { type: "granted", ticket: "b" },
+        { type: "granted", ticket: "b", at: T0 + 1000 },
       ],
       effects: [{ type: "notify", ticket: "a" }],
     });
@@ -428,10 +448,11 @@ describe("abandon", () => {
     const decision = abandon(state, "a", false, T0 + 7);
     expect(decision).toEqual({
       changes: [
-        { type: "log", ticket: "a", text: CONTRACT_LINE, at: T0 + 7, sequence: 0 },
+        ...requested("abandon", "a", T0 + 7, 0),
+        { type: "log", ticket: "a", text: CONTRACT_LINE, at: T0 + 7, sequence: 1 },
         { type: "abandoned", ticket: "a", fence: 1, at: T0 + 7, processes: [], killRequested: false },
         { type: "completed", ticket: "a", reason: { kind: "abandoned" }, at: T0 + 7 },
-        { type: "granted", ticket: "b" },
+        { type: "granted", ticket: "b", at: T0 + 7 },
         { type: "dispatched", ticket: "b", fence: 2, runnerId: "r1", startedAt: T0 + 7 },
       ],
       effects: [
@@ -480,10 +501,12 @@ describe("abandon", () => {
     const decision = abandon(state, "a", true, T0 + 9);
     expect(decision).toEqual({
       changes: [
-        { type: "log", ticket: "a", text: CONTRACT_LINE, at: T0 + 9, sequence: 0 },
+        ...requested("abandon", "a", T0 + 9, 0),
+        ...requested("kill-requested", "a", T0 + 9, 1, 2),
+        { type: "log", ticket: "a", text: CONTRACT_LINE, at: T0 + 9, sequence: 2 },
         { type: "abandoned", ticket: "a", fence: 1, at: T0 + 9, processes: [], killRequested: true },
         { type: "completed", ticket: "a", reason: { kind: "abandoned" }, at: T0 + 9 },
-        { type: "granted", ticket: "b" },
+        { type: "granted", ticket: "b", at: T0 + 9 },
       ],
       effects: [{ type: "notify", ticket: "a" }],
     });
@@ -511,7 +534,8 @@ describe("abandon", () => {
     start(state, "b");
     expect(abandon(state, "b", true, T0 + 4)).toEqual({
       changes: [
-        { type: "log", ticket: "b", text: ABANDONED_BEFORE_RUN, at: T0 + 4, sequence: 1 },
+        ...requested("abandon", "b", T0 + 4, 1),
+        { type: "log", ticket: "b", text: ABANDONED_BEFORE_RUN, at: T0 + 4, sequence: 2 },
         { type: "completed", ticket: "b", reason: { kind: "cancelled" }, at: T0 + 4 },
       ],
       effects: [{ type: "notify", ticket: "b" }],
@@ -525,9 +549,10 @@ describe("abandon", () => {
     start(state, "b");
     expect(abandon(state, "a", false, T0 + 4)).toEqual({
       changes: [
-        { type: "log", ticket: "a", text: ABANDONED_BEFORE_RUN, at: T0 + 4, sequence: 0 },
+        ...requested("abandon", "a", T0 + 4, 0),
+        { type: "log", ticket: "a", text: ABANDONED_BEFORE_RUN, at: T0 + 4, sequence: 1 },
         { type: "completed", ticket: "a", reason: { kind: "cancelled" }, at: T0 + 4 },
-        { type: "granted", ticket: "b" },
+        { type: "granted", ticket: "b", at: T0 + 4 },
       ],
       effects: [{ type: "notify", ticket: "a" }],
     });
@@ -669,11 +694,12 @@ describe("restoreState with cancel state", () => {
     const decision = tick(state, T0 + 5000);
     expect(decision).toEqual({
       changes: [
+        { type: "audit", seq: 1, ticket: "a", action: "auto-abandon", actor: "control-plane", reason: OVERDUE_REASON, at: T0 + 5000 },
         { type: "log", ticket: "a", text: OVERDUE, at: T0 + 5000, sequence: 0 },
         { type: "log", ticket: "a", text: CONTRACT_LINE, at: T0 + 5000, sequence: 1 },
         { type: "abandoned", ticket: "a", fence: 3, at: T0 + 5000, processes: [], killRequested: false },
         { type: "completed", ticket: "a", reason: { kind: "abandoned" }, at: T0 + 5000 },
-        { type: "granted", ticket: "b" },
+        { type: "granted", ticket: "b", at: T0 + 5000 },
       ],
       effects: [{ type: "notify", ticket: "a" }],
     });

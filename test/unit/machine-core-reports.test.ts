@@ -9,7 +9,7 @@ import { LAZY_CHANGES, type Decision, type MachineState } from "../../control-pl
 import { onRunnerReport, reasonFromOutcome, type RunnerReport } from "../../control-plane/machine/core/runner-reports.js";
 import { exitCodeFor } from "../../shared/exit-codes.js";
 import { CloseCode } from "../../shared/protocol.js";
-import { T0, connect, disconnect, machine, mutexView, script, snapshot, start } from "./core-fixtures.js";
+import { T0, audits, connect, disconnect, machine, mutexView, script, snapshot, start, withoutAudits } from "./core-fixtures.js";
 
 const OCCURRED = "2026-12-02T08:00:00.000Z";
 const CAP = 1024 * 1024;
@@ -157,7 +157,9 @@ describe("a lost outcome from a restarted runner (bug 2)", () => {
   it("completes the script with -46 and lists every survivor as abandoned in the decision that releases the mutex and dispatches the next script", () => {
     const state = continued();
     const survivors = [{ pid: 4242, startTime: 9000, bootId: "boot-1" }, { pid: 4300 }];
-    const decision = report(state, { type: "exit", ticket: "a", fence: 1, lineCount: 0, outcome: { kind: "lost", signals: ["SIGTERM", "SIGKILL"], survivors } }, T0 + 50);
+    const recorded = report(state, { type: "exit", ticket: "a", fence: 1, lineCount: 0, outcome: { kind: "lost", signals: ["SIGTERM", "SIGKILL"], survivors } }, T0 + 50);
+    expect(audits(recorded)).toEqual([["a", "runner-lost", "control-plane", "the runner restarted and could not re-attach to this script; 2 of its processes would not die"]]);
+    const decision = withoutAudits(recorded);
     const types = decision.changes.map((c) => c.type);
     expect(types).toEqual(["log", "log", "abandoned", "completed", "granted", "dispatched"]);
     expect(decision.changes[2]).toEqual({ type: "abandoned", ticket: "a", fence: 1, at: T0 + 50, processes: survivors, killRequested: false });
@@ -179,13 +181,14 @@ describe("a lost outcome from a restarted runner (bug 2)", () => {
   it("lists nothing as abandoned when every process of the lost script died", () => {
     const state = continued();
     const decision = report(state, { type: "exit", ticket: "a", fence: 1, lineCount: 0, outcome: { kind: "lost", signals: ["SIGTERM"], survivors: [] } });
-    expect(decision.changes.map((c) => c.type)).toEqual(["log", "completed", "granted", "dispatched"]);
+    expect(decision.changes.map((c) => c.type)).toEqual(["audit", "log", "completed", "granted", "dispatched"]);
+    expect(audits(decision)).toEqual([["a", "runner-lost", "control-plane", "the runner restarted and could not re-attach to this script"]]);
   });
 
   it("names at most five survivors in the log line and counts the rest", () => {
     const state = continued();
     const survivors = Array.from({ length: 7 }, (_, i) => ({ pid: 100 + i }));
-    const decision = report(state, { type: "exit", ticket: "a", fence: 1, lineCount: 0, outcome: { kind: "lost", signals: [], survivors } });
+    const decision = withoutAudits(report(state, { type: "exit", ticket: "a", fence: 1, lineCount: 0, outcome: { kind: "lost", signals: [], survivors } }));
     expect(decision.changes[1]).toMatchObject({ text: expect.stringContaining("(pid 100, 101, 102, 103, 104 and 2 more)") });
     expect(decision.changes[2]).toMatchObject({ type: "abandoned", processes: survivors });
   });

@@ -21,6 +21,7 @@ import {
   EXITED_0,
   MUTEX,
   T0,
+  audits,
   completions,
   connect,
   disconnect,
@@ -66,17 +67,20 @@ describe("start", () => {
             createdAt: T0,
             queueSeq: 1,
             granted: false,
+            grantedAt: null,
             mutexDeadline: null,
             fence: null,
             runnerId: null,
             startedAt: null,
             cancelRequested: false,
             abandonDeadline: null,
+            runTimeoutMs: 0,
+            runTimedOut: false,
             output: { logNext: 0, runnerNext: 0, logBytes: 0, truncated: false },
             process: null,
           },
         },
-        { type: "granted", ticket: "a" },
+        { type: "granted", ticket: "a", at: T0 },
       ],
       effects: [],
     });
@@ -124,7 +128,7 @@ describe("start", () => {
     connect(state, "r1");
     const decision = start(state, "a", {}, T0 + 5);
     expect(decision.changes.slice(1)).toEqual([
-      { type: "granted", ticket: "a" },
+      { type: "granted", ticket: "a", at: T0 + 5 },
       { type: "dispatched", ticket: "a", fence: 1, runnerId: "r1", startedAt: T0 + 5 },
     ]);
     expect(decision.effects).toEqual([
@@ -306,7 +310,7 @@ describe("exited", () => {
     expect(decision).toEqual({
       changes: [
         { type: "completed", ticket: "a", reason: { kind: "exited", code: 3 }, at: T0 + 100 },
-        { type: "granted", ticket: "b" },
+        { type: "granted", ticket: "b", at: T0 + 100 },
         { type: "dispatched", ticket: "b", fence: 2, runnerId: "r1", startedAt: T0 + 100 },
         {
           type: "log",
@@ -462,6 +466,7 @@ describe("tick", () => {
     const decision = tick(state, T0 + 510);
     expect(decision).toEqual({
       changes: [
+        { type: "audit", seq: 1, ticket: "b", action: "mutex-timeout", actor: "control-plane", reason: 'waited 500 ms for the mutex "RunningScript"', at: T0 + 510 },
         {
           type: "log",
           ticket: "b",
@@ -554,11 +559,12 @@ describe("tick", () => {
     const decision = tick(state, T0 + 100);
     expect(decision).toEqual({
       changes: [
+        { type: "audit", seq: 1, ticket: "x", action: "mutex-timeout", actor: "control-plane", reason: 'waited 100 ms for the mutex "RunningScript"', at: T0 + 100 },
         { type: "log", ticket: "x", text: 'Timed out after 100 ms waiting for the mutex "RunningScript"; held by s0.', at: T0 + 100, sequence: 1 },
         { type: "completed", ticket: "x", reason: { kind: "mutex_timeout" }, at: T0 + 100 },
-        { type: "granted", ticket: "s1" },
+        { type: "granted", ticket: "s1", at: T0 + 100 },
         { type: "dispatched", ticket: "s1", fence: 2, runnerId: "r1", startedAt: T0 + 100 },
-        { type: "granted", ticket: "s2" },
+        { type: "granted", ticket: "s2", at: T0 + 100 },
         { type: "dispatched", ticket: "s2", fence: 3, runnerId: "r1", startedAt: T0 + 100 },
       ],
       effects: [
@@ -723,6 +729,7 @@ describe("runner_connected with an inventory", () => {
     const decision = connect(state, "r2", [], T0 + 50);
     expect(decision).toEqual({
       changes: [
+        { type: "audit", seq: 1, ticket: "a", action: "runner-lost", actor: "control-plane", reason: "the runner reconnected without this script (it was restarted)", at: T0 + 50 },
         {
           type: "log",
           ticket: "a",
@@ -741,6 +748,7 @@ describe("runner_connected with an inventory", () => {
     expect(state.scripts.has("a")).toBe(false);
     expect(state.mutexes.size).toBe(0);
     expect(state.runner).toEqual({ runnerId: "r2" });
+    expect(state.nextAuditSeq).toBe(2);
   });
 
   it("releases a lost script's mutex to the next waiter", () => {
@@ -766,6 +774,7 @@ describe("runner_connected with an inventory", () => {
     const decision = connect(state, "r2", [], T0 + 50);
     expect(decision).toEqual({
       changes: [
+        { type: "audit", seq: 1, ticket: "a", action: "runner-lost", actor: "control-plane", reason: "the runner reconnected without this script (it was restarted)", at: T0 + 50 },
         {
           type: "log",
           ticket: "a",
@@ -774,7 +783,7 @@ describe("runner_connected with an inventory", () => {
           sequence: 0,
         },
         { type: "completed", ticket: "a", reason: { kind: "lost" }, at: T0 + 50 },
-        { type: "granted", ticket: "b" },
+        { type: "granted", ticket: "b", at: T0 + 50 },
         { type: "dispatched", ticket: "b", fence: 2, runnerId: "r2", startedAt: T0 + 50 },
       ],
       effects: [
@@ -939,11 +948,13 @@ interface History {
   abandoned: Map<string, number>;
   /** The active-script rows storage holds after applying every change so far. */
   rows: Map<string, ActiveScript>;
+  /** The sequence number the next audit event must have. */
+  nextAuditSeq: number;
 }
 
 /** A history with nothing seen yet. */
 function newHistory(): History {
-  return { granted: new Set(), lastGrantedSeq: new Map(), lastFence: 0, inserted: new Map(), completed: new Set(), reasons: new Map(), abandoned: new Map(), rows: new Map() };
+  return { granted: new Set(), lastGrantedSeq: new Map(), lastFence: 0, inserted: new Map(), completed: new Set(), reasons: new Map(), abandoned: new Map(), rows: new Map(), nextAuditSeq: 1 };
 }
 
 /** A deep copy of the state taken before an event, to judge the decision against. */
@@ -977,7 +988,7 @@ function violations(state: MachineState, event: MachineEvent, decision: Decision
   // Walk the changes in order, as storage would apply them.
   const dispatchedNow = new Set<string>();
   for (const change of decision.changes) {
-    const row = "ticket" in change ? history.rows.get(change.ticket) : undefined;
+    const row = "ticket" in change && change.ticket !== null ? history.rows.get(change.ticket) : undefined;
     switch (change.type) {
       case "insert":
         history.inserted.set(change.script.ticket, { queueSeq: change.script.queueSeq, mutexName: change.script.mutexName });
@@ -995,7 +1006,7 @@ function violations(state: MachineState, event: MachineEvent, decision: Decision
         if (info.queueSeq <= last) problems.push(`${change.ticket} (seq ${info.queueSeq}) granted after seq ${last} on ${info.mutexName}: not FIFO`);
         history.lastGrantedSeq.set(info.mutexName, Math.max(last, info.queueSeq));
         history.granted.add(change.ticket);
-        if (row) Object.assign(row, { granted: true, mutexDeadline: null });
+        if (row) Object.assign(row, { granted: true, grantedAt: change.at, mutexDeadline: null });
         break;
       }
       case "dispatched":
@@ -1024,6 +1035,16 @@ function violations(state: MachineState, event: MachineEvent, decision: Decision
         break;
       case "cancel_requested":
         if (row) Object.assign(row, { cancelRequested: true, abandonDeadline: change.abandonDeadline });
+        break;
+      case "run_timed_out":
+        if (!row || row.state !== "running") problems.push(`${change.ticket} run-timed-out while not running`);
+        else if (row.runTimedOut) problems.push(`${change.ticket} run-timed-out twice`);
+        if (row) row.runTimedOut = true;
+        break;
+      case "audit":
+        if (change.seq !== history.nextAuditSeq) problems.push(`audit event numbered ${change.seq}, expected ${history.nextAuditSeq}`);
+        history.nextAuditSeq = change.seq + 1;
+        if (change.ticket !== null && !row) problems.push(`audit event ${change.action} for ${change.ticket}, which is not active`);
         break;
       case "log":
         if (row && change.sequence !== row.output.logNext) problems.push(`${change.ticket} logged at ${change.sequence}, expected ${row.output.logNext}`);
@@ -1105,6 +1126,9 @@ function violations(state: MachineState, event: MachineEvent, decision: Decision
     if (event.type === "tick" && active.state === "running" && active.abandonDeadline !== null && active.abandonDeadline <= event.now) {
       problems.push(`${active.ticket} outlived its abandon deadline`);
     }
+    if (event.type === "tick" && active.state === "running" && active.runTimeoutMs > 0 && active.startedAt !== null && active.startedAt + active.runTimeoutMs <= event.now) {
+      if (!active.runTimedOut || !active.cancelRequested || active.abandonDeadline === null) problems.push(`${active.ticket} outlived its run timeout without a cancel and an abandon deadline`);
+    }
     if (active.state === "pending" && (active.cancelRequested || active.abandonDeadline !== null)) problems.push(`pending ${active.ticket} carries a cancel request`);
     if (history.completed.has(active.ticket)) problems.push(`${active.ticket} completed but still active`);
     // A grant is always persisted in the decision that made it.
@@ -1118,10 +1142,13 @@ function violations(state: MachineState, event: MachineEvent, decision: Decision
   }
   const deadline = nextDeadline(state);
   if (event.type === "tick" && deadline !== null && deadline <= event.now) problems.push(`nextDeadline ${deadline} already passed`);
-  // nextDeadline is the earliest mutex deadline of a waiter or abandon deadline of a running script.
-  const dues = [...state.scripts.values()].flatMap((s) =>
-    s.granted ? (s.state === "running" && s.abandonDeadline !== null ? [s.abandonDeadline] : []) : s.mutexDeadline !== null ? [s.mutexDeadline] : [],
-  );
+  // nextDeadline is the earliest mutex deadline of a waiter, or abandon deadline or unserved run timeout of a running script.
+  const dues = [...state.scripts.values()].flatMap((s) => {
+    if (!s.granted) return s.mutexDeadline !== null ? [s.mutexDeadline] : [];
+    if (s.state !== "running") return [];
+    const run = s.runTimeoutMs > 0 && !s.runTimedOut && s.startedAt !== null ? [s.startedAt + s.runTimeoutMs] : [];
+    return [...(s.abandonDeadline !== null ? [s.abandonDeadline] : []), ...run];
+  });
   const earliest = dues.length ? Math.min(...dues) : null;
   if (deadline !== earliest) problems.push(`nextDeadline ${deadline} is not the earliest deadline ${earliest}`);
   // The changes are all that storage gets: the rows they build are the active scripts, field for field.
@@ -1145,6 +1172,7 @@ function eventViolations(before: MachineState, state: MachineState, event: Machi
       if (!empty) problems.push(`${event.type} of inactive ${event.ticket} changed something`);
     } else if (target.state === "pending") {
       if (JSON.stringify(completions(decision)) !== JSON.stringify([[event.ticket, "cancelled"]])) problems.push(`${event.type} of pending ${event.ticket} did not complete it as cancelled`);
+      if (JSON.stringify(audits(decision)) !== JSON.stringify([[event.ticket, event.type, event.by.actor, event.by.reason]])) problems.push(`${event.type} of pending ${event.ticket} recorded ${JSON.stringify(audits(decision))}`);
       if (decision.changes.some((c) => c.type === "abandoned" || c.type === "cancel_requested")) problems.push(`${event.type} of pending ${event.ticket} marked it abandoned or cancel-requested`);
       if (decision.effects.some((e) => e.type === "abandon" || e.type === "cancel")) problems.push(`${event.type} of pending ${event.ticket} sent a cancel or abandon`);
     } else if (event.type === "cancel") {
@@ -1160,9 +1188,17 @@ function eventViolations(before: MachineState, state: MachineState, event: Machi
       const requested = decision.changes.filter((c) => c.type === "cancel_requested").length;
       const moved = (after?.abandonDeadline ?? null) !== target.abandonDeadline;
       if (requested !== (!target.cancelRequested || moved ? 1 : 0)) problems.push(`cancel of ${event.ticket} recorded ${requested} cancel_requested changes`);
-      if (logs(decision).length !== (target.cancelRequested ? 0 : 1)) problems.push(`cancel of ${event.ticket} logged ${logs(decision).length} lines`);
+      // A cancel that changes something is recorded (one event, its line), and the first one also says what follows.
+      const expectedLines = (requested ? 1 : 0) + (target.cancelRequested ? 0 : 1);
+      if (logs(decision).length !== expectedLines) problems.push(`cancel of ${event.ticket} logged ${logs(decision).length} lines, expected ${expectedLines}`);
+      const recorded = JSON.stringify(audits(decision));
+      const expectedAudits = requested ? [[event.ticket, "cancel", event.by.actor, event.by.reason]] : [];
+      if (recorded !== JSON.stringify(expectedAudits)) problems.push(`cancel of ${event.ticket} recorded ${recorded}`);
     } else {
       problems.push(...abandonViolations(before, state, decision, target, event.killProcess));
+      const recorded = JSON.stringify(audits(decision).map(([t, action, actor]) => [t, action, actor]));
+      const expectedAudits = [[event.ticket, "abandon", event.by.actor], ...(event.killProcess ? [[event.ticket, "kill-requested", event.by.actor]] : [])];
+      if (recorded !== JSON.stringify(expectedAudits)) problems.push(`abandon of ${event.ticket} recorded ${recorded}`);
       if (completions(decision).length !== 1) problems.push(`abandon of ${event.ticket} completed ${JSON.stringify(completions(decision))}`);
       // The release happens in this very decision and lets exactly the next compatible waiters through.
       const mutex = structuredClone(before.mutexes.get(target.mutexName)!);
@@ -1184,6 +1220,20 @@ function eventViolations(before: MachineState, state: MachineState, event: Machi
       if (target.state === "running" && target.abandonDeadline !== null && target.abandonDeadline <= event.now) {
         problems.push(...abandonViolations(before, state, decision, target, false));
       }
+    }
+    // What the control plane decides by itself is recorded as its own.
+    for (const [ticket, action, actor] of audits(decision)) {
+      if (actor !== "control-plane" || !["auto-abandon", "mutex-timeout", "run-timeout"].includes(action)) problems.push(`a tick recorded ${action} by ${actor} for ${ticket}`);
+    }
+    const completedHere = completions(decision);
+    for (const [ticket, kind] of completedHere) {
+      const action = kind === "abandoned" ? "auto-abandon" : kind === "mutex_timeout" ? "mutex-timeout" : null;
+      if (action && !audits(decision).some(([t, a]) => t === ticket && a === action)) problems.push(`${ticket} completed (${kind}) by a tick without an ${action} event`);
+    }
+  }
+  if (event.type === "exited" || event.type === "runner_connected") {
+    for (const [ticket, kind] of completions(decision)) {
+      if (kind === "lost" && !audits(decision).some(([t, a, actor]) => t === ticket && a === "runner-lost" && actor === "control-plane")) problems.push(`lost ${ticket} recorded no runner-lost event`);
     }
   }
   if (event.type === "runner_connected") {
@@ -1252,6 +1302,7 @@ function randomRun(seed: number, steps: number, options: { restarts: boolean }):
           mutexName: pick(NAMES),
           taskId: random() < 0.3 ? `task-${ticketNumber}` : null,
           mutexTimeoutMs: random() < 0.5 ? 0 : 1 + Math.floor(random() * 60),
+          runTimeoutMs: random() < 0.6 ? 0 : 1 + Math.floor(random() * 60),
         },
       };
     } else if (roll < 0.58) {
@@ -1275,17 +1326,19 @@ function randomRun(seed: number, steps: number, options: { restarts: boolean }):
       now = due !== null && due >= now && random() < 0.3 ? due : now + Math.floor(random() * 40);
       event = { type: "tick", now };
     } else if (roll < 0.82) {
-      event = { type: "cancel", ticket: someTicket(), abandonAfterMs: random() < 0.4 ? null : Math.floor(random() * 80), now };
+      event = { type: "cancel", ticket: someTicket(), abandonAfterMs: random() < 0.4 ? null : Math.floor(random() * 80), by: { actor: "server", reason: null }, now };
     } else if (roll < 0.89) {
-      event = { type: "abandon", ticket: someTicket(), killProcess: random() < 0.3, now };
+      event = { type: "abandon", ticket: someTicket(), killProcess: random() < 0.3, by: { actor: "operator:alice", reason: "stuck" }, now };
     } else if (options.restarts && roll < 0.92) {
       // The object restarts: it rebuilds the core from what storage holds; the runner's socket may survive.
       trace.push("(object restart)");
       const live = mutexesView(state);
-      const restored = restoreState(state.machineId, shuffled([...history.rows.values()].map((r) => ({ ...r })), random), {
-        nextFence: state.nextFence,
-        nextQueueSeq: state.nextQueueSeq,
-      });
+      const restored = restoreState(
+        state.machineId,
+        shuffled([...history.rows.values()].map((r) => ({ ...r })), random),
+        { nextFence: state.nextFence, nextQueueSeq: state.nextQueueSeq, nextAuditSeq: state.nextAuditSeq },
+        state.killGraceMs,
+      );
       restored.runner = state.runner && random() < 0.5 ? { ...state.runner } : null;
       Object.assign(state, restored);
       const rebuilt = mutexesView(state);
@@ -1367,7 +1420,7 @@ describe("randomized event sequences", () => {
       effects: [{ type: "dispatch", ticket: "a", fence: 2 }],
     };
     state.nextFence = 3;
-    const problems = violations(state, { type: "abandon", ticket: "a", killProcess: false, now: T0 }, decision, history, before);
+    const problems = violations(state, { type: "abandon", ticket: "a", killProcess: false, by: { actor: "server", reason: null }, now: T0 }, decision, history, before);
     expect(problems).toContain("a dispatched again after it completed (abandoned)");
     expect(problems).toContain(`a completed (abandoned) but still holds or waits for ${MUTEX}`);
     expect(problems).toContain("abandoned a still holds RunningScript");

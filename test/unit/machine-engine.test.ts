@@ -12,7 +12,7 @@ import { dump, testMachine, type TestMachine } from "../helpers/machine-engine.j
 import { goneAtNextWrite, nthWrite, openSqlJsStorage, WRITE } from "../helpers/sqljs-storage.js";
 import { MachineEngine } from "../../control-plane/machine/engine.js";
 import { DEFAULT_LIMITS } from "../../control-plane/machine/limits.js";
-import { snapshot } from "./core-fixtures.js";
+import { SERVER, snapshot } from "./core-fixtures.js";
 
 const OCCURRED = "2026-12-02T08:00:00.000Z";
 
@@ -50,7 +50,7 @@ async function writesOf(prepare: () => Promise<TestMachine>, action: (m: TestMac
 
 describe("a decision is stored in one transaction (bug 6)", () => {
   it("keeps storage and memory as they were when any write of an abandon fails, answers 503 storage_unavailable and closes the runner connection", async () => {
-    const abandonA = (m: TestMachine) => m.engine.abandon("a", false, m.clock.now);
+    const abandonA = (m: TestMachine) => m.engine.abandon("a", false, SERVER, m.clock.now);
     const writes = await writesOf(busyMachine, abandonA);
     expect(writes).toBeGreaterThan(5); // log, abandoned, completed, granted, dispatched, ... : a real multi-write decision
     for (let n = 0; n < writes; n += 1) {
@@ -95,7 +95,7 @@ describe("a decision is stored in one transaction (bug 6)", () => {
   it("resets the object when storage cannot even be read back after a failed write", async () => {
     const m = await busyMachine();
     m.storage.failWhen(goneAtNextWrite());
-    expect(m.engine.abandon("a", false, m.clock.now)).toMatchObject({ ok: false, status: 503 });
+    expect(m.engine.abandon("a", false, SERVER, m.clock.now)).toMatchObject({ ok: false, status: 503 });
     expect(m.port.resets).toHaveLength(1);
   });
 
@@ -209,7 +209,7 @@ describe("abandoned processes across runner connections (bugs 7 and 8)", () => {
   it("keeps a kill asked for while no runner was connected and delivers it once with the next welcome: killProcess on the resume answer, kill on the watch entry", async () => {
     const m = await busyMachine();
     m.disconnect();
-    expect(m.engine.abandon("a", true, m.clock.now)).toMatchObject({ ok: true, value: { state: "complete", exitCode: -48 } });
+    expect(m.engine.abandon("a", true, SERVER, m.clock.now)).toMatchObject({ ok: true, value: { state: "complete", exitCode: -48 } });
     const welcome = m.connect("r1", [{ ticket: "a", fence: 1 }]);
     expect(welcome.resume).toEqual([{ ticket: "a", fence: 1, action: "abandon", nextSequence: 0, killProcess: true }]);
     expect(welcome.watch).toEqual([{ ticket: "a", fence: 1, pid: 4242, startTime: 9000, bootId: "boot-1", kill: true }]);
@@ -222,7 +222,7 @@ describe("abandoned processes across runner connections (bugs 7 and 8)", () => {
   it("asks a restarted runner, which does not list the script, to kill the watched process", async () => {
     const m = await busyMachine();
     m.disconnect();
-    m.engine.abandon("a", true, m.clock.now);
+    m.engine.abandon("a", true, SERVER, m.clock.now);
     const welcome = m.connect("r2");
     expect(welcome.resume).toEqual([]);
     expect(welcome.watch).toEqual([{ ticket: "a", fence: 1, pid: 4242, startTime: 9000, bootId: "boot-1", kill: true }]);
@@ -230,7 +230,7 @@ describe("abandoned processes across runner connections (bugs 7 and 8)", () => {
 
   it("sends the kill to a connected runner at once and keeps no request for later", async () => {
     const m = await busyMachine();
-    m.engine.abandon("a", true, m.clock.now);
+    m.engine.abandon("a", true, SERVER, m.clock.now);
     expect(m.sentOf("abandon")).toEqual([{ type: "abandon", ticket: "a", fence: 1, killProcess: true }]);
     expect(m.connect("r1").watch).toEqual([{ ticket: "a", fence: 1, pid: 4242, startTime: 9000, bootId: "boot-1" }]);
   });
@@ -239,7 +239,7 @@ describe("abandoned processes across runner connections (bugs 7 and 8)", () => {
     const m = await testMachine();
     m.connect("r1");
     m.start("a");
-    m.engine.abandon("a", false, m.clock.now);
+    m.engine.abandon("a", false, SERVER, m.clock.now);
     expect(m.engine.view({ connected: true, lastSeen: null }, false).abandoned.map((a) => a.pid)).toEqual([null]);
     m.report({ type: "started", ticket: "a", fence: 1, pid: 777, startTime: 12, bootId: "boot-9" });
     expect(m.engine.view({ connected: true, lastSeen: null }, false).abandoned.map((a) => a.pid)).toEqual([777]);
@@ -283,7 +283,7 @@ describe("schema migration of the abandoned list", () => {
     setMeta(storage.sql, "machine_id", "old-1");
     storage.sql.exec("INSERT INTO abandoned (ticket, fence, pid, abandoned_at) VALUES ('t1', 3, 4242, 1000), ('t2', 5, NULL, 2000)");
     storage.transactionSync(() => migrate(storage.sql));
-    const engine = new MachineEngine(storage, { send() {}, closeRunner() {}, notify() {}, setAlarm() {}, reset() {} }, DEFAULT_LIMITS);
+    const engine = new MachineEngine(storage, { send() {}, closeRunner() {}, notify() {}, setAlarm() {}, reset() {}, lastSeen: () => null, report: async () => ({ summary: "applied" }), now: () => 0, schedule: () => ({ cancel() {} }) }, DEFAULT_LIMITS);
     engine.load(null);
     expect(engine.view({ connected: false, lastSeen: null }, false).abandoned).toEqual([
       { ticket: "t1", pid: 4242, abandonedAt: new Date(1000).toISOString() },

@@ -51,6 +51,7 @@ describe("StartScriptRequest defaults", () => {
       isolation: "full",
       mutexName: "RunningScript",
       mutexTimeoutMs: 0,
+      runTimeoutMs: 0,
       waitMs: 0,
     });
     expect(DEFAULT_MUTEX_NAME).toBe("RunningScript");
@@ -73,6 +74,7 @@ describe("StartScriptRequest defaults", () => {
       isolation: "none",
       mutexName: "Deploy",
       mutexTimeoutMs: 60_000,
+      runTimeoutMs: 3_600_000,
       taskId: "ServerTasks-1",
       waitMs: 2500,
     };
@@ -333,6 +335,21 @@ describe("CancelRequest and AbandonRequest", () => {
   it("rejects an abandon body with a string killProcess or an unknown field", () => {
     expect(AbandonRequest.safeParse({ killProcess: "yes" }).success).toBe(false);
     expect(AbandonRequest.safeParse({ kill: true }).success).toBe(false);
+  });
+  it("takes a reason of up to 500 characters and a requestedBy of up to 200, on cancel and abandon alike", () => {
+    for (const schema of [CancelRequest, AbandonRequest]) {
+      expect(schema.parse({ reason: "r".repeat(500), requestedBy: "b".repeat(200) })).toStrictEqual({ reason: "r".repeat(500), requestedBy: "b".repeat(200) });
+      for (const bad of [{ reason: "r".repeat(501) }, { requestedBy: "b".repeat(201) }, { reason: "" }, { requestedBy: 7 }]) {
+        expect(schema.safeParse(bad).success, JSON.stringify(bad).slice(0, 40)).toBe(false);
+      }
+    }
+  });
+
+  it("takes a runTimeoutMs of at most 30 days, 0 meaning no limit", () => {
+    expect(valid(body({ runTimeoutMs: 2_592_000_000 })).runTimeoutMs).toBe(2_592_000_000);
+    expect(valid(body({})).runTimeoutMs).toBe(0);
+    expect(invalid(body({ runTimeoutMs: 2_592_000_001 }))).toMatch(/^runTimeoutMs: /);
+    expect(invalid(body({ runTimeoutMs: -1 }))).toMatch(/^runTimeoutMs: /);
   });
 });
 

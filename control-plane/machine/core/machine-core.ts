@@ -10,11 +10,18 @@
  *   a running one; abandon completes a running script at once (-48) and releases its mutex, whatever the
  *   runner does. Completed scripts leave the core; their rows stay in storage.
  *
+ * Every action that changes a script's course is recorded as an `audit` change in the decision that makes it, with
+ * who asked (or `control-plane` for what the core decides by itself: an abandon deadline, a mutex timeout, a run
+ * timeout, a lost runner) and why, and a `debug` line saying it in the script's log. A run timeout (`runTimeoutMs`)
+ * is a deadline like the others: past it the script is cancelled, with an abandon deadline that leaves the runner
+ * its kill grace and 30 s more.
+ *
  * What the runner reports (started, output, exit) goes through `runner-reports.ts` first, which checks its
  * fencing and plans its output (`output.ts`); a reconnecting runner's inventory is classified in
  * `inventory.ts`. Each change names everything storage must write, so that the machine object can persist a
  * decision in one transaction without reading anything back.
  */
+import type { AuditAction } from "../../../shared/api.js";
 import type { CompletionReason } from "../../../shared/exit-codes.js";
 import type { CloseCode, ProcessRef } from "../../../shared/protocol.js";
 import { planWelcome, type AbandonedProcess, type InventoryEntry, type ResumeEntry, type WatchEntry } from "./inventory.js";
@@ -36,6 +43,8 @@ export interface ActiveScript {
   /** Order of arrival; restores the FIFO queue after a restart. */
   queueSeq: number;
   granted: boolean;
+  /** When it was granted its mutex (epoch ms); null while it waits. */
+  grantedAt: number | null;
   /** Epoch ms after which waiting for the mutex fails with -44; null = wait forever. */
   mutexDeadline: number | null;
   /** Fencing token of the current dispatch; null until dispatched. */
@@ -47,6 +56,10 @@ export interface ActiveScript {
   cancelRequested: boolean;
   /** Epoch ms at which a cancelled script that still runs is abandoned; null = never. */
   abandonDeadline: number | null;
+  /** Longest it may run (from its dispatch) before the control plane cancels it; 0 = no limit. */
+  runTimeoutMs: number;
+  /** The run timeout was served (the control plane cancelled it), so it is not served again. */
+  runTimedOut: boolean;
   /** Where its log stands: the next sequences, the bytes stored, whether the output cap was reached. */
   output: OutputPosition;
   /** The process of the current dispatch, once the runner reported it (`started`); null until then. */
@@ -61,9 +74,23 @@ export interface MachineState {
   mutexes: Map<string, MutexState>;
   /** The connected runner that completed its handshake, if any. */
   runner: { runnerId: string } | null;
+  /** The kill grace (SIGTERM to SIGKILL) the last runner announced; a run timeout's abandon allows for it. */
+  killGraceMs: number;
   nextFence: number;
   nextQueueSeq: number;
+  /** The sequence number the next audit event gets (per machine, never reused). */
+  nextAuditSeq: number;
 }
+
+/** The kill grace assumed of a runner that does not announce one (the runner's own default). */
+export const DEFAULT_KILL_GRACE_MS = 10_000;
+/** How long after the runner's kill grace a run timeout's cancel may take before the script is abandoned. */
+export const RUN_TIMEOUT_ABANDON_SLACK_MS = 30_000;
+
+/** Who acted: `server`, `server:<requestedBy>`, `operator:<name>`, or `control-plane`. */
+export type Actor = string;
+/** The actor of what the control plane decides by itself. */
+export const CONTROL_PLANE: Actor = "control-plane";
 
 /** A new script as accepted by the API. */
 export interface NewScript {
@@ -72,27 +99,44 @@ export interface NewScript {
   mutexName: string;
   taskId: string | null;
   mutexTimeoutMs: number;
+  /** 0 = no limit. */
+  runTimeoutMs: number;
+}
+
+/** Who asked for a cancel or an abandon, and why (recorded in the audit trail and the log). */
+export interface Requester {
+  actor: Actor;
+  reason: string | null;
 }
 
 /** Inputs to the core. */
 export type MachineEvent =
   | { type: "start"; script: NewScript; now: number }
   /** `abandoned`: what storage lists as abandoned-maybe-running (for the welcome's resume and watch). */
-  | { type: "runner_connected"; runnerId: string; inventory: InventoryEntry[]; abandoned?: AbandonedProcess[]; now: number }
+  | { type: "runner_connected"; runnerId: string; inventory: InventoryEntry[]; abandoned?: AbandonedProcess[]; killGraceMs?: number; now: number }
   | { type: "runner_disconnected"; now: number }
   /** `survivors`: processes of a lost script that would not die; they are listed as abandoned. */
   | { type: "exited"; ticket: string; fence: number; reason: CompletionReason; survivors?: ProcessRef[]; now: number }
-  | { type: "cancel"; ticket: string; abandonAfterMs: number | null; now: number }
-  | { type: "abandon"; ticket: string; killProcess: boolean; now: number }
-  | { type: "tick"; now: number };
+  | { type: "cancel"; ticket: string; abandonAfterMs: number | null; by: Requester; now: number }
+  | { type: "abandon"; ticket: string; killProcess: boolean; by: Requester; now: number }
+  | { type: "tick"; now: number }
+  /** An administrative action on the machine itself, recorded in its audit trail (`ticket` null). */
+  | { type: "admin"; action: "runner-token-issued" | "runner-token-revoked"; by: Requester; now: number };
 
 /** What to persist. Each change carries every value storage writes, so a decision is written without reads. */
 export type Change =
   | { type: "insert"; script: ActiveScript }
-  | { type: "granted"; ticket: string }
+  | { type: "granted"; ticket: string; at: number }
   | { type: "dispatched"; ticket: string; fence: number; runnerId: string; startedAt: number }
   | { type: "completed"; ticket: string; reason: CompletionReason; at: number }
   | { type: "cancel_requested"; ticket: string; abandonDeadline: number | null }
+  /** The run timeout was served: the control plane cancelled the script (once). */
+  | { type: "run_timed_out"; ticket: string }
+  /**
+   * An audit event: who changed a script's course (or, with `ticket` null, an administrative action), when and why.
+   * `seq` numbers the machine's events; the fleet feed de-duplicates by it.
+   */
+  | { type: "audit"; seq: number; ticket: string | null; action: AuditAction; actor: Actor; reason: string | null; at: number }
   /**
    * Processes of a dispatch that may live on, listed until the runner reports each gone: an abandoned script's
    * process (none known yet: listed without a pid), or a lost script's survivors. `killRequested`: a kill was
@@ -140,19 +184,22 @@ export interface Decision {
 
 /** Creates an empty machine state. */
 export function emptyState(): MachineState {
-  return { machineId: "", scripts: new Map(), mutexes: new Map(), runner: null, nextFence: 1, nextQueueSeq: 1 };
+  return { machineId: "", scripts: new Map(), mutexes: new Map(), runner: null, killGraceMs: DEFAULT_KILL_GRACE_MS, nextFence: 1, nextQueueSeq: 1, nextAuditSeq: 1 };
 }
 
 /** Rebuilds the state from stored active scripts (in any order) and counters. */
 export function restoreState(
   machineId: string,
   scripts: ActiveScript[],
-  counters: { nextFence: number; nextQueueSeq: number },
+  counters: { nextFence: number; nextQueueSeq: number; nextAuditSeq?: number },
+  killGraceMs: number = DEFAULT_KILL_GRACE_MS,
 ): MachineState {
   const state = emptyState();
   state.machineId = machineId;
   state.nextFence = counters.nextFence;
   state.nextQueueSeq = counters.nextQueueSeq;
+  state.nextAuditSeq = counters.nextAuditSeq ?? 1;
+  state.killGraceMs = killGraceMs;
   const ordered = [...scripts].sort((a, b) => a.queueSeq - b.queueSeq);
   for (const script of ordered) {
     state.scripts.set(script.ticket, script);
@@ -166,11 +213,23 @@ export function restoreState(
 /** The earliest deadline the machine must wake up for, or null. */
 export function nextDeadline(state: MachineState): number | null {
   let earliest: number | null = null;
-  for (const script of state.scripts.values()) {
-    const due = script.granted ? (script.state === "running" ? script.abandonDeadline : null) : script.mutexDeadline;
+  const consider = (due: number | null) => {
     if (due !== null && (earliest === null || due < earliest)) earliest = due;
+  };
+  for (const script of state.scripts.values()) {
+    if (!script.granted) consider(script.mutexDeadline);
+    else if (script.state === "running") {
+      consider(script.abandonDeadline);
+      consider(runDeadline(script));
+    }
   }
   return earliest;
+}
+
+/** When a running script's run timeout falls due, unless it has none or it was served already. */
+export function runDeadline(script: ActiveScript): number | null {
+  if (script.runTimeoutMs <= 0 || script.runTimedOut || script.state !== "running" || script.startedAt === null) return null;
+  return script.startedAt + script.runTimeoutMs;
 }
 
 /** Applies one event to the state (in place) and returns what to persist and do. */
@@ -181,6 +240,7 @@ export function handle(state: MachineState, event: MachineEvent): Decision {
       start(state, event.script, event.now, out);
       break;
     case "runner_connected":
+      if (event.killGraceMs !== undefined) state.killGraceMs = event.killGraceMs;
       runnerConnected(state, event.runnerId, event.inventory, event.abandoned ?? [], event.now, out);
       break;
     case "runner_disconnected":
@@ -196,13 +256,16 @@ export function handle(state: MachineState, event: MachineEvent): Decision {
       break;
     }
     case "cancel":
-      cancel(state, event.ticket, event.abandonAfterMs, event.now, out);
+      cancel(state, event.ticket, event.abandonAfterMs, event.by, event.now, out);
       break;
     case "abandon":
-      abandon(state, event.ticket, event.killProcess, event.now, out);
+      abandon(state, event.ticket, event.killProcess, event.by, event.now, out);
       break;
     case "tick":
       serveDeadlines(state, event.now, out);
+      break;
+    case "admin":
+      audit(state, null, event.action, event.by, null, event.now, out);
       break;
     default: {
       const unreachable: never = event;
@@ -231,12 +294,15 @@ function start(state: MachineState, input: NewScript, now: number, out: Decision
     createdAt: now,
     queueSeq: state.nextQueueSeq++,
     granted: false,
+    grantedAt: null,
     mutexDeadline: input.mutexTimeoutMs > 0 ? now + input.mutexTimeoutMs : null,
     fence: null,
     runnerId: null,
     startedAt: null,
     cancelRequested: false,
     abandonDeadline: null,
+    runTimeoutMs: input.runTimeoutMs,
+    runTimedOut: false,
     output: { logNext: 0, runnerNext: 0, logBytes: 0, truncated: false },
     process: null,
   };
@@ -257,10 +323,25 @@ function log(script: ActiveScript, text: string, now: number, out: Decision): vo
   out.changes.push({ type: "log", ticket: script.ticket, text, at: now, sequence });
 }
 
+/**
+ * Records an audit event about a script (or, with a null script, the machine) and, for a script, the `debug` line
+ * that says it in its log (`line`).
+ */
+function audit(state: MachineState, script: ActiveScript | null, action: AuditAction, by: Requester, line: string | null, now: number, out: Decision): void {
+  out.changes.push({ type: "audit", seq: state.nextAuditSeq++, ticket: script?.ticket ?? null, action, actor: by.actor, reason: by.reason, at: now });
+  if (script && line !== null) log(script, line, now, out);
+}
+
+/** The log line of an action someone asked for: `Cancel requested by operator:alice: stuck in AV scan`. */
+export function requestedLine(what: string, by: Requester): string {
+  return `${what} requested by ${by.actor}${by.reason === null ? "" : `: ${by.reason}`}`;
+}
+
 function grant(state: MachineState, script: ActiveScript, now: number, out: Decision): void {
   script.granted = true;
+  script.grantedAt = now;
   script.mutexDeadline = null;
-  out.changes.push({ type: "granted", ticket: script.ticket });
+  out.changes.push({ type: "granted", ticket: script.ticket, at: now });
   if (state.runner) dispatch(state, script, state.runner.runnerId, now, out);
 }
 
@@ -333,7 +414,8 @@ function runnerConnected(
       // The same runner process never received this dispatch (it would list it): send it again.
       dispatch(state, script, runnerId, now, out);
     } else {
-      log(script, "The runner reconnected without this script (it was restarted); the script's result is unknown.", now, out);
+      const line = "The runner reconnected without this script (it was restarted); the script's result is unknown.";
+      audit(state, script, "runner-lost", { actor: CONTROL_PLANE, reason: "the runner reconnected without this script (it was restarted)" }, line, now, out);
       complete(state, script, { kind: "lost" }, now, out);
     }
   }
@@ -348,7 +430,9 @@ function runnerConnected(
  * releases its mutex, so that the next script never runs beside a process nobody can see.
  */
 function loseTrack(state: MachineState, script: ActiveScript, survivors: ProcessRef[], now: number, out: Decision): void {
-  log(script, "The runner restarted and could not re-attach to this script, so it stopped it; the script's result is unknown.", now, out);
+  const line = "The runner restarted and could not re-attach to this script, so it stopped it; the script's result is unknown.";
+  const reason = `the runner restarted and could not re-attach to this script${survivors.length ? `; ${survivors.length} of its processes would not die` : ""}`;
+  audit(state, script, "runner-lost", { actor: CONTROL_PLANE, reason }, line, now, out);
   if (survivors.length === 0) return;
   const shown = survivors.slice(0, NAMED).map((p) => p.pid).join(", ");
   const more = survivors.length > NAMED ? ` and ${survivors.length - NAMED} more` : "";
@@ -366,38 +450,60 @@ export function abandonedLine(machineId: string): string {
   return `The control plane has abandoned this script. The underlying process may still be running on machine ${machineId}.`;
 }
 
-function cancel(state: MachineState, ticket: string, abandonAfterMs: number | null, now: number, out: Decision): void {
+function cancel(state: MachineState, ticket: string, abandonAfterMs: number | null, by: Requester, now: number, out: Decision): void {
   const script = state.scripts.get(ticket);
-  if (!script) return; // complete (or unknown): a cancel changes nothing
+  if (!script) return; // complete (or unknown): a cancel changes nothing, so nothing is recorded
   if (script.state === "pending") {
+    audit(state, script, "cancel", by, requestedLine("Cancel", by), now, out);
     log(script, "Cancelled before it ran; the script never started.", now, out);
     complete(state, script, { kind: "cancelled" }, now, out);
     return;
   }
-  const deadline = abandonAfterMs === null ? null : now + abandonAfterMs;
+  requestCancel(state, script, abandonAfterMs === null ? null : now + abandonAfterMs, "cancel", by, requestedLine("Cancel", by), now, out);
+}
+
+/**
+ * Asks the runner to stop a running script, with an abandon deadline (null: none). Only a cancel that changes
+ * something — the first one, or one that brings the abandon deadline forward — is recorded (`action`, `line`);
+ * the cancel itself is sent again every time (harmless for the runner, and it recovers one lost with a connection).
+ * Returns whether it changed anything.
+ */
+function requestCancel(
+  state: MachineState,
+  script: ActiveScript,
+  deadline: number | null,
+  action: "cancel" | "run-timeout",
+  by: Requester,
+  line: string,
+  now: number,
+  out: Decision,
+): boolean {
   const firstCancel = !script.cancelRequested;
   const earlier = deadline !== null && (script.abandonDeadline === null || deadline < script.abandonDeadline);
   if (firstCancel || earlier) {
+    audit(state, script, action, by, line, now, out);
     script.cancelRequested = true;
     if (earlier) script.abandonDeadline = deadline;
-    out.changes.push({ type: "cancel_requested", ticket, abandonDeadline: script.abandonDeadline });
+    out.changes.push({ type: "cancel_requested", ticket: script.ticket, abandonDeadline: script.abandonDeadline });
   }
   if (firstCancel) {
-    const escalation = deadline === null ? "" : ` It will be abandoned if it is still running after ${abandonAfterMs} ms.`;
+    const escalation = deadline === null ? "" : ` It will be abandoned if it is still running after ${deadline - now} ms.`;
     log(script, `Cancellation requested; asking the runner to stop the process tree.${escalation}`, now, out);
   }
-  // Sent again on every cancel: harmless for the runner, and it recovers a cancel lost with a connection.
-  if (state.runner) out.effects.push({ type: "cancel", ticket, fence: script.fence! });
+  if (state.runner) out.effects.push({ type: "cancel", ticket: script.ticket, fence: script.fence! });
+  return firstCancel || earlier;
 }
 
-function abandon(state: MachineState, ticket: string, killProcess: boolean, now: number, out: Decision): void {
+function abandon(state: MachineState, ticket: string, killProcess: boolean, by: Requester, now: number, out: Decision): void {
   const script = state.scripts.get(ticket);
-  if (!script) return; // complete: its real result stands
+  if (!script) return; // complete: its real result stands, and nothing is recorded
+  audit(state, script, "abandon", by, requestedLine("Abandon", by), now, out);
   if (script.state === "pending") {
     log(script, "Abandoned before it ran; the script never started.", now, out);
     complete(state, script, { kind: "cancelled" }, now, out);
     return;
   }
+  if (killProcess) audit(state, script, "kill-requested", by, requestedLine("Kill of its process tree", by), now, out);
   abandonRunning(state, script, killProcess, now, out);
 }
 
@@ -417,30 +523,49 @@ function abandonRunning(state: MachineState, script: ActiveScript, killProcess: 
  * time: an abandon that fell due first can grant a waiter whose own timeout came later.
  */
 function serveDeadlines(state: MachineState, now: number, out: Decision): void {
-  const due: Array<{ at: number; script: ActiveScript; kind: "abandon" | "timeout" }> = [];
+  const due: Array<{ at: number; script: ActiveScript; kind: "abandon" | "timeout" | "run" }> = [];
   for (const script of state.scripts.values()) {
-    if (!script.granted && script.mutexDeadline !== null && script.mutexDeadline <= now) {
-      due.push({ at: script.mutexDeadline, script, kind: "timeout" });
-    } else if (script.state === "running" && script.abandonDeadline !== null && script.abandonDeadline <= now) {
-      due.push({ at: script.abandonDeadline, script, kind: "abandon" });
+    if (!script.granted) {
+      if (script.mutexDeadline !== null && script.mutexDeadline <= now) due.push({ at: script.mutexDeadline, script, kind: "timeout" });
+      continue;
     }
+    if (script.state !== "running") continue;
+    if (script.abandonDeadline !== null && script.abandonDeadline <= now) due.push({ at: script.abandonDeadline, script, kind: "abandon" });
+    const run = runDeadline(script);
+    if (run !== null && run <= now) due.push({ at: run, script, kind: "run" });
   }
   due.sort((a, b) => a.at - b.at || a.script.queueSeq - b.script.queueSeq);
   for (const { script, kind } of due) {
     // An earlier deadline in this tick may have completed this script or granted it the mutex.
     if (!state.scripts.has(script.ticket)) continue;
     if (kind === "timeout" && !script.granted) timeOut(state, script, now, out);
-    if (kind === "abandon" && script.state === "running") {
-      log(script, "The script was still running when the abandon deadline set by its cancel passed; abandoning it.", now, out);
+    if (kind === "abandon" && script.state === "running" && script.abandonDeadline !== null && script.abandonDeadline <= now) {
+      const line = "The script was still running when the abandon deadline set by its cancel passed; abandoning it.";
+      audit(state, script, "auto-abandon", { actor: CONTROL_PLANE, reason: "still running when the abandon deadline set by its cancel passed" }, line, now, out);
       abandonRunning(state, script, false, now, out);
     }
+    if (kind === "run" && script.state === "running" && !script.runTimedOut) runTimeout(state, script, now, out);
   }
+}
+
+/**
+ * A script ran past its `runTimeoutMs`: the control plane cancels it, and abandons it if the cancel has not
+ * landed once the runner's kill grace and 30 s more have passed, so that a hung script frees its machine.
+ */
+function runTimeout(state: MachineState, script: ActiveScript, now: number, out: Decision): void {
+  script.runTimedOut = true;
+  out.changes.push({ type: "run_timed_out", ticket: script.ticket });
+  const slackMs = state.killGraceMs + RUN_TIMEOUT_ABANDON_SLACK_MS;
+  const line = `The script ran longer than its run timeout of ${script.runTimeoutMs} ms; the control plane cancels it, and abandons it if it is still running ${slackMs} ms from now (the runner's kill grace and 30 s).`;
+  const by = { actor: CONTROL_PLANE, reason: `ran longer than its run timeout of ${script.runTimeoutMs} ms` };
+  requestCancel(state, script, now + slackMs, "run-timeout", by, line, now, out);
 }
 
 function timeOut(state: MachineState, script: ActiveScript, now: number, out: Decision): void {
   const mutex = state.mutexes.get(script.mutexName);
   const waitedMs = now - script.createdAt;
-  log(script, `Timed out after ${waitedMs} ms waiting for the mutex "${script.mutexName}"${mutex ? `; ${describeBlockers(state, mutex, script)}` : ""}.`, now, out);
+  const line = `Timed out after ${waitedMs} ms waiting for the mutex "${script.mutexName}"${mutex ? `; ${describeBlockers(state, mutex, script)}` : ""}.`;
+  audit(state, script, "mutex-timeout", { actor: CONTROL_PLANE, reason: `waited ${waitedMs} ms for the mutex "${script.mutexName}"` }, line, now, out);
   complete(state, script, { kind: "mutex_timeout" }, now, out);
 }
 

@@ -93,6 +93,9 @@ export function onRunnerReport(state: MachineState, report: RunnerReport, contex
       decision.effects.push({ type: "exit_ack", ticket: report.ticket, fence: report.fence });
       return decision;
     }
+    case "draining":
+      // The runner is about to go: nothing of a script changes (the machine object records that it drains).
+      return out;
     case "abandoned_exit":
       // The process is gone: it no longer needs to be listed as possibly running. It can touch nothing else.
       out.changes.push({ type: "abandoned_exit", ticket: report.ticket, fence: report.fence, pid: report.pid });
