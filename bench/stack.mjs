@@ -1,13 +1,16 @@
-// Starts the real local stack for the benchmarks: `tendril control-plane` (workerd) and `tendril runner`
-// processes, each in its own process group and stopped by PID. Loopback only.
+// Starts the real local stack for the benchmarks: `tendril control-plane` (workerd) and runner processes started from
+// the one-file runner (dist/tendril-runner.mjs, what a machine runs as a service), each in its own process group and
+// stopped by PID. Loopback only.
 import { spawn } from "node:child_process";
-import { mkdtempSync, readFileSync, readdirSync, rmSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 
 export const ROOT = join(dirname(fileURLToPath(import.meta.url)), "..");
 const BIN = join(ROOT, "bin", "tendril.js");
+/** The one-file runner `npm run bench` builds first (scripts/build.mjs), as `tendril runner install` installs it. */
+export const RUNNER_FILE = join(ROOT, "dist", "tendril-runner.mjs");
 
 /** Resolves once `check` returns a truthy value; throws after `timeoutMs`. */
 export async function waitFor(check, timeoutMs = 30_000, intervalMs = 2) {
@@ -20,8 +23,8 @@ export async function waitFor(check, timeoutMs = 30_000, intervalMs = 2) {
   }
 }
 
-function startGroup(args, env = {}, nodeFlags = []) {
-  const child = spawn(process.execPath, [...nodeFlags, BIN, ...args], {
+function startGroup(args, env = {}, nodeFlags = [], script = BIN) {
+  const child = spawn(process.execPath, [...nodeFlags, script, ...args], {
     detached: true,
     stdio: ["ignore", "pipe", "pipe"],
     env: { ...process.env, CLOUDFLARE_CF_FETCH_ENABLED: "false", WRANGLER_SEND_METRICS: "false", ...env },
@@ -107,14 +110,15 @@ export async function startControlPlane(extraArgs = []) {
   };
 }
 
-/** Registers `machineId` and starts a runner process for it; resolves once it is connected. */
+/** Registers `machineId` and starts a runner process for it from the one-file runner; resolves once it is connected. */
 export async function startRunner(cp, machineId, env = {}, nodeFlags = []) {
   const registered = await cp.api("POST", `/api/v1/machines/${machineId}/runner-token`);
   const workDir = mkdtempSync(join(tmpdir(), "tendril-bench-runner-"));
-  const proc = startGroup(["runner", "--url", cp.url, "--machine", machineId, "--work-dir", workDir], {
+  if (!existsSync(RUNNER_FILE)) throw new Error(`${RUNNER_FILE} is missing: build it first (npm run build)`);
+  const proc = startGroup(["--url", cp.url, "--machine", machineId, "--work-dir", workDir], {
     TENDRIL_RUNNER_TOKEN: registered.body.runnerToken,
     ...env,
-  }, nodeFlags);
+  }, nodeFlags, RUNNER_FILE);
   await waitFor(async () => (await cp.api("GET", `/api/v1/machines/${machineId}`)).body.runner.connected, 30_000, 20);
   const runnerPid = () => groupPids(proc.pid).find((pid) => pid === proc.pid) ?? proc.pid;
   return {

@@ -37,6 +37,8 @@ export interface ExecuteScriptOptions {
   abandonSignal?: AbortSignal;
   /** Sent with every abandon: also ask the runner for a best-effort kill of the process tree. */
   killProcessOnAbandon?: boolean;
+  /** Why this call stops the script, sent with its cancel and abandon (recorded in the audit trail and the log). */
+  reason?: string;
   /** Reports each escalation step: cancel sent, abandon sent, abandon not available. */
   onEscalation?: (event: EscalationEvent) => void;
   /** Reports a cancel, machine read or abandon call that failed (the script is still followed). */
@@ -75,8 +77,9 @@ export async function executeOn(machine: MachineHandle, request: StartScriptInpu
   const created = run.created ?? false;
   options.onStarted?.({ ticket: run.ticket, created });
 
-  const cancelOptions = options.abandonAfterMs === undefined ? {} : { abandonAfterMs: options.abandonAfterMs };
-  const abandonOptions = options.killProcessOnAbandon === undefined ? {} : { killProcess: options.killProcessOnAbandon };
+  const reason = options.reason === undefined ? {} : { reason: options.reason };
+  const cancelOptions = { ...reason, ...(options.abandonAfterMs === undefined ? {} : { abandonAfterMs: options.abandonAfterMs }) };
+  const abandonOptions = { ...reason, ...(options.killProcessOnAbandon === undefined ? {} : { killProcess: options.killProcessOnAbandon }) };
   const escalation = new ScriptEscalation(
     {
       cancel: () => run.cancel(cancelOptions),

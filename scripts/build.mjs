@@ -1,12 +1,14 @@
-// Builds what runs: the Worker bundle for workerd (dist/worker.js), the Node command line (dist/cli.js), and the
-// package's entry points `tendril/sdk` (dist/sdk.js) and `tendril/testing` (dist/testing.js) with their type
-// declarations (dist/sdk.d.ts, dist/testing.d.ts, over dist/types/). Run directly (`npm run build`, the prepare
+// Builds what runs: the Worker bundle for workerd (dist/worker.js), the Node command line (dist/cli.js), the one-file
+// runner a machine runs as a service (dist/tendril-runner.mjs), and the package's entry points `tendril/sdk`
+// (dist/sdk.js) and `tendril/testing` (dist/testing.js) with their type declarations (dist/sdk.d.ts,
+// dist/testing.d.ts, over dist/types/). Run directly (`npm run build`, the prepare
 // script), it builds all of dist/; vitest's global setup (test/helpers/global-setup.ts) builds it once per test run,
 // so tests never run a stale dist/.
 import { build } from "esbuild";
 import { createHash } from "node:crypto";
 import { existsSync } from "node:fs";
-import { mkdir, readFile, rename, rm, writeFile } from "node:fs/promises";
+import { chmod, mkdir, readFile, rename, rm, writeFile } from "node:fs/promises";
+import { builtinModules } from "node:module";
 import { createRequire } from "node:module";
 import { fileURLToPath, pathToFileURL } from "node:url";
 import { dirname, join, relative, resolve, sep } from "node:path";
@@ -57,14 +59,57 @@ export async function buildCli({ outdir }) {
     format: "esm",
     platform: "node",
     target: "node20",
-    external: ["miniflare", "bufferutil", "utf-8-validate"],
-    // Bundled CommonJS dependencies call require() for Node built-ins.
-    banner: { js: 'import { createRequire as __tendrilCreateRequire } from "node:module"; const require = __tendrilCreateRequire(import.meta.url);' },
+    external: ["miniflare", ...OPTIONAL_ADDONS],
+    banner: { js: REQUIRE_BANNER },
     sourcemap: true,
     logLevel: "warning",
     write: false,
   });
   await writeOutputs(result.outputFiles);
+}
+
+/** `ws`'s optional native addons: it uses them when they load and works without them, so they are never bundled. */
+const OPTIONAL_ADDONS = ["bufferutil", "utf-8-validate"];
+
+/** Bundled CommonJS dependencies call require() for Node built-ins; an ES module has none until it makes one. */
+const REQUIRE_BANNER = 'import { createRequire as __tendrilCreateRequire } from "node:module"; const require = __tendrilCreateRequire(import.meta.url);';
+
+/**
+ * Builds the one-file runner into `outfile` (dist/tendril-runner.mjs): the runner and `runner install`
+ * (client/cli/runner-file.ts) with every dependency bundled, so that the file runs alone with Node.js 20+ — no
+ * node_modules, no native addon, no package.json (the version is written in). This is what `tendril runner install`
+ * copies to /usr/local/lib/tendril/ and what the systemd unit and the benchmark run. Throws if the bundle would import
+ * anything but Node's built-ins and ws's optional addons.
+ */
+export async function buildRunnerFile({ outfile }) {
+  const { version } = JSON.parse(await readFile(join(root, "package.json"), "utf8"));
+  const result = await build({
+    entryPoints: [join(root, "client/cli/runner-file.ts")],
+    outfile,
+    bundle: true,
+    format: "esm",
+    platform: "node",
+    target: "node20",
+    external: OPTIONAL_ADDONS,
+    define: { __TENDRIL_VERSION__: JSON.stringify(version) },
+    banner: { js: `#!/usr/bin/env node\n${REQUIRE_BANNER}` },
+    // Names kept: a stack trace in the journal should still say where it came from.
+    minifyWhitespace: true,
+    minifySyntax: true,
+    keepNames: true,
+    legalComments: "none",
+    metafile: true,
+    logLevel: "warning",
+    write: false,
+  });
+  const output = Object.values(result.metafile.outputs)[0];
+  const builtins = new Set(builtinModules);
+  const outside = (output?.imports ?? [])
+    .map((imported) => imported.path)
+    .filter((path) => !path.startsWith("node:") && !builtins.has(path) && !OPTIONAL_ADDONS.includes(path));
+  if (outside.length > 0) throw new Error(`the one-file runner would import ${[...new Set(outside)].join(", ")}, which it cannot carry`);
+  await writeOutputs(result.outputFiles);
+  await chmod(outfile, 0o755); // it starts with #!/usr/bin/env node
 }
 
 /** The entry points whose declarations the package exports: `dist/<name>.d.ts` re-exports the emitted declarations of `source`. */
@@ -146,13 +191,15 @@ function hash(contents) {
 
 /**
  * Builds all of dist/: one promise per part, so that a caller can tell which part failed. `cli` is the whole Node
- * side: the command line, the package's entry points and their declarations.
+ * side: the command line, the one-file runner, the package's entry points and their declarations.
  */
 export function buildEach() {
   const dist = join(root, "dist");
   return {
     worker: buildWorker({ outfile: join(dist, "worker.js") }),
-    cli: Promise.all([buildCli({ outdir: dist }), buildTypes({ outdir: dist })]).then(() => undefined),
+    cli: Promise.all([buildCli({ outdir: dist }), buildTypes({ outdir: dist }), buildRunnerFile({ outfile: join(dist, "tendril-runner.mjs") })]).then(
+      () => undefined,
+    ),
   };
 }
 

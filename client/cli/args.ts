@@ -1,5 +1,6 @@
 /** Parsers of command-line values; each throws commander's InvalidArgumentError with what is accepted. */
 import { InvalidArgumentError } from "commander";
+import { OperatorName } from "../../shared/api.js";
 import { isMachineId, isTicket } from "../../shared/ids.js";
 import { parseDuration } from "../durations.js";
 import { describeError } from "./output.js";
@@ -42,6 +43,38 @@ export function parseMachineIdArg(value: string): string {
 export function parseTicketArg(value: string): string {
   if (!isTicket(value)) throw new InvalidArgumentError("invalid ticket: use 1-128 characters of A-Z, a-z, 0-9, '.', '_' or '-'.");
   return value;
+}
+
+/** An operator's name (docs/api.md, "Operators"). */
+export function parseOperatorNameArg(value: string): string {
+  if (!OperatorName.safeParse(value).success) throw new InvalidArgumentError("invalid operator name: use 1-64 characters of A-Z, a-z, 0-9, '.', '_' or '-'.");
+  return value;
+}
+
+/** A parser of a whole number from 1 to `max` (a page size, a number of days). */
+export function parseLimitArg(max: number): (value: string) => number {
+  return (value) => {
+    const n = Number(value);
+    if (!/^\d+$/.test(value) || n < 1 || n > max) throw new InvalidArgumentError(`expected a whole number from 1 to ${max}.`);
+    return n;
+  };
+}
+
+/** A cancel's or abandon's reason: 1–500 characters, as the API takes it. */
+export function parseReasonArg(value: string): string {
+  return textOfLength(value, 500, "a reason");
+}
+
+/** On whose behalf the server token acts: 1–200 characters, as the API takes it. */
+export function parseRequestedByArg(value: string): string {
+  return textOfLength(value, 200, "--requested-by");
+}
+
+function textOfLength(value: string, max: number, what: string): string {
+  const text = value.trim();
+  if (text === "") throw new InvalidArgumentError(`${what} must not be empty.`);
+  if (text.length > max) throw new InvalidArgumentError(`${what} may be at most ${max} characters (this one has ${text.length}).`);
+  return text;
 }
 
 /** One repeatable `--env NAME=VALUE`, collected into a record. */

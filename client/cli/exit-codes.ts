@@ -34,6 +34,13 @@ export function describeExitCode(exitCode: number | null): string {
   return `${exitCode} (${meaning.label}${meaning.detail ? `: ${meaning.detail}` : ""})`;
 }
 
+/** A script exit code for a table cell: `0`, `-48 (abandoned)`, `-` while there is none. */
+export function labelExitCode(exitCode: number | null): string {
+  if (exitCode === null) return "-";
+  const meaning = TENDRIL_EXIT_CODES.get(exitCode);
+  return meaning ? `${exitCode} (${meaning.label})` : String(exitCode);
+}
+
 /**
  * What `tendril run` exits with for a script's exit code, and the line it prints on stderr: 0–255 pass
  * through; Tendril's codes exit 1 with e.g. `cancelled (-43)` or `abandoned (-48): …`.

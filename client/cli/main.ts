@@ -1,48 +1,48 @@
 /**
  * The `tendril` command line (docs/api.md, "Commands"): `main` and the command tree. Each command's action
- * lives in `commands/<name>.ts`; the local all-in-one's runner child in `supervisor.ts`.
+ * lives in `commands/<name>.ts`; the local all-in-one's runner child in `supervisor.ts`; the runner's own flags (shared
+ * with the one-file runner, runner-file.ts) in `runner-commands.ts`.
  *
  * Exit codes of the command itself: 0 success; 1 a script ended with a negative Tendril code; 2 a usage
  * or API error (one line on stderr); 3 the runner had to stop for good; 0–255 from `run` is the script's own.
  */
-import { Command, CommanderError, Option } from "commander";
+import { Command, Option } from "commander";
 import packageJson from "../../package.json" with { type: "json" };
 import { LOCAL_DIR } from "../local-config.js";
-import { collectEnvArg, parseBytesArg, parseDurationArg, parseMachineIdArg, parsePort, parseTicketArg } from "./args.js";
+import {
+  collectEnvArg,
+  parseBytesArg,
+  parseDurationArg,
+  parseLimitArg,
+  parseMachineIdArg,
+  parseOperatorNameArg,
+  parsePort,
+  parseReasonArg,
+  parseRequestedByArg,
+  parseTicketArg,
+} from "./args.js";
 import { abandon } from "./commands/abandon.js";
+import { showAudit } from "./commands/audit.js";
 import { cancel } from "./commands/cancel.js";
 import { runControlPlane } from "./commands/control-plane.js";
+import { removeMachine, revokeRunnerToken, showMachine } from "./commands/machine.js";
 import { listMachines } from "./commands/machines.js";
+import { addOperator, listOperators, removeOperator } from "./commands/operator.js";
 import { register } from "./commands/register.js";
 import { runScript } from "./commands/run.js";
+import { bundledRunnerFile, installRunner, type RunnerInstallFlags } from "./commands/runner-install.js";
 import { runRunner } from "./commands/runner.js";
 import { startAllInOne } from "./commands/start.js";
 import { showStatus } from "./commands/status.js";
 import { DEFAULTS } from "./defaults.js";
 import { CLI_EXIT } from "./exit-codes.js";
-import { flushAndExit, printError } from "./output.js";
+import { actionFor, examples, runProgram, type ExitResult } from "./program.js";
+import { defineInstallCommand, defineRunnerCommand } from "./runner-commands.js";
 
 /** Runs the `tendril` command line with `process.argv`-style arguments, then exits the process. */
 export async function main(argv: string[]): Promise<void> {
-  // `tendril machines | head` closes stdout early; that is not an error worth a stack trace.
-  for (const stream of [process.stdout, process.stderr]) {
-    stream.on("error", (error: NodeJS.ErrnoException) => {
-      if (error.code !== "EPIPE") throw error;
-    });
-  }
-  const result = { code: CLI_EXIT.ok as number };
-  const program = buildProgram(argv, result);
-  try {
-    await program.parseAsync(argv);
-  } catch (error) {
-    // Commander has already printed its own usage errors (and help/version output, with code 0).
-    if (error instanceof CommanderError) result.code = error.exitCode === 0 ? CLI_EXIT.ok : CLI_EXIT.usage;
-    else {
-      printError(error);
-      result.code = CLI_EXIT.usage;
-    }
-  }
-  await flushAndExit(result.code);
+  const result: ExitResult = { code: CLI_EXIT.ok };
+  await runProgram(buildProgram(argv, result), argv, result);
 }
 
 /** The command tree; each action stores its exit code in `result`. */
@@ -59,16 +59,14 @@ export function buildProgram(argv: string[], result: { code: number }): Command 
       "npm start                                       # control plane + runner for machine `local`",
       "npx tendril run --machine local -- echo hello",
       "npx tendril machines",
+      "npx tendril audit --machine local",
+      "sudo npx tendril runner install --url https://tendril.example.com --machine web-01 --token-file t --user tendril",
     ]) +
-      "\n\nDurations (--mutex-timeout, --abandon-after, --kill-grace, --retention): a number with a unit of ms, s, m, h\n" +
+      "\n\nDurations (--mutex-timeout, --abandon-after, --kill-grace, --retention, --audit-retention): a number with a unit of ms, s, m, h\n" +
       "or d (500ms, 30s, 2m, 1h, 2d), or several such as 1h30m; a plain number is milliseconds.",
   );
 
-  const action =
-    <A extends unknown[]>(fn: (...args: A) => Promise<number>) =>
-    async (...args: A) => {
-      result.code = await fn(...args);
-    };
+  const action = actionFor(result);
 
   program
     .command("start")
@@ -91,6 +89,10 @@ export function buildProgram(argv: string[], result: { code: number }): Command 
     .option("--port <port>", "port to listen on (0 picks a free one)", parsePort, DEFAULTS.port)
     .option("--host <host>", "address to listen on", DEFAULTS.host)
     .option("--server-token <token>", "server token (env TENDRIL_SERVER_TOKEN; generated and printed when absent)")
+    .option(
+      "--server-token-next <token>",
+      "a second server token accepted beside --server-token, to rotate it without downtime (env TENDRIL_SERVER_TOKEN_NEXT)",
+    )
     .option("--state-dir <dir>", "where the persisted state lives", `${LOCAL_DIR}/state`)
     .option(
       "--retention <duration>",
@@ -98,38 +100,26 @@ export function buildProgram(argv: string[], result: { code: number }): Command 
       parseDurationArg,
     )
     .option("--max-output <size>", "most output stored per script; later output is dropped with a note (default 100MiB)", parseBytesArg)
+    .option("--audit-retention <duration>", "how long the audit feed keeps an event, e.g. 30d (default 90d)", parseDurationArg)
     .addHelpText(
       "after",
       examples([
         "tendril control-plane --port 8787 --server-token s3cret --state-dir .tendril/state",
         "tendril control-plane --port 0 --retention 2d --max-output 10MiB",
         "TENDRIL_SERVER_TOKEN=s3cret tendril control-plane --port 0",
+        "tendril control-plane --server-token old-s3cret --server-token-next new-s3cret --audit-retention 30d",
       ]),
     )
     .action(action(runControlPlane));
 
-  program
-    .command("runner")
-    .description("Run a runner: keeps one connection to the control plane and runs the scripts of one machine.")
-    .option("--url <url>", "the control plane's http(s) base URL (env TENDRIL_URL)")
-    .option("--machine <id>", "the machine this runner serves (env TENDRIL_MACHINE)")
-    .option("--token-file <file>", "file holding the machine's runner token from `tendril register` (mode 600: readable by its owner only)")
-    .option("--token <token>", "the runner token itself (visible to every user in `ps`: prefer --token-file or env TENDRIL_RUNNER_TOKEN)")
-    .option("--work-dir <dir>", `where script workspaces live (env TENDRIL_WORK_DIR; default ${LOCAL_DIR}/work)`)
-    .option("--kill-grace <duration>", "time between SIGTERM and SIGKILL when cancelling (default 10s)", parseDurationArg)
-    .addHelpText(
-      "after",
-      examples([
-        "(umask 077; tendril register web-01 > runner-token)   # a file only its owner can read",
-        "tendril runner --url https://tendril.example.com --machine web-01 --token-file runner-token",
-        "TENDRIL_RUNNER_TOKEN=$(tendril register web-01) tendril runner --url http://127.0.0.1:8787 --machine web-01 --kill-grace 30s",
-      ]) +
-        "\n\nThe runner token: --token-file (refused when its group or other users can read the file) or the\n" +
-        "TENDRIL_RUNNER_TOKEN environment variable. --token still works, but warns: every user on this machine can read\n" +
-        "a process's command line. Scripts run as this runner's user and can read its token either way (README,\n" +
-        '"Security of the runner token").',
-    )
-    .action(action(runRunner));
+  const runnerInvocation = { run: "tendril runner", install: "sudo tendril runner install" };
+  const runner = defineRunnerCommand(
+    program.command("runner").description("Run a runner: keeps one connection to the control plane and runs the scripts of one machine."),
+    runnerInvocation,
+  ).action(action(runRunner));
+  defineInstallCommand(runner, runnerInvocation).action(
+    action((flags: RunnerInstallFlags) => installRunner(flags, { runnerFile: bundledRunnerFile, version: packageJson.version })),
+  );
 
   withServerOptions(
     program
@@ -188,11 +178,60 @@ export function buildProgram(argv: string[], result: { code: number }): Command 
   withServerOptions(
     program
       .command("machines")
-      .description("List the registered machines: runner connection, version, mutex holders and waiters.")
+      .description("List the fleet a page at a time: each machine's runner, mutex holders, waiters and abandoned processes, and the fleet's counts.")
+      .option("--limit <n>", "machines per page, 1-500 (default 100)", parseLimitArg(500))
+      .option("--cursor <cursor>", "the page after the one that printed this cursor")
+      .option("--all", "every page, one after the other")
+      .option("--prefix <prefix>", "only machines whose id starts with this")
+      .addOption(new Option("--status <status>", "only machines in this state (busy: a mutex is held; stuck: something abandoned may still run, or a holder ran over an hour)").choices(["connected", "disconnected", "busy", "stuck"]))
       .option("--json", "print the API's JSON instead of a table"),
   )
-    .addHelpText("after", examples(["tendril machines", "tendril machines --json"]))
+    .addHelpText(
+      "after",
+      examples([
+        "tendril machines",
+        "tendril machines --prefix web- --status busy",
+        "tendril machines --status stuck            # with the pids of their abandoned processes",
+        "tendril machines --limit 50 --cursor <the cursor the previous page printed>",
+        "tendril machines --all --json",
+      ]),
+    )
     .action(action(listMachines));
+
+  const machine = program
+    .command("machine")
+    .description("One machine: its full view, its removal, its runner token.")
+    .addHelpText("after", examples(["tendril machine show web-01", "tendril machine remove web-01", "tendril machine revoke-token web-01"]));
+  withServerOptions(
+    machine
+      .command("show")
+      .description("Show a machine: its runner, each mutex with its holders and queue, its scripts, and abandoned processes with their pids.")
+      .argument("<machine>", "machine id", parseMachineIdArg)
+      .option("--json", "print the API's JSON"),
+  )
+    .addHelpText("after", examples(["tendril machine show web-01", "tendril machine show web-01 --json"]))
+    .action(action(showMachine));
+  withServerOptions(
+    machine
+      .command("remove")
+      .description("Remove a decommissioned machine: its scripts, logs and summary are deleted and its runner token revoked (server token only).")
+      .argument("<machine>", "machine id", parseMachineIdArg),
+  )
+    .addHelpText(
+      "after",
+      examples(["tendril machine remove web-01", "tendril cancel web-01 deploy-42 --reason decommissioning   # first, if it is busy"]) +
+        "\n\nRefused while a script is pending or running on it: cancel those first (or let them finish). Its audit\n" +
+        "events stay in the feed (tendril audit --machine web-01).",
+    )
+    .action(action(removeMachine));
+  withServerOptions(
+    machine
+      .command("revoke-token")
+      .description("Revoke a machine's runner token without issuing a new one; its runner is disconnected (server token only).")
+      .argument("<machine>", "machine id", parseMachineIdArg),
+  )
+    .addHelpText("after", examples(["tendril machine revoke-token web-01", "tendril register web-01   # a new token, when it should come back"]))
+    .action(action(revokeRunnerToken));
 
   withServerOptions(
     program
@@ -212,9 +251,18 @@ export function buildProgram(argv: string[], result: { code: number }): Command 
       .argument("<machine>", "machine id", parseMachineIdArg)
       .argument("<ticket>", "the script's ticket", parseTicketArg)
       .option("--abandon-after <duration>", "let the control plane abandon it if still not complete this long after", parseDurationArg)
+      .option("--reason <text>", "why, recorded in the audit trail and the script's log (up to 500 characters)", parseReasonArg)
+      .option("--requested-by <who>", "with the server token: the person or task it acts for, recorded as the actor server:<who>", parseRequestedByArg)
       .option("--json", "print the API's JSON"),
   )
-    .addHelpText("after", examples(["tendril cancel web-01 deploy-42", "tendril cancel web-01 deploy-42 --abandon-after 2m"]))
+    .addHelpText(
+      "after",
+      examples([
+        "tendril cancel web-01 deploy-42 --reason 'wrong release'",
+        "tendril cancel web-01 deploy-42 --abandon-after 2m --reason 'hung on the AV scan'",
+        "tendril cancel web-01 deploy-42 --reason superseded --requested-by 'alice (ServerTasks-42)'",
+      ]),
+    )
     .action(action(cancel));
 
   withServerOptions(
@@ -224,10 +272,77 @@ export function buildProgram(argv: string[], result: { code: number }): Command 
       .argument("<machine>", "machine id", parseMachineIdArg)
       .argument("<ticket>", "the script's ticket", parseTicketArg)
       .option("--kill-process", "also ask the runner for a best-effort kill of the process tree")
+      .option("--reason <text>", "why, recorded in the audit trail and the script's log (up to 500 characters)", parseReasonArg)
+      .option("--requested-by <who>", "with the server token: the person or task it acts for, recorded as the actor server:<who>", parseRequestedByArg)
       .option("--json", "print the API's JSON"),
   )
-    .addHelpText("after", examples(["tendril abandon web-01 deploy-42", "tendril abandon web-01 deploy-42 --kill-process"]))
+    .addHelpText(
+      "after",
+      examples([
+        "tendril abandon web-01 deploy-42 --reason 'stuck in the AV scan'",
+        "tendril abandon web-01 deploy-42 --kill-process --reason 'cancel did not land'",
+      ]),
+    )
     .action(action(abandon));
+
+  withServerOptions(
+    program
+      .command("audit")
+      .description("The audit feed, newest first: who cancelled, abandoned or changed what, when and why.")
+      .option("--machine <id>", "only this machine's events", parseMachineIdArg)
+      .option("--limit <n>", "events per page, 1-500 (default 100)", parseLimitArg(500))
+      .option("--cursor <cursor>", "the page after the one that printed this cursor (older events)")
+      .option("--all", "every page, back to the oldest event kept (90 days by default)")
+      .option("--json", "print the API's JSON"),
+  )
+    .addHelpText(
+      "after",
+      examples([
+        "tendril audit",
+        "tendril audit --machine web-01 --limit 20",
+        "tendril audit --cursor <the cursor the previous page printed>",
+        "tendril audit --machine web-01 --all --json",
+      ]),
+    )
+    .action(action(showAudit));
+
+  const operator = program
+    .command("operator")
+    .description("Operators: people who watch (viewer) or also cancel and abandon (operator) with a token of their own.")
+    .addHelpText("after", examples(["tendril operator add alice --role operator", "tendril operator list", "tendril operator remove alice"]));
+  withServerOptions(
+    operator
+      .command("add")
+      .description("Add an operator (or give an existing one a new token and role) and print its token, shown this once.")
+      .argument("<name>", "the operator's name", parseOperatorNameArg)
+      .addOption(new Option("--role <role>", "viewer reads; operator also cancels and abandons").choices(["viewer", "operator"]).makeOptionMandatory())
+      .option("--expires-in-days <days>", "the token's lifetime, 1-365 days (default 90)", parseLimitArg(365))
+      .option("--json", "print the API's JSON (with the token)"),
+  )
+    .addHelpText(
+      "after",
+      examples([
+        "tendril operator add alice --role operator",
+        "tendril operator add dashboards --role viewer --expires-in-days 365",
+        "(umask 077; tendril operator add bob --role viewer > bob.token)",
+      ]) +
+        "\n\nThe token goes to stdout alone (so that $(...) or a redirect captures it), what to do with it to stderr.\n" +
+        "The operator uses it where the server token would go: --server-token or TENDRIL_SERVER_TOKEN, or the console.",
+    )
+    .action(action(addOperator));
+  withServerOptions(
+    operator.command("list").description("List the operators: role, created, expires, last used (never their tokens).").option("--json", "print the API's JSON"),
+  )
+    .addHelpText("after", examples(["tendril operator list", "tendril operator list --json"]))
+    .action(action(listOperators));
+  withServerOptions(
+    operator
+      .command("remove")
+      .description("Remove an operator: its token stops working at once and its console sessions end.")
+      .argument("<name>", "the operator's name", parseOperatorNameArg),
+  )
+    .addHelpText("after", examples(["tendril operator remove alice"]))
+    .action(action(removeOperator));
 
   return program;
 }
@@ -236,10 +351,8 @@ export function buildProgram(argv: string[], result: { code: number }): Command 
 function withServerOptions(command: Command): Command {
   return command
     .option("--url <url>", "the control plane's URL (env TENDRIL_URL; else .tendril/local.json)")
-    .option("--server-token <token>", "the server token (env TENDRIL_SERVER_TOKEN; else .tendril/local.json)");
-}
-
-/** The `Examples:` section of a help text; `# ...` lines are comments, not commands. */
-function examples(lines: string[]): string {
-  return `\nExamples:\n${lines.map((line) => `  $ ${line}`).join("\n")}`.replace(/\$ #/g, "#");
+    .option(
+      "--server-token <token>",
+      "the server token, or an operator's token for what its role allows (env TENDRIL_SERVER_TOKEN; else .tendril/local.json)",
+    );
 }

@@ -23,6 +23,7 @@ describe("duration flags (bug 5)", () => {
   it("covers every duration flag of the command line", () => {
     expect(flags.map((flag) => flag.name).sort()).toEqual([
       "cancel --abandon-after",
+      "control-plane --audit-retention",
       "control-plane --retention",
       "run --abandon-after",
       "run --mutex-timeout",

@@ -42,7 +42,7 @@ interface Seen {
 const SCRIPT = "/api/v1/machines/web-01/scripts/deploy-1";
 
 function status(overrides: Partial<ScriptStatus> = {}): ScriptStatus {
-  return { ticket: "deploy-1", state: "running", exitCode: null, logs: [], nextLogSequence: 0, hasMoreLogs: false, ...overrides };
+  return { ticket: "deploy-1", state: "running", exitCode: null, logs: [], nextLogSequence: 0, hasMoreLogs: false, events: [], ...overrides };
 }
 
 /**
@@ -150,7 +150,7 @@ describe("tendril run and signals", () => {
     expect(await run.exited).toBe(1);
     expect(run.stderr()).toContain("Cancelling deploy-1… (press Ctrl-C again to abandon)");
     expect(run.stderr()).toContain("cancelled (-43)");
-    expect(cp.calls()).toEqual(["POST <script>/cancel"]);
+    expect(cp.calls()).toEqual(['POST <script>/cancel {"reason":"Ctrl-C in tendril run"}']);
   });
 
   it("treats SIGTERM like SIGINT", async () => {
@@ -177,7 +177,7 @@ describe("tendril run and signals", () => {
     expect(await run.exited).toBe(1);
     expect(run.stderr()).toMatch(/Abandoning deploy-1: its mutex is released now .* may still be running on machine web-01/);
     expect(run.stderr()).toContain("abandoned (-48): the process may still be running on machine web-01");
-    expect(cp.calls()).toEqual(["POST <script>/cancel", "POST <script>/abandon"]);
+    expect(cp.calls()).toEqual(['POST <script>/cancel {"reason":"Ctrl-C in tendril run"}', 'POST <script>/abandon {"reason":"Ctrl-C in tendril run"}']);
   });
 
   it("stops waiting at once on the third SIGINT, exiting 130", async () => {
@@ -204,7 +204,7 @@ describe("tendril run and signals", () => {
 
     expect(await run.exited).toBe(1);
     // The deadline also goes to the control plane, so that it holds if this command is stopped.
-    expect(cp.calls()).toEqual(['POST <script>/cancel {"abandonAfterMs":300}', "GET /api/v1/machines/web-01", "POST <script>/abandon"]);
+    expect(cp.calls()).toEqual(['POST <script>/cancel {"reason":"Ctrl-C in tendril run","abandonAfterMs":300}', "GET /api/v1/machines/web-01", 'POST <script>/abandon {"reason":"Ctrl-C in tendril run"}']);
     expect(run.stderr()).toContain("abandoned automatically if still not complete after 300ms");
     expect(run.stderr()).toContain("was still not complete 300ms after the cancel: abandoning it");
     expect(run.stderr()).toContain("abandoned (-48)");
@@ -217,12 +217,12 @@ describe("tendril run and signals", () => {
 
     run.signal("SIGINT");
     await waitFor(() => run.stderr().includes("does not support abandon"), { what: "the abandon-unavailable note" });
-    expect(cp.calls()).toEqual(['POST <script>/cancel {"abandonAfterMs":100}', "GET /api/v1/machines/web-01"]);
+    expect(cp.calls()).toEqual(['POST <script>/cancel {"reason":"Ctrl-C in tendril run","abandonAfterMs":100}', "GET /api/v1/machines/web-01"]);
     expect(run.stderr()).toContain("press Ctrl-C again to abandon it anyway");
 
     run.signal("SIGINT"); // the person decides: abandon anyway
     expect(await run.exited).toBe(1);
-    expect(cp.calls().at(-1)).toBe("POST <script>/abandon");
+    expect(cp.calls().at(-1)).toBe('POST <script>/abandon {"reason":"Ctrl-C in tendril run"}');
   });
 });
 
@@ -246,7 +246,8 @@ describe("tendril cancel and abandon", () => {
     expect(cp.calls()).toEqual(['POST <script>/abandon {"killProcess":true}']);
     expect(abandon.stdout()).toBe(
       "deploy-1 is complete: exit code -48 (abandoned: the process may still be running)\n" +
-        "its mutex is released; the process may still be running on machine web-01 (a best-effort kill was requested)\n",
+        "its mutex is released; the process may still be running on machine web-01 (a best-effort kill was requested)" +
+        " (see its pid: tendril machine show web-01)\n",
     );
   });
 });

@@ -11,11 +11,15 @@ export interface ControlPlaneFlags {
   port: number;
   host: string;
   serverToken?: string;
+  /** A second server token accepted while set (rotation). */
+  serverTokenNext?: string;
   stateDir: string;
   /** Retention of completed scripts, in ms. */
   retention?: number;
   /** Output cap per script, in bytes. */
   maxOutput?: number;
+  /** How long the audit feed keeps an event, in ms. */
+  auditRetention?: number;
 }
 
 /** `tendril control-plane`: the local control plane alone, until SIGINT/SIGTERM. */
@@ -23,15 +27,18 @@ export async function runControlPlane(flags: ControlPlaneFlags): Promise<number>
   const shutdown = new Shutdown();
   const given = flags.serverToken ?? nonEmpty(process.env.TENDRIL_SERVER_TOKEN);
   const serverToken = given ?? generateServerToken();
+  const serverTokenNext = flags.serverTokenNext ?? nonEmpty(process.env.TENDRIL_SERVER_TOKEN_NEXT);
   // Loaded lazily (a chunk of its own in dist/) so that the other commands start without it.
   const { startLocalControlPlane } = await import("../../../control-plane/local/launcher.js");
   const controlPlane = await startLocalControlPlane({
     port: flags.port,
     host: flags.host,
     serverToken,
+    ...(serverTokenNext === undefined ? {} : { serverTokenNext }),
     stateDir: resolve(flags.stateDir),
     ...(flags.retention === undefined ? {} : { retentionMs: flags.retention }),
     ...(flags.maxOutput === undefined ? {} : { maxOutputBytes: flags.maxOutput }),
+    ...(flags.auditRetention === undefined ? {} : { auditRetentionMs: flags.auditRetention }),
   }).catch((error: unknown) => {
     throw new Error(`could not start the control plane: ${describeError(error)}`);
   });

@@ -95,6 +95,7 @@ export async function runScript(script: string[], flags: RunFlags): Promise<numb
       onLog: printLogLine,
       signal: cancel.signal,
       abandonSignal: abandonNow.signal,
+      reason: "Ctrl-C in tendril run",
       // Without --abandon-after only a second Ctrl-C abandons. With it, this command abandons by itself,
       // and the control plane gets the same deadline so that it holds even if this command is stopped.
       abandonAfterCancelMs: flags.abandonAfter ?? Number.POSITIVE_INFINITY,

@@ -1,6 +1,7 @@
 /** `tendril status M TICKET`: a script's state, exit code and logs. */
 import type { ScriptStatus } from "../../../shared/api.js";
 import { CLI_EXIT, describeExitCode } from "../exit-codes.js";
+import { formatTime, oneLine } from "../output.js";
 import { clientFor, type ServerFlags } from "../server-client.js";
 
 /** `tendril status M TICKET`: every log page, combined. */
@@ -22,6 +23,10 @@ export async function showStatus(machineId: string, ticket: string, flags: Serve
       `ticket     ${combined.ticket}`,
       `state      ${combined.state}`,
       `exit code  ${describeExitCode(combined.exitCode)}`,
+      `events     ${combined.events.length === 0 ? "none" : ""}`.trimEnd(),
+      ...combined.events.map(
+        (event) => `  ${formatTime(event.at)} UTC  ${event.action} by ${event.actor}${event.reason === null ? "" : `: ${oneLine(event.reason)}`}`,
+      ),
       `logs       ${logs.length === 1 ? "1 line" : `${logs.length} lines`}`,
       ...logs.map((line) => `  ${line.source.padEnd(6)} ${line.text}`),
       "",
