@@ -313,6 +313,7 @@ export const ScriptSummary = z
     startedAt: Iso.optional(),
     completedAt: Iso.optional(),
     exitCode: z.int().nullable().optional(),
+    runnerRestarts: z.int().min(0).meta({ description: "How many runner restarts the script lived through (a new runner re-attached to it)." }),
   })
   .meta({ id: "ScriptSummary" });
 /** A script as listed in a machine view. */
@@ -322,7 +323,7 @@ export type ScriptSummary = z.infer<typeof ScriptSummary>;
 export const RunnerView = z
   .object({
     connected: z.boolean(),
-    draining: z.boolean().optional().meta({ description: "True while a runner that was asked to stop (SIGTERM) takes no new scripts." }),
+    draining: z.boolean().meta({ description: "True while a runner that was asked to stop (SIGTERM) takes no new scripts." }),
     version: z.string().nullable(),
     connectedAt: Iso.nullable(),
     lastSeenAt: Iso.nullable().meta({ description: "The runner's last heartbeat or frame." }),

@@ -13,7 +13,7 @@
  * write the registry lost heals.
  */
 import { LIMITS, type AuditAction, type MachineView, type ScriptStatus } from "../../shared/api.js";
-import { CloseCode, PROTOCOL_VERSION, type ControlMessage, type RunnerMessage } from "../../shared/protocol.js";
+import { CloseCode, PROTOCOL_VERSION, SUPPORTED_PROTOCOLS, type ControlMessage, type RunnerMessage } from "../../shared/protocol.js";
 import { constantTimeEqual } from "../crypto.js";
 import type { Storage } from "../sql.js";
 import { storedOutcome, type StoredScript } from "./core/inventory.js";
@@ -96,6 +96,10 @@ export interface RunnerInfo {
   lastMessageAt: number;
   /** The grace it gives a process between SIGTERM and SIGKILL (absent: the default, 10 s). */
   killGraceMs?: number;
+  /** The protocol version spoken on its connection (absent: a record from before versions: 1). */
+  protocol?: number;
+  /** It said it is draining (SIGTERM): it takes no new scripts until a runner connects again. */
+  draining?: boolean;
 }
 
 /** The machine's report as storage keeps it: the summary's version, when it last changed, and its key. */
@@ -242,7 +246,7 @@ export class MachineEngine {
   resumeConnection(connectionId: string, lastSeen: number): void {
     if (!this.runnerInfo) return;
     this.connectionId = connectionId;
-    this.state.runner = { runnerId: this.runnerInfo.runnerId };
+    this.state.runner = { runnerId: this.runnerInfo.runnerId, draining: this.runnerInfo.draining === true };
     this.heartbeatCheckAt = lastSeen + DEAD_AFTER_MS;
   }
 
@@ -334,6 +338,7 @@ export class MachineEngine {
     const info = this.runnerInfo;
     const runner = {
       connected: connection.connected,
+      draining: connection.connected && info?.draining === true,
       version: info?.version ?? null,
       connectedAt: info?.connectedAt ?? null,
       lastSeenAt: connection.connected ? connection.lastSeen : (info?.lastMessageAt ?? null),
@@ -439,8 +444,8 @@ export class MachineEngine {
 
   /** Why a hello must be refused (a close code and reason), or null when the handshake may proceed. */
   refuseHello(hello: Extract<RunnerMessage, { type: "hello" }>, tokenHash: string): { code: CloseCode; reason: string } | null {
-    if (hello.protocol !== PROTOCOL_VERSION) {
-      return { code: CloseCode.UnsupportedProtocol, reason: `protocol ${hello.protocol} is not supported; this control plane speaks ${PROTOCOL_VERSION}` };
+    if (!SUPPORTED_PROTOCOLS.includes(hello.protocol)) {
+      return { code: CloseCode.UnsupportedProtocol, reason: `protocol ${hello.protocol} is not supported; this control plane speaks ${SUPPORTED_PROTOCOLS.join(" and ")}` };
     }
     if (!this.tokenMatches(tokenHash)) return { code: CloseCode.TokenRevoked, reason: "runner token revoked" };
     return null;
@@ -455,6 +460,8 @@ export class MachineEngine {
       capabilities: hello.capabilities,
       connectedAt: now,
       lastMessageAt: now,
+      // The connection speaks the version the runner offered (each side answers in the version it was spoken to).
+      protocol: hello.protocol,
       ...(hello.killGraceMs === undefined ? {} : { killGraceMs: hello.killGraceMs }),
     };
     this.heartbeatCheckAt = now + DEAD_AFTER_MS;
@@ -462,6 +469,7 @@ export class MachineEngine {
       ticket: item.ticket,
       fence: item.fence,
       stored: this.state.scripts.has(item.ticket) ? ("none" as const) : storedOutcome(storedScript(db.getScript(this.sql, item.ticket)), item.fence),
+      ...(item.reattached === true ? { reattached: true } : {}),
     }));
     const abandoned = db.abandonedProcesses(db.listAbandoned(this.sql));
     const info = JSON.stringify(this.runnerInfo);
@@ -493,6 +501,17 @@ export class MachineEngine {
   /** A frame arrived from the connected runner (a sign of life). */
   touched(now: number): void {
     if (this.runnerInfo) this.runnerInfo.lastMessageAt = now;
+  }
+
+  /**
+   * The connected runner is draining (SIGTERM): it takes no new scripts; those granted meanwhile wait, holding their
+   * mutex, for the next runner. Kept with the runner's info, so that the machine view and the fleet list show it.
+   */
+  runnerDraining(now: number): void {
+    if (!this.runnerInfo || this.runnerInfo.draining) return;
+    this.runnerInfo.draining = true;
+    const info = JSON.stringify(this.runnerInfo);
+    this.decide(() => handle(this.state, { type: "runner_draining", now }), { also: () => db.setMeta(this.sql, "runner_info", info), connection: true }, now);
   }
 
   /** A report from the connected runner (anything but hello). */
@@ -565,7 +584,7 @@ export class MachineEngine {
   summary(abandoned: { count: number; oldest: number | null } = this.abandoned): SummaryCore {
     return summarize(this.state, {
       connected: this.connectionId !== null,
-      draining: false,
+      draining: this.connectionId !== null && this.runnerInfo?.draining === true,
       runnerVersion: this.runnerInfo?.version ?? null,
       abandoned: abandoned.count,
       oldestAbandonedAt: abandoned.oldest,
@@ -814,15 +833,15 @@ export class MachineEngine {
         return;
       }
       case "welcome":
-        this.send({
-          type: "welcome",
-          protocol: PROTOCOL_VERSION,
-          machineId: this.state.machineId,
-          connectionId: this.connectionId ?? "",
-          heartbeatMs: HEARTBEAT_MS,
-          resume: effect.resume,
-          watch: effect.watch,
-        });
+        this.send(
+          welcomeFor(this.runnerInfo?.protocol ?? PROTOCOL_VERSION, {
+            machineId: this.state.machineId,
+            connectionId: this.connectionId ?? "",
+            heartbeatMs: HEARTBEAT_MS,
+            resume: effect.resume,
+            watch: effect.watch,
+          }),
+        );
         return;
       case "cancel":
         this.send({ type: "cancel", ticket: effect.ticket, fence: effect.fence });
@@ -882,4 +901,22 @@ function storedScript(row: db.ScriptRow | null): StoredScript | null {
 
 function describe(error: unknown): string {
   return error instanceof Error ? error.message : String(error);
+}
+
+/**
+ * The welcome in the version the runner spoke: a version-1 runner parses it strictly, so it gets none of version
+ * 2's fields (a kill requested while it was away is then not carried out: it predates kill delivery).
+ */
+export function welcomeFor(
+  protocol: number,
+  welcome: Omit<Extract<ControlMessage, { type: "welcome" }>, "type" | "protocol">,
+): Extract<ControlMessage, { type: "welcome" }> {
+  if (protocol >= 2) return { type: "welcome", protocol, ...welcome };
+  return {
+    type: "welcome",
+    protocol: 1,
+    ...welcome,
+    resume: welcome.resume.map(({ ticket, fence, action, nextSequence }) => ({ ticket, fence, action, nextSequence })),
+    watch: welcome.watch.map(({ ticket, fence, pid }) => ({ ticket, fence, pid })),
+  };
 }

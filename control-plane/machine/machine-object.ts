@@ -284,7 +284,8 @@ export class MachineObject extends DurableObject<Env> {
       if (message.type === "hello") return this.closeSocket(ws, CloseCode.HandshakeRequired, "hello was already received");
       const now = Date.now();
       this.engine.touched(now);
-      this.engine.report(message, now);
+      if (message.type === "draining") this.engine.runnerDraining(now);
+      else this.engine.report(message, now);
     } catch (error) {
       // Nothing of the frame was kept and the connection was closed: the runner reconnects and resends.
       if (!(error instanceof StorageUnavailable)) throw error;

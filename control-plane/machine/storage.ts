@@ -112,6 +112,10 @@ export const MIGRATIONS: readonly (readonly string[])[] = [
     // This machine's life (a removed machine registered again is a new one), for the fleet feed's de-duplication.
     `INSERT OR IGNORE INTO meta (key, value) VALUES ('incarnation', lower(hex(randomblob(16))))`,
   ],
+  [
+    // How many runner restarts a script lived through (each new runner process that re-attached to it).
+    `ALTER TABLE scripts ADD COLUMN runner_restarts INTEGER NOT NULL DEFAULT 0`,
+  ],
 ];
 
 /** The pid of an abandoned entry whose process was not reported yet. */
@@ -184,6 +188,7 @@ export type ScriptRow = {
   granted_at: number | null;
   run_timeout_ms: number;
   run_timed_out: number;
+  runner_restarts: number;
 };
 
 /** One script row, or null. */
@@ -217,6 +222,7 @@ export function loadActiveScripts(sql: Sql): ActiveScript[] {
       runTimedOut: row.run_timed_out === 1,
       output: { logNext: row.log_next, runnerNext: row.runner_next, logBytes: row.log_bytes, truncated: row.output_truncated === 1 },
       process: row.pid === null ? null : processRef(row.pid, row.start_time, row.boot_id),
+      runnerRestarts: row.runner_restarts,
     }));
 }
 
@@ -405,6 +411,9 @@ export function writeChange(sql: Sql, change: Change, insert?: NewScriptRow): vo
       return;
     case "run_timed_out":
       sql.exec("UPDATE scripts SET run_timed_out = 1 WHERE ticket = ?", change.ticket);
+      return;
+    case "reattached":
+      sql.exec("UPDATE scripts SET runner_id = ?, runner_restarts = ? WHERE ticket = ?", change.runnerId, change.runnerRestarts, change.ticket);
       return;
     case "audit":
       sql.exec(

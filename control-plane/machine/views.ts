@@ -13,6 +13,8 @@ export const STATUS_ENVELOPE_BYTES = 1024;
 /** What the machine object knows of the runner's connection. */
 export interface RunnerFacts {
   connected: boolean;
+  /** It said it is draining (SIGTERM) and takes no new scripts. */
+  draining: boolean;
   version: string | null;
   connectedAt: number | null;
   lastSeenAt: number | null;
@@ -28,6 +30,7 @@ export function machineView(machineId: string, state: MachineState, runner: Runn
     machineId,
     runner: {
       connected: runner.connected,
+      draining: runner.draining,
       version: runner.version,
       connectedAt: runner.connectedAt !== null ? iso(runner.connectedAt) : null,
       lastSeenAt: runner.lastSeenAt !== null ? iso(runner.lastSeenAt) : null,
@@ -69,6 +72,7 @@ export function summary(row: ScriptRow): ScriptSummary {
     isolation: row.isolation,
     mutexName: row.mutex_name,
     createdAt: iso(row.created_at),
+    runnerRestarts: row.runner_restarts,
   };
   if (row.task_id !== null) out.taskId = row.task_id;
   if (row.started_at !== null) out.startedAt = iso(row.started_at);

@@ -5,7 +5,7 @@
 import { MachineEngine, type MachinePort } from "../../control-plane/machine/engine.js";
 import { DEFAULT_LIMITS, type MachineLimits } from "../../control-plane/machine/limits.js";
 import type { MachineReport, ReportAck } from "../../control-plane/machine/report.js";
-import type { RunnerMessage } from "../../shared/protocol.js";
+import { PROTOCOL_VERSION, type RunnerMessage } from "../../shared/protocol.js";
 import { openSqlJsStorage, type SqlJsStorage } from "./sqljs-storage.js";
 
 /** What the engine asked of the platform, in order. */
@@ -128,7 +128,7 @@ export async function testMachine(limits: MachineLimits = DEFAULT_LIMITS, machin
       }
       const hello: Extract<RunnerMessage, { type: "hello" }> = {
         type: "hello",
-        protocol: 1,
+        protocol: PROTOCOL_VERSION,
         runnerId,
         version: "0.1.0",
         capabilities: ["script.v1", "script.abandon"],

@@ -710,7 +710,7 @@ class FrameFuzzer {
           const message = r.chance(0.7) ? this.hello(`fz-${r.int(1e9)}`) : { ...this.hello("fz-x"), protocol: r.pick([0, 2, 99]) };
           return { data: this.text(message), binary: false, expect: { close: CloseCode.HandshakeRequired }, kind, note: `hello protocol ${message.protocol}` };
         }
-        const protocol = r.pick([0, 2, 99, -1, 2 ** 31]);
+        const protocol = r.pick([0, 3, 99, -1, 2 ** 31]);
         return { data: this.text({ ...this.hello("fz-p"), protocol }), binary: false, expect: { close: CloseCode.UnsupportedProtocol }, kind: "unsupported-protocol", note: `protocol ${protocol}` };
       }
       case "stale-report": {

@@ -87,8 +87,12 @@ describe("a runner killed with SIGKILL and started again on the same work dir", 
       const lines = await allLines(m, "main");
       expect(lines.length).toBeGreaterThan(before + 300);
       expect(lines.map((line) => line.sequence)).toEqual(lines.map((_, i) => i));
-      expect(lines.every((line) => line.source === "stdout")).toBe(true);
-      expect(lines.map((line) => line.text)).toEqual(lines.map((_, i) => `line-${i + 1}`));
+      // The script's own lines, numbered across the restart; and one line of the control plane's saying it.
+      const output = lines.filter((line) => line.source === "stdout");
+      expect(output.map((line) => line.text)).toEqual(output.map((_, i) => `line-${i + 1}`));
+      expect(lines.filter((line) => line.source !== "stdout").map((line) => line.text)).toEqual([
+        "The runner restarted and re-attached to this script, which kept running (runner restart 1).",
+      ]);
       expect((await f.api("GET", `/api/v1/machines/${m}`)).body.mutexes).toEqual([]);
     } finally {
       killScript(pid);
@@ -196,8 +200,9 @@ describe("a runner stopped with SIGTERM", () => {
       writeFileSync(release, "");
       const main = await f.completed(m, "main");
       expect(main.exitCode).toBe(3);
-      const lines = await allLines(m, "main");
-      expect(lines.map((line) => line.text)).toEqual(lines.map((_, i) => `line-${i + 1}`));
+      expect(main.events.map((event: { action: string }) => event.action)).toContain("reattached");
+      const output = (await allLines(m, "main")).filter((line) => line.source === "stdout");
+      expect(output.map((line) => line.text)).toEqual(output.map((_, i) => `line-${i + 1}`));
       const later = await f.completed(m, "later");
       expect(later.exitCode).toBe(0);
     } finally {

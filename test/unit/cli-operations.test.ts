@@ -191,7 +191,7 @@ describe("tendril machine", () => {
         ...machineView("web-01", ["script.v1", "script.abandon"]),
         mutexes: [{ name: "RunningScript", mode: "exclusive", holders: ["deploy-2"], waiting: ["deploy-3", "deploy-4"] }],
         scripts: [
-          { ticket: "deploy-2", state: "running", isolation: "full", mutexName: "RunningScript", createdAt: "2026-12-02T10:00:00.000Z", startedAt: "2026-12-02T10:00:01.000Z" },
+          { ticket: "deploy-2", state: "running", isolation: "full", mutexName: "RunningScript", runnerRestarts: 0, createdAt: "2026-12-02T10:00:00.000Z", startedAt: "2026-12-02T10:00:01.000Z" },
         ],
         abandoned: [{ ticket: "deploy-1", pid: 4242, abandonedAt: "2026-12-02T09:00:00.000Z" }],
       }),
@@ -210,9 +210,9 @@ describe("tendril machine", () => {
         json(response, 200, {
           ...machineView("web-01", []),
           scripts: [
-            { ticket: "deploy-3", state: "pending", isolation: "full", mutexName: "RunningScript", createdAt: "2026-12-02T10:00:00.000Z" },
-            { ticket: "deploy-2", state: "running", isolation: "full", mutexName: "RunningScript", createdAt: "2026-12-02T10:00:00.000Z" },
-            { ticket: "deploy-1", state: "complete", isolation: "full", mutexName: "RunningScript", createdAt: "2026-12-02T09:00:00.000Z", exitCode: 0 },
+            { ticket: "deploy-3", state: "pending", isolation: "full", mutexName: "RunningScript", runnerRestarts: 0, createdAt: "2026-12-02T10:00:00.000Z" },
+            { ticket: "deploy-2", state: "running", isolation: "full", mutexName: "RunningScript", runnerRestarts: 0, createdAt: "2026-12-02T10:00:00.000Z" },
+            { ticket: "deploy-1", state: "complete", isolation: "full", mutexName: "RunningScript", runnerRestarts: 0, createdAt: "2026-12-02T09:00:00.000Z", exitCode: 0 },
           ],
         });
       }

@@ -91,7 +91,7 @@ async function fakeControlPlane(options: {
       } else if (path === "/api/v1/machines/web-01") {
         json(res, 200, {
           machineId: "web-01",
-          runner: { connected: true, version: "0.1.0", connectedAt: null, lastSeenAt: null, capabilities: options.capabilities },
+          runner: { connected: true, draining: false, version: "0.1.0", connectedAt: null, lastSeenAt: null, capabilities: options.capabilities },
           mutexes: [],
           abandoned: [],
         });

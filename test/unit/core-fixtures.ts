@@ -165,6 +165,7 @@ export function row(ticket: string, fields: Partial<ActiveScript> & { queueSeq: 
     runTimedOut: false,
     output: { logNext: 0, runnerNext: 0, logBytes: 0, truncated: false },
     process: null,
+    runnerRestarts: 0,
     ...fields,
   };
 }

@@ -78,6 +78,7 @@ describe("start", () => {
             runTimedOut: false,
             output: { logNext: 0, runnerNext: 0, logBytes: 0, truncated: false },
             process: null,
+            runnerRestarts: 0,
           },
         },
         { type: "granted", ticket: "a", at: T0 },
@@ -225,7 +226,7 @@ describe("runner_connected without an inventory", () => {
   it("records the runner and answers with an empty resume", () => {
     const state = emptyState();
     expect(connect(state, "r1")).toEqual({ changes: [], effects: [{ type: "welcome", resume: [], watch: [] }] });
-    expect(state.runner).toEqual({ runnerId: "r1" });
+    expect(state.runner).toEqual({ runnerId: "r1", draining: false });
   });
 
   it("dispatches the scripts granted while no runner was connected, in FIFO order, after the resume", () => {
@@ -747,7 +748,7 @@ describe("runner_connected with an inventory", () => {
     expect(exitCodeFor({ kind: "lost" })).toBe(-46);
     expect(state.scripts.has("a")).toBe(false);
     expect(state.mutexes.size).toBe(0);
-    expect(state.runner).toEqual({ runnerId: "r2" });
+    expect(state.runner).toEqual({ runnerId: "r2", draining: false });
     expect(state.nextAuditSeq).toBe(2);
   });
 
@@ -1056,6 +1057,11 @@ function violations(state: MachineState, event: MachineEvent, decision: Decision
       case "process":
         if (row) row.process = { ...change.process };
         break;
+      case "reattached":
+        if (!row || row.state !== "running") problems.push(`${change.ticket} re-attached while not running`);
+        else if (change.runnerRestarts !== row.runnerRestarts + 1) problems.push(`${change.ticket} restart count ${change.runnerRestarts} after ${row.runnerRestarts}`);
+        if (row) row.runnerRestarts = change.runnerRestarts;
+        break;
       case "abandoned_process":
       case "abandoned_exit":
       case "kill_delivered":
@@ -1119,7 +1125,7 @@ function violations(state: MachineState, event: MachineEvent, decision: Decision
     const waits = mutex?.queue.filter((w) => w.ticket === active.ticket).length ?? 0;
     if (active.granted ? !holds || waits !== 0 : holds || waits !== 1) problems.push(`${active.ticket} is neither exactly a holder nor exactly a waiter`);
     if (active.state === "running" && (!active.granted || active.fence === null || active.runnerId === null)) problems.push(`${active.ticket} runs without a grant or fence`);
-    if (state.runner && active.state === "pending" && active.granted) problems.push(`${active.ticket} is granted but not dispatched while a runner is connected`);
+    if (state.runner && !state.runner.draining && active.state === "pending" && active.granted) problems.push(`${active.ticket} is granted but not dispatched while a runner is connected`);
     if (event.type === "tick" && !active.granted && active.mutexDeadline !== null && active.mutexDeadline <= event.now) {
       problems.push(`${active.ticket} outlived its deadline`);
     }

@@ -78,7 +78,7 @@ export function status(overrides: Partial<ScriptStatus> = {}): ScriptStatus {
 export function machineView(machineId: string, capabilities: string[]) {
   return {
     machineId,
-    runner: { connected: true, version: "0.1.0", connectedAt: null, lastSeenAt: null, capabilities },
+    runner: { connected: true, draining: false, version: "0.1.0", connectedAt: null, lastSeenAt: null, capabilities },
     mutexes: [],
     scripts: [],
     abandoned: [],

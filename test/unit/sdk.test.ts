@@ -644,7 +644,7 @@ describe("TendrilClient.executeScript escalation", () => {
     expect(script.escalations()).toEqual([CANCEL, MACHINE]);
     expect(events.at(-1)).toEqual({
       type: "abandon_unavailable",
-      runner: { connected: true, version: "0.1.0", connectedAt: null, lastSeenAt: null, capabilities: ["script.v1"] },
+      runner: { connected: true, draining: false, version: "0.1.0", connectedAt: null, lastSeenAt: null, capabilities: ["script.v1"] },
     });
     expect(result).toMatchObject({ exitCode: -43, outcome: "cancelled" });
   });

@@ -16,6 +16,8 @@ export interface InventoryEntry {
   fence: number;
   /** For scripts the core no longer has: whether storage completed that exact dispatch. */
   stored: "completed" | "abandoned" | "none";
+  /** The runner process re-attached to it after a restart (protocol 2). */
+  reattached?: boolean;
 }
 
 /** An abandoned process that storage lists as maybe running. */

@@ -64,6 +64,8 @@ export interface ActiveScript {
   output: OutputPosition;
   /** The process of the current dispatch, once the runner reported it (`started`); null until then. */
   process: ProcessRef | null;
+  /** How many runner restarts the script lived through: each new runner process that re-attached to it. */
+  runnerRestarts: number;
 }
 
 /** Everything the core decides over. */
@@ -72,8 +74,11 @@ export interface MachineState {
   machineId: string;
   scripts: Map<string, ActiveScript>;
   mutexes: Map<string, MutexState>;
-  /** The connected runner that completed its handshake, if any. */
-  runner: { runnerId: string } | null;
+  /**
+   * The connected runner that completed its handshake, if any. `draining`: it was asked to stop (SIGTERM) and takes
+   * no new scripts; scripts granted meanwhile stay pending (holding their mutex) until the next runner connects.
+   */
+  runner: { runnerId: string; draining: boolean } | null;
   /** The kill grace (SIGTERM to SIGKILL) the last runner announced; a run timeout's abandon allows for it. */
   killGraceMs: number;
   nextFence: number;
@@ -115,6 +120,8 @@ export type MachineEvent =
   /** `abandoned`: what storage lists as abandoned-maybe-running (for the welcome's resume and watch). */
   | { type: "runner_connected"; runnerId: string; inventory: InventoryEntry[]; abandoned?: AbandonedProcess[]; killGraceMs?: number; now: number }
   | { type: "runner_disconnected"; now: number }
+  /** The connected runner takes no new scripts any more: it is about to stop, leaving its scripts to the next one. */
+  | { type: "runner_draining"; now: number }
   /** `survivors`: processes of a lost script that would not die; they are listed as abandoned. */
   | { type: "exited"; ticket: string; fence: number; reason: CompletionReason; survivors?: ProcessRef[]; now: number }
   | { type: "cancel"; ticket: string; abandonAfterMs: number | null; by: Requester; now: number }
@@ -132,6 +139,8 @@ export type Change =
   | { type: "cancel_requested"; ticket: string; abandonDeadline: number | null }
   /** The run timeout was served: the control plane cancelled the script (once). */
   | { type: "run_timed_out"; ticket: string }
+  /** A new runner process re-attached to the running script (its `runnerRestarts`-th restart). */
+  | { type: "reattached"; ticket: string; runnerId: string; runnerRestarts: number }
   /**
    * An audit event: who changed a script's course (or, with `ticket` null, an administrative action), when and why.
    * `seq` numbers the machine's events; the fleet feed de-duplicates by it.
@@ -246,6 +255,9 @@ export function handle(state: MachineState, event: MachineEvent): Decision {
     case "runner_disconnected":
       state.runner = null;
       break;
+    case "runner_draining":
+      if (state.runner) state.runner.draining = true;
+      break;
     case "exited": {
       const script = state.scripts.get(event.ticket);
       // Fencing: only the current dispatch of a running script may complete it.
@@ -305,6 +317,7 @@ function start(state: MachineState, input: NewScript, now: number, out: Decision
     runTimedOut: false,
     output: { logNext: 0, runnerNext: 0, logBytes: 0, truncated: false },
     process: null,
+    runnerRestarts: 0,
   };
   state.scripts.set(script.ticket, script);
   out.changes.push({ type: "insert", script: { ...script } });
@@ -342,7 +355,7 @@ function grant(state: MachineState, script: ActiveScript, now: number, out: Deci
   script.grantedAt = now;
   script.mutexDeadline = null;
   out.changes.push({ type: "granted", ticket: script.ticket, at: now });
-  if (state.runner) dispatch(state, script, state.runner.runnerId, now, out);
+  if (state.runner && !state.runner.draining) dispatch(state, script, state.runner.runnerId, now, out);
 }
 
 function dispatch(state: MachineState, script: ActiveScript, runnerId: string, now: number, out: Decision): void {
@@ -390,7 +403,7 @@ function runnerConnected(
   now: number,
   out: Decision,
 ): void {
-  state.runner = { runnerId };
+  state.runner = { runnerId, draining: false };
   const listed = new Map(inventory.map((entry) => [entry.ticket, entry]));
   const welcome = planWelcome(state, inventory, abandoned);
   out.changes.push(...welcome.delivered);
@@ -402,6 +415,15 @@ function runnerConnected(
   for (const script of running) {
     const entry = listed.get(script.ticket);
     if (entry && entry.fence === script.fence) {
+      // A runner process that re-attached to what its predecessor started: counted once per runner process (it
+      // lists the script as re-attached in every hello it sends).
+      if (entry.reattached && script.runnerId !== runnerId) {
+        script.runnerId = runnerId;
+        script.runnerRestarts += 1;
+        out.changes.push({ type: "reattached", ticket: script.ticket, runnerId, runnerRestarts: script.runnerRestarts });
+        const line = `The runner restarted and re-attached to this script, which kept running (runner restart ${script.runnerRestarts}).`;
+        audit(state, script, "reattached", { actor: CONTROL_PLANE, reason: "the runner restarted and re-attached to the running script" }, line, now, out);
+      }
       // A cancel sent while the runner was away (or lost with the old connection) is sent again.
       if (script.cancelRequested) out.effects.push({ type: "cancel", ticket: script.ticket, fence: script.fence });
       continue;
