@@ -2,6 +2,7 @@
 // runner connections driven by hand: the survivors of a script a restarted runner had to stop (-46), and what the
 // next welcome says of abandoned processes (the kill asked for while no runner was there, their start time and boot).
 import { describe, expect, it } from "vitest";
+import { PROTOCOL_VERSION } from "../../shared/protocol.js";
 import { openRunnerSocket, type TestRunnerSocket } from "../helpers/api.js";
 import { useControlPlane } from "../helpers/fixture.js";
 import { waitFor } from "../helpers/wait.js";
@@ -13,7 +14,7 @@ type Inventory = Array<{ ticket: string; fence: number; nextSequence: number; ex
 /** A runner connection by hand that said hello as `runnerId` and got its welcome. */
 async function runnerSocket(machineId: string, token: string, runnerId: string, inventory: Inventory = []): Promise<TestRunnerSocket & { welcome: any }> {
   const socket = await openRunnerSocket(f.cp, machineId, token);
-  socket.send({ type: "hello", protocol: 1, runnerId, version: "0.1.0", capabilities: ["script.v1", "script.abandon"], inventory });
+  socket.send({ type: "hello", protocol: PROTOCOL_VERSION, runnerId, version: "0.1.0", capabilities: ["script.v1", "script.abandon"], inventory });
   const welcome = await waitFor(() => socket.messages.find((m) => m.type === "welcome"), { what: "the welcome" });
   return { ...socket, welcome };
 }

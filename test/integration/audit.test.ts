@@ -98,7 +98,7 @@ describe("the audit trail of a script", () => {
     await start("holder", { mutexName: "Exclusive", isolation: "full" });
     await start("waiter", { mutexName: "Exclusive", isolation: "full", mutexTimeoutMs: 200 });
     expect((await f.completed(m, "waiter")).exitCode).toBe(-44);
-    expect(await eventsOf(m, "waiter")).toEqual(['mutex-timeout control-plane waited 200 ms for the mutex "Exclusive"']);
+    expect(await eventsOf(m, "waiter")).toEqual(['mutex-timeout control-plane waited its mutexTimeoutMs of 200 ms for the mutex "Exclusive"']);
 
     // runner-lost: another runner process connects without the running scripts.
     await runner.close();

@@ -144,8 +144,9 @@ describe("a runner that finds a script its predecessor started under a wrapper",
     const { pid, ledger } = await stoppedMidScript("t1", 1, numbered(50, 2000, 3), 50);
     go("t1");
     // It ends by itself: its wrapper records the status and waits, holding what nobody read yet.
-    await waitFor(() => existsSync(join(runDir(workDir, "t1"), "exit")), "the script to end");
-    expect(readFileSync(join(runDir(workDir, "t1"), "exit"), "utf8")).toBe("3\n");
+    // The shell creates the file, then writes to it: wait for what it writes, not for the file.
+    const exitFile = join(runDir(workDir, "t1"), "exit");
+    await waitFor(() => existsSync(exitFile) && readFileSync(exitFile, "utf8") === "3\n", "the script to end and its status to be written");
     expect(isAlive(pid)).toBe(true);
     const { connection, hello } = await nextRunner();
     expect(hello.inventory).toMatchObject([{ ticket: "t1", fence: 1, reattached: true }]);

@@ -467,7 +467,7 @@ describe("tick", () => {
     const decision = tick(state, T0 + 510);
     expect(decision).toEqual({
       changes: [
-        { type: "audit", seq: 1, ticket: "b", action: "mutex-timeout", actor: "control-plane", reason: 'waited 500 ms for the mutex "RunningScript"', at: T0 + 510 },
+        { type: "audit", seq: 1, ticket: "b", action: "mutex-timeout", actor: "control-plane", reason: 'waited its mutexTimeoutMs of 500 ms for the mutex "RunningScript"', at: T0 + 510 },
         {
           type: "log",
           ticket: "b",
@@ -560,7 +560,7 @@ describe("tick", () => {
     const decision = tick(state, T0 + 100);
     expect(decision).toEqual({
       changes: [
-        { type: "audit", seq: 1, ticket: "x", action: "mutex-timeout", actor: "control-plane", reason: 'waited 100 ms for the mutex "RunningScript"', at: T0 + 100 },
+        { type: "audit", seq: 1, ticket: "x", action: "mutex-timeout", actor: "control-plane", reason: 'waited its mutexTimeoutMs of 100 ms for the mutex "RunningScript"', at: T0 + 100 },
         { type: "log", ticket: "x", text: 'Timed out after 100 ms waiting for the mutex "RunningScript"; held by s0.', at: T0 + 100, sequence: 1 },
         { type: "completed", ticket: "x", reason: { kind: "mutex_timeout" }, at: T0 + 100 },
         { type: "granted", ticket: "s1", at: T0 + 100 },

@@ -586,8 +586,10 @@ function runTimeout(state: MachineState, script: ActiveScript, now: number, out:
 function timeOut(state: MachineState, script: ActiveScript, now: number, out: Decision): void {
   const mutex = state.mutexes.get(script.mutexName);
   const waitedMs = now - script.createdAt;
+  // The reason names the timeout the caller set (the alarm may serve it a little later than that).
+  const timeoutMs = (script.mutexDeadline ?? now) - script.createdAt;
   const line = `Timed out after ${waitedMs} ms waiting for the mutex "${script.mutexName}"${mutex ? `; ${describeBlockers(state, mutex, script)}` : ""}.`;
-  audit(state, script, "mutex-timeout", { actor: CONTROL_PLANE, reason: `waited ${waitedMs} ms for the mutex "${script.mutexName}"` }, line, now, out);
+  audit(state, script, "mutex-timeout", { actor: CONTROL_PLANE, reason: `waited its mutexTimeoutMs of ${timeoutMs} ms for the mutex "${script.mutexName}"` }, line, now, out);
   complete(state, script, { kind: "mutex_timeout" }, now, out);
 }
 
