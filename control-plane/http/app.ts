@@ -7,6 +7,7 @@ import { OpenAPIHono } from "@hono/zod-openapi";
 import { LIMITS } from "../../shared/api.js";
 import { isMachineId } from "../../shared/ids.js";
 import { ALL_ROUTES, ROUTES } from "../../shared/routes.js";
+import { createConsole } from "../console/app.js";
 import { bearerToken, randomToken, sha256Hex } from "../crypto.js";
 import type { RpcResult } from "../machine/results.js";
 import { parseFeedCursor, parseMachineCursor } from "../registry/cursors.js";
@@ -190,6 +191,9 @@ export function createApp(): OpenAPIHono<AppEnv> {
       headers: { "content-type": "text/event-stream; charset=utf-8", "cache-control": "no-cache", "x-accel-buffering": "no" },
     });
   });
+
+  // The operators' console: its own pages and session cookie, outside /api/v1 (which never reads the cookie).
+  app.route("/", createConsole());
 
   fallbacks(app, ALL_ROUTES);
   app.notFound((c) => errorJson(c, 404, "not_found", `No route ${c.req.method} ${c.req.path}.`));

@@ -7,13 +7,15 @@
  *   one query whatever the fleet's size; and the fleet's counters;
  * - the fleet-wide audit feed: the machines' events (pushed with their summaries) and the registry's own
  *   (removals, operators), kept for `AUDIT_RETENTION_MS` (90 days by default), pruned by the alarm;
- * - the operators, with their tokens hashed.
+ * - the operators, with their tokens hashed;
+ * - for the console: failed sign-ins per client (to slow down guessing) and signed-out sessions (`console-store.ts`).
  * Every call runs in one storage transaction.
  */
 import { DurableObject } from "cloudflare:workers";
 import type { AuditFeed, FleetStatus, OperatorRole, OperatorView } from "../../shared/api.js";
 import type { Env } from "../env.js";
 import type { MachineReport, ReportAck, ReportEvent } from "../machine/report.js";
+import * as consoleStore from "./console-store.js";
 import { feedCursor, machineCursor } from "./cursors.js";
 import * as store from "./registry-store.js";
 
@@ -130,10 +132,40 @@ export class RegistryObject extends DurableObject<Env> {
     return store.operatorGeneration(this.sql, name, Date.now());
   }
 
+  // ---------------------------------------------------------------- console sessions
+
+  /**
+   * Starts a console sign-in attempt of a client (see console-store.ts): answers how many ms it must wait before
+   * trying again, or 0 when it may go on (the attempt then counts as a failure until `consoleSignInSucceeded`).
+   */
+  async beginConsoleSignIn(client: string): Promise<number> {
+    return this.tx(() => consoleStore.beginSignIn(this.sql, client, Date.now()));
+  }
+
+  /** A client signed in to the console with a good token: its failures are forgotten. */
+  async consoleSignInSucceeded(client: string): Promise<void> {
+    this.tx(() => consoleStore.signInSucceeded(this.sql, client));
+  }
+
+  /**
+   * Whether a console session may go on: not signed out, and, for an operator's session, made with the operator's
+   * current token (not removed, replaced or expired since).
+   */
+  async consoleSessionLive(sessionId: string, operator: { name: string; generation: number } | null): Promise<boolean> {
+    if (consoleStore.sessionEnded(this.sql, sessionId)) return false;
+    return operator === null || store.operatorGeneration(this.sql, operator.name, Date.now()) === operator.generation;
+  }
+
+  /** Ends a console session (signed out): its cookie is refused from now on. */
+  async endConsoleSession(sessionId: string, expiresAt: number): Promise<void> {
+    this.tx(() => consoleStore.endSession(this.sql, sessionId, expiresAt));
+  }
+
   // ---------------------------------------------------------------- the alarm
 
-  /** Prunes audit events past retention, a batch at a time. */
+  /** Prunes audit events past retention, a batch at a time, and what the console no longer needs. */
   override async alarm(): Promise<void> {
+    this.tx(() => consoleStore.pruneConsole(this.sql, Date.now()));
     const removed = this.tx(() => store.pruneEvents(this.sql, Date.now() - this.retentionMs, PRUNE_BATCH));
     await this.ctx.storage.setAlarm(Date.now() + (removed === PRUNE_BATCH ? 1_000 : this.pruneIntervalMs()));
   }

@@ -8,6 +8,7 @@ import type { FeedEvent, FleetCounts, FleetStatus, MachineSummary, OperatorRole,
 import { constantTimeEqual } from "../crypto.js";
 import type { MachineReport, ReportAck, ReportEvent } from "../machine/report.js";
 import type { Sql } from "../sql.js";
+import { CONSOLE_TABLES } from "./console-store.js";
 
 /** An epoch-ms column as an ISO-8601 string (or JSON null), computed by SQLite: `Date.prototype.toISOString`'s form. */
 function isoSql(column: string): string {
@@ -88,6 +89,8 @@ const MIGRATIONS: string[][] = [
        last_used_at INTEGER
      )`,
   ],
+  // The console's sign-in slowdown and its signed-out sessions (console-store.ts).
+  CONSOLE_TABLES,
 ];
 
 /** Brings the schema to the newest version; safe on every start (run it in one transaction). */
