@@ -16,6 +16,7 @@ import { FleetStatus, type MachineList, type ScriptStatus } from "../../shared/a
 import { ExitCode } from "../../shared/exit-codes.js";
 import { isMachineId, isTicket } from "../../shared/ids.js";
 import type { Env } from "../env.js";
+import { readBounded } from "../http/errors.js";
 import { actorOf, permits, type Caller } from "../http/callers.js";
 import type { RpcError } from "../machine/results.js";
 import { parseFeedCursor, parseMachineCursor } from "../registry/cursors.js";
@@ -327,27 +328,9 @@ function clearCookie(c: Ctx): Record<string, string> {
 /** Reads a urlencoded form of at most FORM_MAX_BYTES; null when it is larger or not a form. */
 async function readForm(c: Ctx): Promise<URLSearchParams | null> {
   const type = (c.req.header("content-type") ?? "").split(";")[0]!.trim().toLowerCase();
-  if (type !== "application/x-www-form-urlencoded" || !c.req.raw.body) return type === "application/x-www-form-urlencoded" ? new URLSearchParams() : null;
-  const reader = c.req.raw.body.getReader();
-  const chunks: Uint8Array[] = [];
-  let total = 0;
-  for (;;) {
-    const { value, done } = await reader.read();
-    if (done) break;
-    total += value.byteLength;
-    if (total > FORM_MAX_BYTES) {
-      await reader.cancel();
-      return null;
-    }
-    chunks.push(value);
-  }
-  const bytes = new Uint8Array(total);
-  let at = 0;
-  for (const chunk of chunks) {
-    bytes.set(chunk, at);
-    at += chunk.byteLength;
-  }
-  return new URLSearchParams(new TextDecoder().decode(bytes));
+  if (type !== "application/x-www-form-urlencoded") return null;
+  const bytes = await readBounded(c.req.raw, FORM_MAX_BYTES);
+  return bytes === null ? null : new URLSearchParams(new TextDecoder().decode(bytes));
 }
 
 // ---------------------------------------------------------------------------------------------------

@@ -61,7 +61,7 @@ const DRAIN_LIMIT = 64 * 1024 * 1024;
  * its end (up to DRAIN_LIMIT) and discarded, so that the client gets the 413 instead of a reset
  * connection while it is still sending.
  */
-async function readBounded(request: Request, maxBytes: number): Promise<Uint8Array | null> {
+export async function readBounded(request: Request, maxBytes: number): Promise<Uint8Array | null> {
   if (!request.body) return new Uint8Array(0);
   const reader = request.body.getReader();
   const chunks: Uint8Array[] = [];
