@@ -84,11 +84,11 @@ export function rssMb(pid, field = "VmRSS") {
   }
 }
 
-/** Starts a control plane; returns its URL, an API helper and stop(). */
-export async function startControlPlane(extraArgs = []) {
+/** Starts a control plane; returns its URL, an API helper and stop(). `env` is added to its environment. */
+export async function startControlPlane(extraArgs = [], env = {}) {
   const token = "bench-server-token";
   const stateDir = mkdtempSync(join(tmpdir(), "tendril-bench-cp-"));
-  const proc = startGroup(["control-plane", "--port", "0", "--server-token", token, "--state-dir", stateDir, ...extraArgs]);
+  const proc = startGroup(["control-plane", "--port", "0", "--server-token", token, "--state-dir", stateDir, ...extraArgs], env);
   const url = await waitFor(() => /listening on (http:\/\/127\.0\.0\.1:\d+)/.exec(proc.output())?.[1], 60_000, 20);
   const headers = { authorization: `Bearer ${token}`, "content-type": "application/json" };
   const api = async (method, path, body) => {
@@ -101,6 +101,8 @@ export async function startControlPlane(extraArgs = []) {
     token,
     api,
     pid: proc.pid,
+    /** Everything it printed so far (with `TENDRIL_TRACE=1`, its stage timestamps). */
+    output: proc.output,
     /** The workerd processes doing the work. */
     workerdPids: () => groupPids(proc.pid).filter((pid) => pid !== proc.pid),
     async stop() {
@@ -138,6 +140,42 @@ export function percentile(values, p) {
   if (sorted.length === 0) return NaN;
   const index = Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1));
   return sorted[index];
+}
+
+/**
+ * Starts the baseline process (bench/baseline.mjs); `spawnTrue(n)` has it spawn `bash -c true` n times one after
+ * another and resolves with each one's time in ms.
+ */
+export function startBaseline() {
+  const child = spawn(process.execPath, [join(ROOT, "bench", "baseline.mjs")], { stdio: ["pipe", "pipe", "inherit"] });
+  const exited = new Promise((resolve) => child.on("exit", resolve));
+  const answers = [];
+  let buffered = "";
+  child.stdout.setEncoding("utf8");
+  child.stdout.on("data", (chunk) => {
+    buffered += chunk;
+    for (let end = buffered.indexOf("\n"); end !== -1; end = buffered.indexOf("\n")) {
+      answers.shift()?.(JSON.parse(buffered.slice(0, end)));
+      buffered = buffered.slice(end + 1);
+    }
+  });
+  return {
+    pid: child.pid,
+    spawnTrue(count) {
+      return new Promise((resolve) => {
+        answers.push(resolve);
+        child.stdin.write(`${count}\n`);
+      });
+    },
+    async stop() {
+      child.stdin.end();
+      const done = await Promise.race([exited.then(() => true), new Promise((r) => setTimeout(() => r(false), 5_000))]);
+      if (!done) {
+        child.kill("SIGKILL");
+        await exited;
+      }
+    },
+  };
 }
 
 /** Runs `bash -c <script>` directly from Node and resolves when it exits. */

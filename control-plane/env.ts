@@ -21,4 +21,6 @@ export interface Env {
   SCRIPT_RETENTION_MS?: string;
   /** Most output stored per script, in bytes (default 100 MiB); later output is dropped with a note. */
   MAX_SCRIPT_OUTPUT_BYTES?: string;
+  /** "1": print the benchmark's stage timestamps (control-plane/trace.ts). Unset in production. */
+  TENDRIL_TRACE?: string;
 }

@@ -379,6 +379,20 @@ export class CgroupTree {
   }
 
   /**
+   * `removeEmpty`, tried again for a while (`tries` times, `delayMs` apart) while a cgroup it made holds no process
+   * any more but is still there: the kernel may refuse to remove a cgroup (EBUSY) for a moment after its last process
+   * was killed and reaped. A cgroup that holds a process stays at once.
+   */
+  async removeEmptySettled(tries = 25, delayMs = 20): Promise<void> {
+    for (let attempt = 0; ; attempt += 1) {
+      this.removeEmpty();
+      const left = [...this.created, ...this.lingering].filter((path) => existsSync(path) && new ScriptCgroup(path, undefined).pids().length === 0);
+      if (left.length === 0 || attempt >= tries) return;
+      await delay(delayMs);
+    }
+  }
+
+  /**
    * Removes what dead runner processes left: the empty script cgroups in their folders, then the folders once
    * empty; and empty script cgroups of the older layout (directly under the base) that are more than a minute old
    * (a recent one may be an older runner's, just made).

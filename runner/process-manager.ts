@@ -42,6 +42,7 @@ import {
   type ShellSubprocess,
   type SpawnRequest,
 } from "./spawn.js";
+import { trace } from "./trace.js";
 import { startColdWrapper, wrappable, type WarmShellPool } from "./warm-shell.js";
 import type { WrapperStatus } from "./wrapper-status.js";
 import { readExitFile, readFifo, releaseGate, type WrapperPaths } from "./wrapper.js";
@@ -125,7 +126,7 @@ export async function spawnScript(
     shell = await startDirect(launch);
   }
   if (!shell.ok) return shell;
-  const child = track(shell, onOutput, options);
+  const child = track(request.ticket, shell, onOutput, options);
   options.warmShells?.refillAfter(child, launch);
   return { ok: true, process: child };
 }
@@ -182,7 +183,7 @@ async function startDirect(launch: Launch): Promise<ScriptShell | SpawnFailure> 
 }
 
 /** Tracks the script's shell (or wrapper) as a `ScriptProcess`, then lets it run the script. */
-function track(shell: ScriptShell, onOutput: OutputHandler, options: ProcessManagerOptions): ScriptProcess {
+function track(ticket: string, shell: ScriptShell, onOutput: OutputHandler, options: ProcessManagerOptions): ScriptProcess {
   const tree = new ProcessTree({
     leaderPid: shell.pid,
     marker: shell.marker,
@@ -194,6 +195,7 @@ function track(shell: ScriptShell, onOutput: OutputHandler, options: ProcessMana
   // The output listeners go on before the event loop turns again: execa resumes unread pipes on its next turn, and
   // a wrapper runs the script once told (just below), so nothing may be written before the listeners are there.
   const child = new ScriptProcess(io, shell.pid, tree, onOutput, options, shell.startTime);
+  trace(ticket, "exec");
   shell.run?.();
   return child;
 }

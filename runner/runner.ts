@@ -46,6 +46,7 @@ import {
   type ScriptState,
 } from "./script-state.js";
 import type { ScriptIdentity, ShellName } from "./spawn.js";
+import { trace } from "./trace.js";
 import { forProtocol } from "./versions.js";
 import { WarmShellPool } from "./warm-shell.js";
 
@@ -284,7 +285,7 @@ class Runner {
     this.cleanup = (async () => {
       await this.warmShells?.dispose();
       // What still holds processes stays for the next runner.
-      if (this.ownCgroups) this.cgroups?.removeEmpty();
+      if (this.ownCgroups) await this.cgroups?.removeEmptySettled();
       else this.cgroups?.tidy();
     })();
     this.resolveStopped(reason);
@@ -463,6 +464,7 @@ class Runner {
   }
 
   private onDispatch(ticket: string, fence: number, payload: ScriptPayload): void {
+    trace(ticket, "dispatch");
     const key = scriptKey(ticket, fence);
     if (this.scripts.has(key) || this.finished.has(key)) {
       // A redelivered dispatch: it runs (or ran) once.
@@ -662,6 +664,7 @@ class Runner {
   private async follow(script: TrackedScript, child: ScriptProcess): Promise<void> {
     const own = await child.wait();
     if (own === undefined || released(script.state)) return;
+    trace(script.state.ticket, "ended");
     for (const stream of ["stdout", "stderr"] as const) script.output.end(stream);
     this.apply(script, { type: "process_ended", outcome: own });
     child.settle();
@@ -710,7 +713,10 @@ class Runner {
     // The control plane refuses an exit with lines missing; the output frames go first on the same socket.
     if (script.exit === undefined || !exitDue(script.state, this.generation) || !script.output.spool.allSent) return;
     const { ticket, fence } = script.state;
-    if (this.send({ type: "exit", ticket, fence, ...script.exit })) this.apply(script, { type: "exit_sent", connection: this.generation });
+    if (this.send({ type: "exit", ticket, fence, ...script.exit })) {
+      trace(ticket, "exit");
+      this.apply(script, { type: "exit_sent", connection: this.generation });
+    }
   }
 
   /** Stops tracking a script for good; remembers it so that a late repeat of its dispatch does not run it again. */

@@ -1,9 +1,9 @@
 /**
  * Which client a sign-in attempt comes from, for slowing down repeated failures. On Cloudflare the edge sets
- * `CF-Connecting-IP` to the connecting address (a value the client sent is replaced). Locally, Miniflare sets it from
- * the socket when the request has none, so every loopback client is one client, `127.0.0.1` (and a local client can
- * send its own value: on a control plane exposed beyond loopback without Cloudflare in front, the slowdown is only as
- * good as that header). An IPv6 address counts by its /64, the block one subscriber usually gets. Pure.
+ * `CF-Connecting-IP` to the connecting address (a value the client sent is replaced). Locally nothing sets it (the
+ * Worker listens on its own socket, without Miniflare's edge in front), so every client that sends none is one client,
+ * `unknown` (and a local client can send its own value: on a control plane exposed beyond loopback without Cloudflare
+ * in front, the slowdown is only as good as that header). An IPv6 address counts by its /64, the block one subscriber usually gets. Pure.
  */
 
 /** The throttling key of a request's client: its IPv4 address, its IPv6 /64, or `unknown`. */

@@ -15,6 +15,7 @@ import { actorOf, OPERATOR_TOKEN_PREFIX } from "./callers.js";
 import { ApiError, errorJson, invalid } from "./errors.js";
 import { openApiDocument } from "./openapi.js";
 import { fallbacks, mount, type AppEnv, type Ctx } from "./routing.js";
+import { traceStage } from "../trace.js";
 
 /** How long one stream page waits in the object before the edge sends a keep-alive comment. */
 const STREAM_POLL_MS = 15_000;
@@ -129,6 +130,7 @@ export function createApp(): OpenAPIHono<AppEnv> {
   mount(app, ROUTES.getMachine, async (c, { params: { machineId } }) => respond(c, await machineStub(c, machineId).view(machineId, true)));
 
   mount(app, ROUTES.startScript, async (c, { params: { machineId }, body: request }) => {
+    if (request.ticket !== undefined) traceStage(c.env, request.ticket, "edge");
     if (new TextEncoder().encode(request.scriptBody).byteLength > LIMITS.scriptBodyBytes) {
       throw new ApiError(413, "too_large", `scriptBody is larger than ${LIMITS.scriptBodyBytes} bytes.`);
     }
@@ -161,6 +163,7 @@ export function createApp(): OpenAPIHono<AppEnv> {
       waitMs: request.waitMs,
     });
     if (!result.ok) return respond(c, result);
+    traceStage(c.env, result.value.status.ticket, "answer");
     return c.json(result.value.status, result.value.created ? 201 : 200);
   });
 

@@ -18,6 +18,7 @@ import { machineLimits } from "./limits.js";
 import type { MachineReport } from "./report.js";
 import { fail, ok, storageUnavailable, unknownMachine, unknownScript, type RpcResult } from "./results.js";
 import { Waiters } from "./waiters.js";
+import { traceStage } from "../trace.js";
 
 /** The tag every runner socket carries. */
 const RUNNER_TAG = "runner";
@@ -169,9 +170,13 @@ export class MachineObject extends DurableObject<Env> {
   /** Starts a script (idempotent by ticket); optionally waits up to `waitMs` for it to complete. */
   async startScript(machineId: string, input: StartInput): Promise<RpcResult<{ created: boolean; status: ScriptStatus }>> {
     if (!this.engine.registered()) return unknownMachine(machineId);
+    traceStage(this.env, input.ticket, "object");
     const started = this.engine.start(input, Date.now());
     if (!started.ok) return started;
-    if (input.waitMs > 0) await this.waitForCompletion(input.ticket, input.waitMs);
+    if (input.waitMs > 0) {
+      await this.waitForCompletion(input.ticket, input.waitMs);
+      traceStage(this.env, input.ticket, "woke");
+    }
     const status = this.engine.status(input.ticket, 0, LIMITS.logPageLines);
     return status.ok ? ok({ created: started.value.created, status: status.value }) : status;
   }
@@ -286,6 +291,7 @@ export class MachineObject extends DurableObject<Env> {
       this.engine.touched(now);
       if (message.type === "draining") this.engine.runnerDraining(now);
       else this.engine.report(message, now);
+      if (message.type === "exit") traceStage(this.env, message.ticket, "exit-in");
     } catch (error) {
       // Nothing of the frame was kept and the connection was closed: the runner reconnects and resends.
       if (!(error instanceof StorageUnavailable)) throw error;

@@ -1,5 +1,6 @@
 // The benchmark's plumbing on tiny sizes, so that `npm run bench` cannot rot. It checks that every
-// figure is measured and reported, not the targets (those belong to the real benchmark run).
+// figure is measured and reported, with the fixed cost and stage breakdown of dispatch and handoff, and that `--check`
+// fails exactly when a target is missed; not the targets themselves (those belong to the real benchmark run).
 import { describe, expect, it } from "vitest";
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -7,14 +8,16 @@ import { join } from "node:path";
 import { ROOT, startProcess } from "../helpers/processes.js";
 
 describe("npm run bench", () => {
-  it("measures every figure on tiny sizes and writes the table and results.json", async () => {
+  it("measures every figure on tiny sizes and writes the table, the stage breakdowns and results.json; --check fails when a target is missed", async () => {
     const dir = mkdtempSync(join(tmpdir(), "tendril-bench-test-"));
     const out = join(dir, "results.json");
-    const bench = startProcess(process.execPath, [join(ROOT, "bench", "run.mjs"), "--tiny", "--out", out]);
+    const bench = startProcess(process.execPath, [join(ROOT, "bench", "run.mjs"), "--tiny", "--check", "--out", out]);
     try {
       const { code } = await bench.exited;
-      expect(code, bench.output()).toBe(0);
       const results = JSON.parse(readFileSync(out, "utf8"));
+      const allMet = results.rows.every((r: { met: boolean }) => r.met);
+      expect(code, bench.output()).toBe(allMet ? 0 : 1);
+      if (!allMet) expect(bench.output()).toContain("bench --check:");
       expect(results.mode).toBe("tiny");
       const figures = results.rows.map((r: { figure: string }) => r.figure).join("\n");
       for (const name of ["dispatch p50", "dispatch p95", "mutex handoff", "abandon", "output:", "runner peak RSS", "queue depth", "connect storm", "fleet: dispatch", "idle CPU", "fleet list: first page", "fleet list: dispatch", "fleet list: summary reaches", "runner RSS, idle", "concurrent sleep"]) {
@@ -25,7 +28,15 @@ describe("npm run bench", () => {
         expect(Number.isFinite(r.value), r.figure).toBe(true);
         expect(typeof r.met).toBe("boolean");
       }
-      expect(bench.stdout()).toMatch(/\| figure +\| value/);
+      expect(bench.stdout()).toMatch(/\| figure +\| value .*\| fixed cost/);
+      // Dispatch and handoff: Tendril's time above the baseline's, and where it goes, stage by stage.
+      for (const name of ["dispatch p50", "mutex handoff"]) {
+        const row = results.rows.find((r: { figure: string }) => r.figure.startsWith(name));
+        expect(Number.isFinite(row.fixedCost), name).toBe(true);
+        expect(row.breakdown.length, name).toBeGreaterThanOrEqual(5);
+        for (const stage of row.breakdown) expect(Number.isFinite(stage.ms), `${name}: ${stage.stage}`).toBe(true);
+        expect(bench.stdout()).toContain(`Where the time of ${name} goes`);
+      }
     } finally {
       await bench.stop();
       rmSync(dir, { recursive: true, force: true });
