@@ -129,9 +129,22 @@ export async function startRunner(cp, machineId, env = {}, nodeFlags = []) {
     runnerPid,
     async stop() {
       await proc.stop();
+      // A runner that stops leaves its running scripts to the next one (their wrappers wait); there is none here.
+      killWrappersOf(workDir);
       rmSync(workDir, { recursive: true, force: true });
     },
   };
+}
+
+/** SIGKILLs the process group of every script wrapper (`/bin/sh -s tendril-wrapper <workDir> …`) of `workDir`. */
+export function killWrappersOf(workDir) {
+  for (const entry of readdirSync("/proc")) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      const argv = readFileSync(`/proc/${entry}/cmdline`, "utf8").split("\0");
+      if (argv[0] === "/bin/sh" && argv[1] === "-s" && argv[2] === "tendril-wrapper" && argv[3] === workDir) process.kill(-Number(entry), "SIGKILL");
+    } catch {}
+  }
 }
 
 /** Percentile of a list of numbers (p in 0–100). */
