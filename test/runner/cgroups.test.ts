@@ -64,7 +64,12 @@ describe.runIf(usable)("cgroups a runner made", () => {
     const { handle, connection } = await startConnectedRunner(plane, workDir);
     connection.dispatch("t1", 1, "cat /proc/self/cgroup");
     await connection.frame("exit");
-    const shells = await waitFor(() => (warmShells().length === 2 ? warmShells() : undefined), "two warm shells");
+    // Each in its cgroup: the runner moves a shell in right after the fork, which a look at /proc can come before.
+    const inOwnCgroup = (pid: number) => /\/s-[0-9a-f]{32}$/.test(cgroupFolderOf(pid));
+    const shells = await waitFor(() => {
+      const found = warmShells();
+      return found.length === 2 && found.every(inOwnCgroup) ? found : undefined;
+    }, "two warm shells, each in a cgroup of its own");
     const made = shells.map(cgroupFolderOf);
     expect(made.every(existsSync)).toBe(true);
     await handle.stop();
