@@ -24,3 +24,8 @@ export interface Env {
   /** "1": print the benchmark's stage timestamps (control-plane/trace.ts). Unset in production. */
   TENDRIL_TRACE?: string;
 }
+
+/** The registry: the one object that knows every machine, operator and console session. */
+export function registryStub(env: Pick<Env, "REGISTRY">) {
+  return env.REGISTRY.get(env.REGISTRY.idFromName("registry"));
+}

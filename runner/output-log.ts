@@ -166,11 +166,6 @@ export class OutputLog {
     }
   }
 
-  /** How many segments the log has on disk. */
-  get segmentCount(): number {
-    return this.segments.length;
-  }
-
   /** Closes the file; the log stays on disk for a later runner process. */
   close(): void {
     if (this.fd !== undefined) closeSync(this.fd);

@@ -27,7 +27,7 @@ import { Ticket } from "../shared/ids.js";
 import { BootId, Outcome } from "../shared/protocol.js";
 import { isProcessGone, ownStartTime } from "./containment.js";
 import type { ScriptIdentity, ShellName } from "./spawn.js";
-import { EXIT_FILE, IO_FOLDER, wrapperPaths, type WrapperPaths } from "./wrapper.js";
+import { EXIT_FILE, IO_FOLDER } from "./wrapper.js";
 
 /** The record's file name in a run folder. */
 export const RECORD_FILE = "record.json";
@@ -170,10 +170,6 @@ export class RunFolders {
     }
   }
 
-  /** The wrapper files of a run (see wrapper.ts). */
-  wrapperPaths(run: Run): WrapperPaths {
-    return wrapperPaths(run.dir);
-  }
 
   /** The run of a dispatch. */
   find(ticket: string, fence: number): Run | undefined {

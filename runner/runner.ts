@@ -9,7 +9,7 @@
 import { randomUUID } from "node:crypto";
 import { resolve } from "node:path";
 import type { ScriptPayload } from "../shared/api.js";
-import { CAPABILITIES, encodeOutputFrame, type ControlMessage, type Outcome, type RunnerMessage } from "../shared/protocol.js";
+import { CAPABILITIES, clampFailureMessage, encodeOutputFrame, type ControlMessage, type Outcome, type RunnerMessage } from "../shared/protocol.js";
 import { AbandonedProcesses, WATCH_DEFAULTS } from "./abandoned-watch.js";
 import type { RunnerDependencies, RunnerHandle, RunnerStats, RunnerStop, ScriptStats } from "./api.js";
 import { Connection } from "./connection.js";
@@ -116,9 +116,6 @@ interface TrackedScript {
 }
 
 type Welcome = Extract<ControlMessage, { type: "welcome" }>;
-
-/** Longest `failed` outcome message the protocol accepts. */
-const MAX_FAILURE_MESSAGE = 4096;
 
 /** What keeps a re-attached run's folder until the first welcome answered for it. */
 const WELCOME_HOLD = "welcome";
@@ -677,9 +674,7 @@ class Runner {
 
   /** The script could not run: one debug line with the reason (no secrets, within the protocol's limit), then a `failed` exit. */
   private fail(script: TrackedScript, reason: string): void {
-    const clean = redact(reason, script.secrets);
-    const message = clean.length > MAX_FAILURE_MESSAGE ? `${clean.slice(0, MAX_FAILURE_MESSAGE - 1)}…` : clean;
-    this.apply(script, { type: "failed", message });
+    this.apply(script, { type: "failed", message: clampFailureMessage(redact(reason, script.secrets)) });
   }
 
   /**

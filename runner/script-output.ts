@@ -78,11 +78,6 @@ export class ScriptOutput {
     this.early = undefined;
   }
 
-  /** True while events are logged. */
-  get logging(): boolean {
-    return this.log !== undefined;
-  }
-
   /** A chunk read from a stream: logged, then split into lines that all arrived at `at`. */
   chunk(stream: LogStream, bytes: Buffer, at: number = Date.now()): void {
     this.record({ type: "chunk", stream, at, bytes });

@@ -4,10 +4,7 @@
  * no version 2) has no `killGraceMs` or `reattached` in `hello`, no `startTime` or `bootId` in `started`, no `lost`
  * outcome and no `draining` message.
  */
-import { MAX_SURVIVORS, type Outcome, type RunnerMessage } from "../shared/protocol.js";
-
-/** Longest `failed` outcome message the protocol accepts. */
-const MAX_FAILURE_MESSAGE = 4096;
+import { MAX_SURVIVORS, clampFailureMessage, type Outcome, type RunnerMessage } from "../shared/protocol.js";
 
 /** `message` as protocol `version` carries it; undefined when that version has no such message. */
 export function forProtocol(message: RunnerMessage, version: number): RunnerMessage | undefined {
@@ -42,5 +39,5 @@ export function outcomeForVersion1(outcome: Outcome): Outcome {
   const pids = outcome.survivors.slice(0, MAX_SURVIVORS).map((survivor) => survivor.pid);
   const survivors = pids.length > 0 ? ` ${pids.length === 1 ? "A process" : "Processes"} of it would not die and may still be running: pid ${pids.join(", ")}.` : "";
   const message = `The runner restarted and could not follow this script to its end: its result is unknown.${stopped}${survivors}`;
-  return { kind: "failed", message: message.length > MAX_FAILURE_MESSAGE ? `${message.slice(0, MAX_FAILURE_MESSAGE - 1)}…` : message };
+  return { kind: "failed", message: clampFailureMessage(message) };
 }

@@ -18,7 +18,7 @@ import { Socket } from "node:net";
 import { join } from "node:path";
 import type { Writable } from "node:stream";
 import { SCRIPT_MARKER_VARIABLE, isProcessGone, newScriptMarker, ownStartTime, readProcessStat, signalGroup, type CgroupTree, type ScriptCgroup } from "./containment.js";
-import { makeSlot } from "./run-folder.js";
+import { SLOTS_FOLDER, makeSlot } from "./run-folder.js";
 import {
   ignore,
   joinCgroup,
@@ -206,7 +206,7 @@ export class WarmShellPool {
   private warmUp(execa: Execa, recipe: Recipe): Wrapper | undefined {
     let slot: string;
     try {
-      slot = makeSlot(join(recipe.workDir, "slots"));
+      slot = makeSlot(join(recipe.workDir, SLOTS_FOLDER));
     } catch {
       return undefined;
     }

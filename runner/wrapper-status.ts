@@ -4,6 +4,7 @@
  * own complaints (a failed `mkfifo`), kept for the message of a start that failed.
  */
 import type { Readable } from "node:stream";
+import { ignore } from "./spawn.js";
 import { parseStatusLine } from "./wrapper.js";
 
 /** Most bytes of a wrapper's stderr kept for a failure message. */
@@ -89,10 +90,6 @@ export class WrapperStatus {
     // Nothing else is ever printed there; a runaway line must not grow without bound.
     if (this.text.length > 64) this.text = this.text.slice(-64);
   }
-}
-
-function ignore(): void {
-  // Nothing to do.
 }
 
 function unref(stream: Readable): void {

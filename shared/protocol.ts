@@ -239,11 +239,19 @@ export type ProcessRef = z.infer<typeof ProcessRef>;
 /** Most surviving processes one `lost` outcome lists. */
 export const MAX_SURVIVORS = 1_000;
 
+/** Longest `failed` outcome message the protocol accepts. */
+export const MAX_FAILURE_MESSAGE = 4096;
+
+/** `message` cut to `MAX_FAILURE_MESSAGE`, with an ellipsis when it was cut. */
+export function clampFailureMessage(message: string): string {
+  return message.length > MAX_FAILURE_MESSAGE ? `${message.slice(0, MAX_FAILURE_MESSAGE - 1)}…` : message;
+}
+
 /** How the process ended, as the runner saw it. */
 export const Outcome = z.discriminatedUnion("kind", [
   z.strictObject({ kind: z.literal("exited"), code: z.int().min(0).max(255) }),
   z.strictObject({ kind: z.literal("signaled"), signal: z.string().min(1).max(32), number: z.int().min(1).max(64) }),
-  z.strictObject({ kind: z.literal("failed"), message: z.string().max(4096) }),
+  z.strictObject({ kind: z.literal("failed"), message: z.string().max(MAX_FAILURE_MESSAGE) }),
   z.strictObject({ kind: z.literal("cancelled"), signals: z.array(z.string().min(1).max(32)).max(8) }),
   /**
    * The runner lost the script: a new runner process found it left by its predecessor and could not re-attach

@@ -15,7 +15,7 @@ import type { JSX } from "hono/jsx/jsx-runtime";
 import { FleetStatus, type MachineList, type ScriptStatus } from "../../shared/api.js";
 import { ExitCode } from "../../shared/exit-codes.js";
 import { isMachineId, isTicket } from "../../shared/ids.js";
-import type { Env } from "../env.js";
+import { registryStub, type Env } from "../env.js";
 import { readBounded } from "../http/errors.js";
 import { actorOf, permits, type Caller } from "../http/callers.js";
 import type { RpcError } from "../machine/results.js";
@@ -32,7 +32,8 @@ import { scriptPath } from "./pages/parts.js";
 import { ScriptPage } from "./pages/script.js";
 import { MessagePage, SignInPage } from "./pages/sign-in.js";
 import { clearedSessionCookie, formToken, formTokenMatches, newClaims, openSession, readCookie, sealSession, sessionCookie, sessionCookieName, sessionKey, type OpenedSession } from "./session.js";
-import { configuredServerTokens, identifyToken, verifyingKeys } from "./tokens.js";
+import { identifyToken, verifyingKeys } from "./tokens.js";
+import { serverTokens } from "../http/auth.js";
 
 type ConsoleEnv = { Bindings: Env };
 type Ctx = Context<ConsoleEnv>;
@@ -77,7 +78,7 @@ export function createConsole(): Hono<ConsoleEnv> {
     if (!form) return message(c, null, 400, "Not a sign-in", "The sign-in form could not be read (too large, or not a plain form).");
     const next = safeNext(form.get("next") ?? undefined);
     const now = Date.now();
-    if (configuredServerTokens(c.env).length === 0) {
+    if (serverTokens(c.env).length === 0) {
       return page(c, SignInPage({ now, next, error: "The control plane has no server token configured, so nobody can sign in (fail closed)." }), 401);
     }
     const client = clientKey(c.req.header("cf-connecting-ip"));
@@ -392,7 +393,7 @@ function rpcFailure(c: Ctx, session: Session, error: RpcError): Promise<Response
 }
 
 function registry(c: Ctx) {
-  return c.env.REGISTRY.get(c.env.REGISTRY.idFromName("registry"));
+  return registryStub(c.env);
 }
 
 function machine(c: Ctx, machineId: string) {

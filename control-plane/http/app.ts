@@ -8,6 +8,7 @@ import { LIMITS } from "../../shared/api.js";
 import { isMachineId } from "../../shared/ids.js";
 import { ALL_ROUTES, ROUTES } from "../../shared/routes.js";
 import { createConsole } from "../console/app.js";
+import { registryStub } from "../env.js";
 import { bearerToken, randomToken, sha256Hex } from "../crypto.js";
 import type { RpcResult } from "../machine/results.js";
 import { parseFeedCursor, parseMachineCursor } from "../registry/cursors.js";
@@ -252,7 +253,7 @@ function machineStub(c: Ctx, machineId: string): MachineStub {
 }
 
 function registry(c: Ctx) {
-  return c.env.REGISTRY.get(c.env.REGISTRY.idFromName("registry"));
+  return registryStub(c.env);
 }
 
 function respond<T>(c: Ctx, result: RpcResult<T>, status: 200 | 201 = 200): Response {

@@ -6,7 +6,7 @@
 import type { MiddlewareHandler } from "hono";
 import type { Access } from "../../shared/routes.js";
 import { bearerToken, constantTimeEqual, sha256Hex } from "../crypto.js";
-import type { Env } from "../env.js";
+import { registryStub, type Env } from "../env.js";
 import { OPERATOR_TOKEN_PREFIX, permits, type Caller } from "./callers.js";
 import { errorJson } from "./errors.js";
 
@@ -28,8 +28,23 @@ async function digestOf(token: string): Promise<string> {
 }
 
 /** The server tokens accepted now: `SERVER_TOKEN`, and `SERVER_TOKEN_NEXT` while it is set. */
-function serverTokens(env: Env): string[] {
+export function serverTokens(env: Env): string[] {
   return [env.SERVER_TOKEN, env.SERVER_TOKEN_NEXT].filter((token): token is string => typeof token === "string" && token.length > 0);
+}
+
+/**
+ * Who a presented token is: a configured server token (compared as SHA-256 digests, every one of them, in constant
+ * time, so the time taken does not say which matched), with the one it matched; or a current operator token, looked
+ * up by its hash in the registry. Null for anything else.
+ */
+export async function identifyCaller(env: Env, presented: string): Promise<{ caller: Caller; serverToken: string | null } | null> {
+  const presentedHash = await sha256Hex(presented);
+  let matched: string | null = null;
+  for (const token of serverTokens(env)) if (constantTimeEqual(presentedHash, await digestOf(token))) matched = token;
+  if (matched !== null) return { caller: { kind: "server" }, serverToken: matched };
+  if (!presented.startsWith(OPERATOR_TOKEN_PREFIX)) return null;
+  const identity = await registryStub(env).authenticateOperator(presentedHash);
+  return identity ? { caller: { kind: "operator", ...identity }, serverToken: null } : null;
 }
 
 /**
@@ -47,15 +62,7 @@ export function requireAccess(access: Exclude<Access, "public" | "runner">): Mid
     }
     const presented = bearerToken(c.req.header("authorization"));
     if (!presented) return errorJson(c, 401, "unauthorized", "Missing or invalid token (Authorization: Bearer <token>).");
-    const presentedHash = await sha256Hex(presented);
-    let server = false;
-    // Every configured token is compared, so the time taken does not say which one matched.
-    for (const token of configured) if (constantTimeEqual(presentedHash, await digestOf(token))) server = true;
-    let caller: Caller | null = server ? { kind: "server" } : null;
-    if (!caller && presented.startsWith(OPERATOR_TOKEN_PREFIX)) {
-      const identity = await c.env.REGISTRY.get(c.env.REGISTRY.idFromName("registry")).authenticateOperator(presentedHash);
-      if (identity) caller = { kind: "operator", ...identity };
-    }
+    const caller = (await identifyCaller(c.env, presented))?.caller;
     if (!caller) return errorJson(c, 401, "unauthorized", "Missing or invalid token (Authorization: Bearer <token>): not the server token, nor a current operator token.");
     if (!permits(caller, access)) {
       const message =

@@ -11,7 +11,7 @@ import { DurableObject } from "cloudflare:workers";
 import { LIMITS, type LogLine, type MachineView, type ScriptStatus } from "../../shared/api.js";
 import { CloseCode, HEARTBEAT_PING, HEARTBEAT_PONG, parseRunnerMessage, type RunnerMessage } from "../../shared/protocol.js";
 import { bearerToken, randomToken, sha256Hex } from "../crypto.js";
-import type { Env } from "../env.js";
+import { registryStub, type Env } from "../env.js";
 import type { Requester } from "./core/machine-core.js";
 import { MachineEngine, StorageUnavailable, type MachinePort, type StartInput } from "./engine.js";
 import { machineLimits } from "./limits.js";
@@ -94,7 +94,7 @@ export class MachineObject extends DurableObject<Env> {
       },
       reset: (reason) => this.ctx.abort(reason),
       lastSeen: () => (this.runnerSocket ? this.lastSeen(this.runnerSocket) : null),
-      report: (report: MachineReport) => this.env.REGISTRY.get(this.env.REGISTRY.idFromName("registry")).report(report),
+      report: (report: MachineReport) => registryStub(this.env).report(report),
       now: () => Date.now(),
       // A short timer keeps the object awake until it fires; should the object go anyway, the alarm retries.
       schedule: (task, delayMs) => {

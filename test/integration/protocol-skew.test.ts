@@ -72,7 +72,8 @@ describe("protocol versions", () => {
       const abandoned = await raw(base, "POST", "/api/v1/machines/skew-1/scripts/stuck/abandon", { killProcess: true });
       expect(abandoned.body).toMatchObject({ state: "complete", exitCode: -48 });
       // It was refused once (the 0.1.0 control plane knows no version 2) and fell back, without a loop of refusals.
-      expect(runner.output()).toMatch(/protocol 1/i);
+      expect(runner.output().match(/refused protocol 2/g)).toHaveLength(1);
+      expect(runner.output()).toMatch(/speaks protocol 1/);
       expect((await raw(base, "GET", "/api/v1/machines/skew-1")).body.runner.connected).toBe(true);
     } finally {
       if (runner) await stopRunner(runner, workDir);

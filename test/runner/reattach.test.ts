@@ -239,6 +239,7 @@ describe("a runner that finds a script its predecessor started under a wrapper",
     const { connection, handle } = await nextRunner();
     await waitFor(() => handle.connected, "the welcome");
     const [script] = pidsInGroup(pid).filter((each) => each !== pid);
+    expect(script).toBeDefined();
     killPid(pid);
     const exit = await connection.frame("exit");
     expect(exit.outcome).toMatchObject({ kind: "lost", signals: ["SIGTERM"], survivors: [] });
@@ -307,8 +308,8 @@ describe("draining", () => {
     await handle.drain();
     const draining = connection.frames.findIndex((frame) => frame.type === "draining");
     expect(draining).toBeGreaterThan(0);
-    expect(connection.frames.slice(draining + 1)).toEqual([]);
     await waitFor(() => connection.closed, "the close");
+    expect(connection.frames.slice(draining + 1)).toEqual([]);
     expect(connection.closed?.code).toBe(1000);
     expect(isAlive(pid)).toBe(true);
     const { connection: next, hello } = await nextRunner();

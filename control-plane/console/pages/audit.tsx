@@ -1,7 +1,7 @@
 /** The fleet-wide audit feed, newest first, optionally for one machine, a page at a time. */
 import type { AuditFeed } from "../../../shared/api.js";
 import { Layout, type Viewer } from "./layout.js";
-import { ErrorText, machinePath, RelTime, scriptPath } from "./parts.js";
+import { ErrorText, EventsTable } from "./parts.js";
 
 /** What the audit page shows. */
 export interface AuditPageProps {
@@ -46,32 +46,7 @@ export function AuditPage(props: AuditPageProps) {
         {feed.events.length === 0 ? (
           <p class="empty">No events.</p>
         ) : (
-          <table class="cards">
-            <thead>
-              <tr>
-                <th scope="col">Action</th>
-                <th scope="col">Machine</th>
-                <th scope="col">Script</th>
-                <th scope="col">By</th>
-                <th scope="col">Reason</th>
-                <th scope="col">When</th>
-              </tr>
-            </thead>
-            <tbody>
-              {feed.events.map((event) => (
-                <tr>
-                  <td>{event.action}</td>
-                  <td data-label="Machine" class={event.machineId ? undefined : "none"}>{event.machineId ? <a href={machinePath(event.machineId)}>{event.machineId}</a> : "—"}</td>
-                  <td data-label="Script" class={event.machineId && event.ticket ? undefined : "none"}>{event.machineId && event.ticket ? <a href={scriptPath(event.machineId, event.ticket)}>{event.ticket}</a> : "—"}</td>
-                  <td data-label="By">{event.actor}</td>
-                  <td data-label="Reason" class={event.reason ? undefined : "none"}>{event.reason ?? "—"}</td>
-                  <td data-label="When">
-                    <RelTime iso={event.at} now={now} />
-                  </td>
-                </tr>
-              ))}
-            </tbody>
-          </table>
+          <EventsTable events={feed.events} now={now} where />
         )}
         <nav class="pager" aria-label="Pages">
           {props.cursor ? <a href={auditHref(machineId)}>Newest events</a> : null}

@@ -1,5 +1,5 @@
 /** Small pieces the console's pages share: times, state badges, exit codes, links. */
-import type { ScriptState } from "../../../shared/api.js";
+import type { AuditEvent, FeedEvent, ScriptState } from "../../../shared/api.js";
 import { ExitCode } from "../../../shared/exit-codes.js";
 import { formatExact, formatRelative, type RelativeStyle } from "../time.js";
 
@@ -79,4 +79,46 @@ export function ErrorText(props: { text: string | null | undefined }) {
       {props.text}
     </p>
   ) : null;
+}
+
+/** Audit events as a table (cards on a narrow screen); `where`: with the machine and the script of each. */
+export function EventsTable(props: { events: Array<AuditEvent & Partial<Pick<FeedEvent, "machineId" | "ticket">>>; now: number; where?: boolean }) {
+  return (
+    <table class="cards">
+      <thead>
+        <tr>
+          <th scope="col">Action</th>
+          {props.where ? <th scope="col">Machine</th> : null}
+          {props.where ? <th scope="col">Script</th> : null}
+          <th scope="col">By</th>
+          <th scope="col">Reason</th>
+          <th scope="col">When</th>
+        </tr>
+      </thead>
+      <tbody>
+        {props.events.map((event) => (
+          <tr>
+            <td>{event.action}</td>
+            {props.where ? (
+              <td data-label="Machine" class={event.machineId ? undefined : "none"}>
+                {event.machineId ? <a href={machinePath(event.machineId)}>{event.machineId}</a> : "—"}
+              </td>
+            ) : null}
+            {props.where ? (
+              <td data-label="Script" class={event.machineId && event.ticket ? undefined : "none"}>
+                {event.machineId && event.ticket ? <a href={scriptPath(event.machineId, event.ticket)}>{event.ticket}</a> : "—"}
+              </td>
+            ) : null}
+            <td data-label="By">{event.actor}</td>
+            <td data-label="Reason" class={event.reason ? undefined : "none"}>
+              {event.reason ?? "—"}
+            </td>
+            <td data-label="When">
+              <RelTime iso={event.at} now={props.now} />
+            </td>
+          </tr>
+        ))}
+      </tbody>
+    </table>
+  );
 }

@@ -5,7 +5,7 @@
  */
 import type { AuditEvent, LogLine, MutexView, ScriptStatus, ScriptSummary } from "../../../shared/api.js";
 import { Layout, type Viewer } from "./layout.js";
-import { ErrorText, ExitCodeText, machinePath, Notice, RelTime, scriptPath, StateBadge } from "./parts.js";
+import { ErrorText, EventsTable, ExitCodeText, machinePath, Notice, RelTime, scriptPath, StateBadge } from "./parts.js";
 
 /** What the script page shows. */
 export interface ScriptPageProps {
@@ -143,32 +143,7 @@ function ordinal(n: number): string {
 
 function Events(props: { events: AuditEvent[]; now: number }) {
   if (props.events.length === 0) return <p class="empty">None: nobody has cancelled or abandoned it, and the control plane has not stepped in.</p>;
-  return (
-    <table class="cards">
-      <thead>
-        <tr>
-          <th scope="col">Action</th>
-          <th scope="col">By</th>
-          <th scope="col">Reason</th>
-          <th scope="col">When</th>
-        </tr>
-      </thead>
-      <tbody>
-        {props.events.map((event) => (
-          <tr>
-            <td>{event.action}</td>
-            <td data-label="By">{event.actor}</td>
-            <td data-label="Reason" class={event.reason ? undefined : "none"}>
-              {event.reason ?? "—"}
-            </td>
-            <td data-label="When">
-              <RelTime iso={event.at} now={props.now} />
-            </td>
-          </tr>
-        ))}
-      </tbody>
-    </table>
-  );
+  return <EventsTable events={props.events} now={props.now} />;
 }
 
 /** Cancel and Abandon, as plain forms: they work without JavaScript. */
