@@ -9,7 +9,6 @@
  */
 import { cgroupAt, isProcessGone, killAbandoned, type CgroupTree } from "./containment.js";
 import type { Logger } from "./options.js";
-import { drainStreams } from "./process-manager.js";
 import type { RunFolders } from "./run-folder.js";
 import { letWrapperGoByPid } from "./wrapper.js";
 
@@ -184,7 +183,7 @@ export class AbandonedProcesses {
       const process = { ticket: entry.ticket, fence: entry.fence, pid: entry.pid };
       if (entry.kill === true) this.kill(entry);
       else if (!this.watch.knows(process) && !isProcessGone(entry.pid, entry.startTime, entry.bootId)) {
-        letWrapperGoByPid(entry.pid, entry.startTime, (socket) => drainStreams([socket]));
+        letWrapperGoByPid(entry.pid, entry.startTime);
       }
       this.add(process, { startTime: entry.startTime, bootId: entry.bootId });
     }

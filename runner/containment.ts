@@ -542,12 +542,31 @@ export class ScriptCgroup {
     }
   }
 
-  /** Removes the cgroup once it is empty (without a tree: now, if it is). */
+  /**
+   * Removes the cgroup once it is empty (without a tree: now, if it is). A wrapper's copiers leave a moment after the
+   * wrapper (they end when it tells them, or die of the same group kill a little later): while the cgroup holds
+   * processes, it is tried again for a while, then left to the tree's `tidy`.
+   */
   release(): void {
+    if (this.removeNow()) return;
+    let tries = RELEASE_TRIES;
+    const timer = setInterval(() => {
+      if (this.removeNow() || --tries <= 0) clearInterval(timer);
+    }, RELEASE_RETRY_MS);
+    timer.unref();
+  }
+
+  /** True once the cgroup is gone. */
+  private removeNow(): boolean {
     if (this.tree === undefined) tryRemove(this.path);
     else this.tree.release(this.path);
+    return !existsSync(this.path);
   }
 }
+
+/** How often, and how many times, a cgroup that still held processes when released is tried again. */
+const RELEASE_RETRY_MS = 20;
+const RELEASE_TRIES = 50;
 
 /** The shell that moves a process into a cgroup before it becomes the script's shell. */
 const ENTER_CGROUP_SHELL = "/bin/sh";

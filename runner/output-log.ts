@@ -36,6 +36,8 @@ export interface Checkpoint {
   splitters: Record<LogStream, SplitterState>;
   /** Streams whose end was logged. */
   ended: Record<LogStream, boolean>;
+  /** Bytes of each stream logged before this point: where its spool (spool-tail.ts) is read on from. */
+  positions: Record<LogStream, number>;
 }
 
 /** Segment size and naming. */
@@ -71,6 +73,7 @@ const CheckpointJson = z.strictObject({
   sequence: z.int().min(0),
   splitters: z.strictObject({ stdout: SplitterJson, stderr: SplitterJson }),
   ended: z.strictObject({ stdout: z.boolean(), stderr: z.boolean() }),
+  positions: z.strictObject({ stdout: z.int().min(0), stderr: z.int().min(0) }),
 });
 
 /** One segment on disk. */
@@ -278,6 +281,13 @@ function parseSegment(bytes: Buffer, newest: boolean): { checkpoint: Checkpoint;
   }
 }
 
+/** Bytes of each stream the log holds: its oldest checkpoint's positions and every chunk since. */
+export function loggedPositions(logged: LoggedOutput): Record<LogStream, number> {
+  const positions = { ...logged.checkpoint.positions };
+  for (const event of logged.events) if (event.type === "chunk") positions[event.stream] += event.bytes.length;
+  return positions;
+}
+
 /** How many bytes at the start of `bytes` are whole records. */
 function wholeRecordsLength(bytes: Buffer): number {
   let at = 0;
@@ -344,6 +354,7 @@ function checkpointJson(checkpoint: Checkpoint): z.infer<typeof CheckpointJson> 
     sequence: checkpoint.sequence,
     splitters: { stdout: splitter(checkpoint.splitters.stdout), stderr: splitter(checkpoint.splitters.stderr) },
     ended: { ...checkpoint.ended },
+    positions: { ...checkpoint.positions },
   };
 }
 
@@ -355,7 +366,12 @@ function parseCheckpoint(payload: Buffer): Checkpoint | undefined {
     carry: Buffer.from(state.carry, "base64"),
     started: state.started,
   });
-  return { sequence: json.sequence, splitters: { stdout: splitter(json.splitters.stdout), stderr: splitter(json.splitters.stderr) }, ended: json.ended };
+  return {
+    sequence: json.sequence,
+    splitters: { stdout: splitter(json.splitters.stdout), stderr: splitter(json.splitters.stderr) },
+    ended: json.ended,
+    positions: json.positions,
+  };
 }
 
 function parseJson<T>(payload: Buffer, schema: z.ZodType<T>): T | undefined {

@@ -179,7 +179,8 @@ export function strayWrappers(workDir: string, markers: ReadonlySet<string>): St
     const owner = wrapper.runner;
     if (owner.pid === process.pid ? owner.startTime === ownStartTime() : !isProcessGone(owner.pid, owner.startTime)) continue;
     const stat = readProcessStat(pid);
-    if (!isLiveStat(stat)) continue;
+    // A wrapper leads its process group; its copiers, forks with the same command line, do not.
+    if (!isLiveStat(stat) || stat.pgrp !== pid) continue;
     const marker = processMarker(pid);
     if (marker !== undefined && markers.has(marker)) continue;
     // An abandoned script's wrapper was let go on purpose: it is left alone, as its record would have had it.

@@ -10,7 +10,6 @@
  */
 import { access, stat } from "node:fs/promises";
 import { constants as fsConstants, closeSync } from "node:fs";
-import type { Socket } from "node:net";
 import { constants as osConstants } from "node:os";
 import { delimiter, join, resolve } from "node:path";
 import type { Readable } from "node:stream";
@@ -45,7 +44,8 @@ import {
 import { trace } from "./trace.js";
 import { startColdWrapper, wrappable, type WarmShellPool } from "./warm-shell.js";
 import type { WrapperStatus } from "./wrapper-status.js";
-import { readExitFile, readFifo, releaseGate, type WrapperPaths } from "./wrapper.js";
+import { SpoolTail, controlFifo, tellCopier } from "./spool-tail.js";
+import { readExitFile, releaseGate, type WrapperPaths } from "./wrapper.js";
 
 export type { SpawnRequest } from "./spawn.js";
 
@@ -131,18 +131,10 @@ export async function spawnScript(
   return { ok: true, process: child };
 }
 
-/** Ends a shell that will never run its script: its process group, its cgroup, its FIFOs' read ends. */
+/** Ends a shell that will never run its script: its process group (its copiers included) and its cgroup. */
 function dropShell(shell: ScriptShell): void {
   signalGroup(shell.pid, "SIGKILL");
   shell.cgroup?.release();
-  if (shell.wrapper === undefined) return;
-  for (const fd of [shell.wrapper.readers.stdout, shell.wrapper.readers.stderr]) {
-    try {
-      closeSync(fd);
-    } catch {
-      // Closed already.
-    }
-  }
 }
 
 /**
@@ -314,8 +306,8 @@ export type LetGo = "ended" | "released" | "handed-off";
  * under a wrapper a later runner process re-attached to (reattach.ts: FIFOs, the exit status file, polling).
  */
 export interface ScriptIO {
-  /** Opens the output streams; what waits already is handed to `onChunk` at once. A stream at its end already is undefined. */
-  open(onChunk: (stream: StreamName, chunk: Buffer) => void): Array<{ name: StreamName; stream: Readable | undefined }>;
+  /** Opens the output streams. A stream at its end already is undefined. */
+  open(): Array<{ name: StreamName; stream: Readable | undefined }>;
   /** Starts watching for the script's own end; `ended` is called once at most (maybe at once). */
   watch(ended: (outcome: Outcome) => void): void;
   /** True once the script's own end is certain, even before `watch` reported it (its exit status file exists). */
@@ -358,7 +350,7 @@ export class ScriptProcess {
     startTime?: number,
   ) {
     this.startTime = startTime ?? readProcessStat(pid)?.startTime;
-    const opened = io.open((name, chunk) => onOutput(name, chunk));
+    const opened = io.open();
     this.streams = opened.map(({ name, stream }) => {
       const entry: Pipe = {
         name,
@@ -609,9 +601,9 @@ class DirectIO implements ScriptIO {
   }
 }
 
-/** A script under a wrapper this runner started: the FIFOs, the wrapper's status line and its exit event. */
+/** A script under a wrapper this runner started: its spool files, the wrapper's status line and its exit event. */
 class WrapperIO implements ScriptIO {
-  private readonly sockets: Socket[] = [];
+  private tails: SpoolTail[] = [];
   private ended: ((outcome: Outcome) => void) | undefined;
   private readonly onExit = (code: number | null, signal: NodeJS.Signals | null) => {
     // The wrapper exits after its status line, once released; it dies before it only when killed (a cancel). Its
@@ -622,17 +614,15 @@ class WrapperIO implements ScriptIO {
 
   constructor(
     private readonly subprocess: ShellSubprocess,
-    private readonly wrapper: { paths: WrapperPaths; readers: { stdout: number; stderr: number }; status: WrapperStatus },
+    private readonly wrapper: { paths: WrapperPaths; status: WrapperStatus },
   ) {
     subprocess.on("error", ignore);
   }
 
-  open(onChunk: (stream: StreamName, chunk: Buffer) => void): Array<{ name: StreamName; stream: Readable | undefined }> {
-    return (["stdout", "stderr"] as const).map((name) => {
-      const socket = readFifo(this.wrapper.readers[name], (chunk) => onChunk(name, chunk));
-      if (socket !== undefined) this.sockets.push(socket);
-      return { name, stream: socket };
-    });
+  open(): Array<{ name: StreamName; stream: Readable | undefined }> {
+    const opened = openSpool(this.wrapper.paths, { stdout: 0, stderr: 0 });
+    this.tails = opened.flatMap(({ stream }) => (stream === undefined ? [] : [stream]));
+    return opened;
   }
 
   watch(ended: (outcome: Outcome) => void): void {
@@ -660,13 +650,7 @@ class WrapperIO implements ScriptIO {
     this.subprocess.off("exit", this.onExit);
     this.subprocess.unref();
     this.wrapper.status.stop(how === "handed-off");
-    if (how === "handed-off") {
-      for (const socket of this.sockets) socket.destroy();
-      return;
-    }
-    drainStreams(this.sockets);
-    // Abandoned: nobody will settle it, so it may exit as soon as its script has ended.
-    if (how === "released") releaseGate(this.wrapper.paths.gate);
+    letSpoolGo(this.tails, this.wrapper.paths, how);
   }
 
   private end(outcome: Outcome): void {
@@ -676,8 +660,33 @@ class WrapperIO implements ScriptIO {
   }
 }
 
+/** Opens a wrapped script's streams from its spool files at the positions given (a stream without one is at its end already). */
+export function openSpool(
+  paths: Pick<WrapperPaths, "io">,
+  from: Partial<Record<StreamName, number>>,
+): Array<{ name: StreamName; stream: SpoolTail | undefined }> {
+  return (["stdout", "stderr"] as const).map((name) => {
+    const position = from[name];
+    return { name, stream: position === undefined ? undefined : new SpoolTail(paths.io, name === "stdout" ? "out" : "err", position) };
+  });
+}
+
+/**
+ * Stops reading a wrapped script's spool. Handed off, the copiers wait for the next runner process; otherwise
+ * (`ended`, `released`) the wrapper is let go: its copiers read on into nothing (a process still writing neither
+ * blocks nor fills the disk), and a released script's wrapper may exit at its end.
+ */
+export function letSpoolGo(tails: readonly SpoolTail[], paths: Pick<WrapperPaths, "io" | "gate">, how: LetGo): void {
+  for (const tail of tails) {
+    // A copier past its stream's end is told `end` by the wrapper as it exits.
+    if (how !== "handed-off" && !tail.atEnd) tellCopier(controlFifo(paths.io, tail.spool), "drain");
+    tail.destroy();
+  }
+  if (how === "released") releaseGate(paths.gate);
+}
+
 /** Streams nobody listens to any more: drained into nothing (a flowing stream without `data` listener drops what it reads), unref'd. */
-export function drainStreams(streams: ReadonlyArray<Readable | null | undefined>): void {
+function drainStreams(streams: ReadonlyArray<Readable | null | undefined>): void {
   for (const stream of streams) {
     if (stream === null || stream === undefined) continue;
     stream.on("error", ignore);

@@ -2,21 +2,21 @@
  * Re-attaching: a new runner process takes over a script that an earlier one started under a wrapper (wrapper.ts)
  * and that is still running, or that ended while no runner was there. What it needs is in the run folder: the record
  * names the wrapper (pid and start time) and its files, the output log holds every event the old runner read (so the
- * lines get the same numbers again), the FIFOs hold what nobody has read yet, and the exit status file the script's
- * end. Not being the wrapper's parent, the new runner learns of the end by looking: the exit status file appears, or
+ * lines get the same numbers again) and how far it read each stream, the spool files hold everything from there on
+ * (the old runner may have read more than it logged: that is read again), and the exit status file the script's end. Not being the wrapper's parent, the new runner learns of the end by looking: the exit status file appears, or
  * the wrapper is gone (killed, so without a status: the result is unknown). See `findReattachable` for when a run can
  * be re-attached to; any other run follows the floor rule (predecessor.ts).
  */
 import { statSync } from "node:fs";
-import type { Socket } from "node:net";
 import { join } from "node:path";
 import type { Readable } from "node:stream";
 import type { Outcome } from "../shared/protocol.js";
 import { ProcessTree, cgroupAt, isLiveStat, isProcessGone, readProcessStat, type CgroupTree, type ContainmentOptions } from "./containment.js";
-import { OutputLog, type LoggedOutput } from "./output-log.js";
-import { ScriptProcess, drainStreams, type LetGo, type OutputHandler, type ScriptIO, type StreamName } from "./process-manager.js";
+import { OutputLog, loggedPositions, type LoggedOutput } from "./output-log.js";
+import { ScriptProcess, letSpoolGo, openSpool, type LetGo, type OutputHandler, type ScriptIO, type StreamName } from "./process-manager.js";
 import type { Run, RunRecord } from "./run-folder.js";
-import { openFifoReader, readExitFile, readFifo, releaseGate, wrapperPaths, type WrapperPaths } from "./wrapper.js";
+import type { SpoolTail } from "./spool-tail.js";
+import { letWrapperGo as letGoOf, readExitFile, releaseGate, wrapperPaths, type WrapperPaths } from "./wrapper.js";
 
 /**
  * The outcome a re-attached script's end reports when its wrapper went without writing the exit status (it was
@@ -42,12 +42,13 @@ export interface ReattachableRun {
 
 /**
  * Whether a predecessor's run (its owner gone, same boot) can be re-attached to: its record names a wrapper and its
- * files, the output log reads back, its FIFOs are there while a stream is still open, and the wrapper still runs or
+ * files, the output log reads back, its control FIFOs are there while a stream is still open, and the wrapper still runs or
  * the script's end is known (an exit status file, or an outcome in the log). Otherwise a sentence says why not.
  */
 export function findReattachable(run: Run, record: RunRecord): ReattachableRun | string {
   const files = record.reattach;
   if (files === undefined) return "it does not run in a wrapper";
+  if (files.spool === undefined) return "its wrapper, started by an earlier version, keeps no spool files";
   if (record.abandoned === true || record.exit !== undefined) return "it has ended";
   if (record.process === undefined) return "its record names no wrapper process";
   const logged = OutputLog.read(run.dir, files.log);
@@ -60,7 +61,10 @@ export function findReattachable(run: Run, record: RunRecord): ReattachableRun |
   const ended = logged.events.some((event) => event.type === "outcome") || readExitFile(paths.exit) !== undefined;
   if (!alive && !ended) return "its wrapper is gone without leaving the script's exit status";
   const open = (["stdout", "stderr"] as const).filter((stream) => !endedInLog(logged, stream));
-  for (const stream of open) if (!isFifo(paths[stream])) return `its FIFO ${paths[stream]} is missing`;
+  for (const stream of open) {
+    const control = stream === "stdout" ? paths.stdoutControl : paths.stderrControl;
+    if (!isFifo(control)) return `its FIFO ${control} is missing`;
+  }
   return { paths, logged, wrapper: { pid, startTime }, group: alive || !isLiveStat(stat), logName: files.log };
 }
 
@@ -80,38 +84,34 @@ export function reattachedProcess(
     ...(options.containment === undefined ? {} : { options: options.containment }),
   });
   const skip = { stdout: endedInLog(found.logged, "stdout"), stderr: endedInLog(found.logged, "stderr") };
-  const io = new ReattachedIO(found.paths, found.wrapper, skip, options.pollMs);
+  const io = new ReattachedIO(found, skip, options.pollMs);
   return new ScriptProcess(io, found.wrapper.pid, tree, onOutput, options, found.wrapper.startTime);
 }
 
-/** A re-attached script: its FIFOs opened by name, its end seen in the exit status file or in its wrapper's going. */
+/** A re-attached script: its spool read on from where its log ends, its end seen in the exit status file or in its wrapper's going. */
 class ReattachedIO implements ScriptIO {
-  private readonly sockets: Socket[] = [];
+  private tails: SpoolTail[] = [];
   private timer: NodeJS.Timeout | undefined;
   private ended: ((outcome: Outcome) => void) | undefined;
+  private readonly paths: WrapperPaths;
+  private readonly wrapper: { pid: number; startTime: number | undefined };
 
   constructor(
-    private readonly paths: WrapperPaths,
-    private readonly wrapper: { pid: number; startTime: number | undefined },
+    private readonly found: ReattachableRun,
     /** Streams whose end the log holds already: not opened. */
     private readonly skip: Record<StreamName, boolean>,
     private readonly pollMs: number,
-  ) {}
+  ) {
+    this.paths = found.paths;
+    this.wrapper = found.wrapper;
+  }
 
-  open(onChunk: (stream: StreamName, chunk: Buffer) => void): Array<{ name: StreamName; stream: Readable | undefined }> {
-    return (["stdout", "stderr"] as const).map((name) => {
-      if (this.skip[name]) return { name, stream: undefined };
-      let fd: number;
-      try {
-        fd = openFifoReader(this.paths[name]);
-      } catch {
-        // Removed since it was found: whatever it held is gone with it.
-        return { name, stream: undefined };
-      }
-      const socket = readFifo(fd, (chunk) => onChunk(name, chunk));
-      if (socket !== undefined) this.sockets.push(socket);
-      return { name, stream: socket };
-    });
+  open(): Array<{ name: StreamName; stream: Readable | undefined }> {
+    const logged = loggedPositions(this.found.logged);
+    const from = { stdout: this.skip.stdout ? undefined : logged.stdout, stderr: this.skip.stderr ? undefined : logged.stderr };
+    const opened = openSpool(this.paths, from);
+    this.tails = opened.flatMap(({ stream }) => (stream === undefined ? [] : [stream]));
+    return opened;
   }
 
   watch(ended: (outcome: Outcome) => void): void {
@@ -138,12 +138,7 @@ class ReattachedIO implements ScriptIO {
 
   stop(how: LetGo): void {
     this.stopLooking();
-    if (how === "handed-off") {
-      for (const socket of this.sockets) socket.destroy();
-      return;
-    }
-    drainStreams(this.sockets);
-    if (how === "released") releaseGate(this.paths.gate);
+    letSpoolGo(this.tails, this.paths, how);
   }
 
   /** The script's end: its exit status file; or the wrapper gone without one (looked at again: it may have just been written). */
@@ -169,24 +164,13 @@ class ReattachedIO implements ScriptIO {
 }
 
 /**
- * Lets a wrapper that nobody will re-attach to go (an abandoned run a new runner found): its output is drained into
- * nothing while this runner runs, and its wrapper may exit once its script has ended. Best effort.
+ * Lets a wrapper that nobody will re-attach to go (an abandoned run a new runner found): its copiers read on into
+ * nothing, and it may exit once its script has ended. Best effort.
  */
 export function letWrapperGo(run: Run, record: RunRecord): void {
   const files = record.reattach;
   if (files === undefined) return;
-  const paths = wrapperPaths(run.dir, join(run.dir, files.io));
-  const streams: Socket[] = [];
-  for (const name of ["stdout", "stderr"] as const) {
-    try {
-      const socket = readFifo(openFifoReader(paths[name]), () => undefined);
-      if (socket !== undefined) streams.push(socket);
-    } catch {
-      // No FIFO: nothing to drain.
-    }
-  }
-  drainStreams(streams);
-  releaseGate(paths.gate);
+  letGoOf(wrapperPaths(run.dir, join(run.dir, files.io)));
 }
 
 /** True when the log holds the end of `stream`. */

@@ -78,7 +78,15 @@ export const RunRecord = z.object({
    * The script runs in a wrapper (its `process`, the script's parent): the names, in the run folder, of the wrapper's
    * FIFOs folder, its exit status file and the output log. A later runner process re-attaches with them.
    */
-  reattach: z.object({ io: FileName, exit: FileName, log: FileName }).optional(),
+  reattach: z
+    .object({
+      io: FileName,
+      exit: FileName,
+      log: FileName,
+      /** The format of the wrapper's spool files (spool-tail.ts); absent in records of runners whose wrappers kept none. */
+      spool: z.literal(1).optional(),
+    })
+    .optional(),
   /** The control plane abandoned it: a later runner leaves its processes alone. */
   abandoned: z.boolean().optional(),
   /** How it ended, once the control plane acknowledged that (ISO time `at`): nothing is left to report. */
@@ -313,7 +321,7 @@ export class RunFolders {
 }
 
 /** The `reattach` part of a record: the names wrapper.ts and the output log use. */
-export const REATTACH_FILES: NonNullable<RunRecord["reattach"]> = { io: IO_FOLDER, exit: EXIT_FILE, log: LOG_NAME };
+export const REATTACH_FILES: NonNullable<RunRecord["reattach"]> = { io: IO_FOLDER, exit: EXIT_FILE, log: LOG_NAME, spool: 1 };
 
 /** The slots folder beside the runs folder `runsRoot`. */
 export function slotsFolderOf(runsRoot: string): string {

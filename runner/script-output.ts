@@ -18,6 +18,8 @@ export class ScriptOutput {
   private splitters: Record<LogStream, LineSplitter> = { stdout: new LineSplitter(), stderr: new LineSplitter() };
   /** Streams whose end was seen. */
   readonly ended: Record<LogStream, boolean> = { stdout: false, stderr: false };
+  /** Bytes read of each stream. */
+  readonly positions: Record<LogStream, number> = { stdout: 0, stderr: 0 };
   /** The outcome, once recorded. */
   outcome: Outcome | undefined;
   private log: OutputLog | undefined;
@@ -46,6 +48,8 @@ export class ScriptOutput {
     output.splitters = { stdout: LineSplitter.restore(checkpoint.splitters.stdout), stderr: LineSplitter.restore(checkpoint.splitters.stderr) };
     output.ended.stdout = checkpoint.ended.stdout;
     output.ended.stderr = checkpoint.ended.stderr;
+    output.positions.stdout = checkpoint.positions.stdout;
+    output.positions.stderr = checkpoint.positions.stderr;
     for (const event of events) output.apply(event);
     output.log = log;
     return output;
@@ -64,6 +68,7 @@ export class ScriptOutput {
         sequence: this.firstSequence,
         splitters: { stdout: new LineSplitter().snapshot(), stderr: new LineSplitter().snapshot() },
         ended: { stdout: false, stderr: false },
+        positions: { stdout: 0, stderr: 0 },
       });
       for (const event of early) this.log.append(event, () => this.checkpoint());
       return true;
@@ -132,6 +137,7 @@ export class ScriptOutput {
       sequence: this.spool.nextSequence,
       splitters: { stdout: this.splitters.stdout.snapshot(), stderr: this.splitters.stderr.snapshot() },
       ended: { ...this.ended },
+      positions: { ...this.positions },
     };
   }
 
@@ -160,6 +166,7 @@ export class ScriptOutput {
     const occurred = new Date(event.at).toISOString();
     switch (event.type) {
       case "chunk":
+        this.positions[event.stream] += event.bytes.length;
         for (const { bytes, count } of this.splitters[event.stream].pushBlocks(event.bytes)) {
           this.spool.appendBlock({ source: event.stream, occurred, count, bytes });
         }

@@ -13,7 +13,7 @@
  * directly instead (process-manager.ts), and cannot be re-attached to. A waiting wrapper whose runner died reads EOF
  * and exits.
  */
-import { accessSync, closeSync, constants as fsConstants, existsSync, mkdirSync, renameSync, rmSync, statSync } from "node:fs";
+import { accessSync, constants as fsConstants, existsSync, mkdirSync, renameSync, rmSync, statSync } from "node:fs";
 import { Socket } from "node:net";
 import { join } from "node:path";
 import type { Writable } from "node:stream";
@@ -33,7 +33,7 @@ import {
   type ShellSubprocess,
 } from "./spawn.js";
 import { WrapperStatus } from "./wrapper-status.js";
-import { WRAPPER_SHELL, openFifoReader, prologue, quote, runCommand, wrapperArguments, wrapperPaths, type WrapperRun } from "./wrapper.js";
+import { WRAPPER_SHELL, prologue, quote, runCommand, wrapperArguments, wrapperPaths, type WrapperRun } from "./wrapper.js";
 
 /** How a pool behaves. */
 export interface WarmShellOptions {
@@ -65,9 +65,9 @@ interface Wrapper {
   io: string;
   /** `io` is a slot of its own, removed with it unless a script claims it. */
   slot: boolean;
-  /** The read ends of its FIFOs, opened once it said `ready`. */
-  readers: { stdout: number; stderr: number } | undefined;
-  /** Resolves true once it is ready, false if it exited first (or its FIFOs could not be opened). */
+  /** True once it said `ready`: its FIFOs are made and its copiers started. */
+  isReady: boolean;
+  /** Resolves true once it is ready, false if it exited first. */
   ready: Promise<boolean>;
   exited: boolean;
   /** Resolves once it has exited while not claimed. */
@@ -100,7 +100,7 @@ export class WarmShellPool {
 
   /** The pids of the shells that are ready for a script now. */
   get idlePids(): number[] {
-    return this.idle.filter((shell) => shell.readers !== undefined).map((shell) => shell.pid);
+    return this.idle.filter((shell) => shell.isReady).map((shell) => shell.pid);
   }
 
   /**
@@ -111,7 +111,7 @@ export class WarmShellPool {
   claim(launch: Launch): ScriptShell | undefined {
     if (this.idle.length === 0) return undefined;
     this.retireStale(launch);
-    const shell = this.idle.find((candidate) => candidate.readers !== undefined && isLive(candidate));
+    const shell = this.idle.find((candidate) => candidate.isReady && isLive(candidate));
     if (shell === undefined) return undefined;
     const paths = wrapperPaths(launch.request.runDir);
     try {
@@ -346,7 +346,7 @@ function startWrapper(execa: Execa, recipe: Recipe, io: string, slot: boolean): 
     cgroup,
     io,
     slot,
-    readers: undefined,
+    isReady: false,
     ready,
     exited: false,
     gone,
@@ -357,31 +357,15 @@ function startWrapper(execa: Execa, recipe: Recipe, io: string, slot: boolean): 
     resolveGone();
   });
   shell.status.onReady(() => {
-    try {
-      const stdoutFd = openFifoReader(paths.stdout);
-      try {
-        shell.readers = { stdout: stdoutFd, stderr: openFifoReader(paths.stderr) };
-      } catch (error) {
-        closeQuietly(stdoutFd);
-        throw error;
-      }
-      resolveReady(true);
-    } catch {
-      signalGroup(pid, "SIGKILL");
-      resolveReady(false);
-    }
+    shell.isReady = true;
+    resolveReady(true);
   });
   return shell;
 }
 
-/** What a wrapper that will never run a script leaves: its cgroup, its FIFOs' read ends, its slot. */
+/** What a wrapper that will never run a script leaves: its cgroup, its slot. */
 function releaseWrapper(shell: Wrapper): void {
   shell.cgroup?.release();
-  if (shell.readers !== undefined) {
-    closeQuietly(shell.readers.stdout);
-    closeQuietly(shell.readers.stderr);
-    shell.readers = undefined;
-  }
   if (shell.slot) rmSync(shell.io, { recursive: true, force: true });
   shell.status.stop(true);
 }
@@ -400,7 +384,7 @@ function handOver(shell: Wrapper, launch: Launch): ScriptShell {
     marker: shell.marker,
     cgroup: shell.cgroup,
     startTime: shell.startTime,
-    wrapper: { paths, readers: shell.readers!, status: shell.status },
+    wrapper: { paths, status: shell.status },
     // Ending stdin too: should the command fail to parse after all, the shell reads EOF and exits rather than wait.
     run: () => shell.stdin.end(command),
   };
@@ -473,14 +457,6 @@ function wrapperRun(launch: Launch, env: Readonly<Record<string, string>>): Wrap
   const steps = [`cd -- ${quote(launch.request.cwd)}`, `export ${exported.join(" ")}`];
   if (unset.length > 0) steps.push(`unset ${unset.join(" ")}`);
   return { steps, argv: [launch.shellPath, ...launch.args] };
-}
-
-function closeQuietly(fd: number): void {
-  try {
-    closeSync(fd);
-  } catch {
-    // Closed already.
-  }
 }
 
 function describeError(error: unknown): string {

@@ -185,8 +185,11 @@ describe("a runner killed mid-script and started again on the same work dir, una
       const main = await f.completed(m, "main");
       const next = await f.completed(m, "next");
       const view = (await f.api("GET", `/api/v1/machines/${m}`)).body;
-      // The script's process and its wrapper (the shell that runs it, and leads its process group) survived.
-      expect(view.abandoned).toHaveLength(2);
+      // Every process of its group survived and is listed: the wrapper (the shell that runs the script, and leads its
+      // process group), the script's shell, and the wrapper's two copiers (each a subshell running dd).
+      const group = pidsInGroup(processGroupOf(pid));
+      expect(group.length).toBeGreaterThanOrEqual(4);
+      expect(view.abandoned.map((entry: { pid: number }) => entry.pid).sort()).toEqual(group.sort());
       expect(view.abandoned).toContainEqual({ ticket: "main", pid, abandonedAt: expect.any(String) });
       expect(view.abandoned.every((entry: { ticket: string }) => entry.ticket === "main")).toBe(true);
       survivors = view.abandoned.map((entry: { pid: number }) => entry.pid);
@@ -205,6 +208,12 @@ describe("a runner killed mid-script and started again on the same work dir, una
     }
   });
 });
+
+/** The process group of a live process (`/proc/<pid>/stat`: state, ppid, then the group after the command's name). */
+function processGroupOf(pid: number): number {
+  const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+  return Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[2]);
+}
 
 describe("a control plane killed mid-script", () => {
   it("finishes the script with all its output once and in order after a restart on the same state, and keeps its waiters and their deadline", async () => {

@@ -72,7 +72,12 @@ function recordedOutput(make: (spool: { send: (batch: OutputBatch) => boolean })
 }
 
 function freshCheckpoint(sequence = 0): Checkpoint {
-  return { sequence, splitters: { stdout: new LineSplitter().snapshot(), stderr: new LineSplitter().snapshot() }, ended: { stdout: false, stderr: false } };
+  return {
+    sequence,
+    splitters: { stdout: new LineSplitter().snapshot(), stderr: new LineSplitter().snapshot() },
+    ended: { stdout: false, stderr: false },
+    positions: { stdout: 0, stderr: 0 },
+  };
 }
 
 describe("a line splitter's snapshot", () => {

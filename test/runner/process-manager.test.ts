@@ -253,7 +253,8 @@ describe("process manager", () => {
 
 describe("process manager backpressure", () => {
   it("stops reading while output is paused, so the script blocks on its next write, and delivers every byte after resume", async () => {
-    const total = 5_000_000;
+    // More than the spool lets a writer get ahead (a generation of 32 MiB at most, and the pipe).
+    const total = 40_000_000;
     const started = await start("t1", payload(`head -c ${total} /dev/zero | tr '\\0' a; echo; echo done`));
     const child = processOf(started);
     child.pauseOutput();

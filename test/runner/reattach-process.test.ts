@@ -60,6 +60,10 @@ const NUMBERED = [
   "exit 9",
 ].join("\n");
 
+/** Lines written as fast as a shell can: `line-1` to `line-<FAST_LINES>`, then one more once `go` exists; exits 4. */
+const FAST_LINES = 1_500_000;
+const FAST_NUMBERED = [`seq -f 'line-%.0f' 1 ${FAST_LINES}`, "while [ ! -e go ]; do sleep 0.01; done", `echo line-${FAST_LINES + 1}`, "exit 4"].join("\n");
+
 function checkNumbered(ticket: string, sequence: number, line: { source: string; text: string }): string | undefined {
   return line.source === "stdout" && line.text === `line-${sequence + 1}` ? undefined : `line ${sequence} of ${ticket} is ${line.source} ${JSON.stringify(line.text)}`;
 }
@@ -98,6 +102,32 @@ describe("a runner process that dies or is stopped mid-script", () => {
     expect(plane.connections.every((connection) => connection.invalid.length === 0)).toBe(true);
     await waitFor(() => !isAlive(pid), "the wrapper to exit");
   }, 90_000);
+
+  it("loses nothing when killed while its output waits unread: what it had read but not logged is read again from the spool", async () => {
+    plane.welcomeFromLedger = true;
+    plane.keepOutputFrames = false;
+    plane.checkLine = checkNumbered;
+    // Nothing is acknowledged: the runner stops reading once its window is full, with what it read last not logged.
+    plane.autoAck = false;
+    const first = await runnerProcess();
+    tag.dispatch(first.connection, "t1", 1, FAST_NUMBERED);
+    const { pid } = await first.connection.frame("started", () => true, 10_000);
+    await waitFor(() => /writes output faster than the control plane stores it/.test(first.runner.output()), "the runner to stop reading", 30_000);
+    process.kill(first.runner.pid, "SIGKILL");
+    await first.runner.exited;
+    const ledger = plane.ledger("t1", 1);
+
+    plane.autoAck = true;
+    const second = await runnerProcess();
+    expect(second.hello.inventory).toMatchObject([{ ticket: "t1", fence: 1, reattached: true }]);
+    // Acknowledged from where the control plane stands: the rest follows.
+    second.connection.send({ type: "ack", ticket: "t1", fence: 1, nextSequence: ledger.next });
+    await writeFile(join(workspaceOf(workDir, "t1"), "go"), "");
+    const exit = await waitFor(() => ledger.exits[0], "the exit", 60_000);
+    expect(exit).toEqual({ type: "exit", ticket: "t1", fence: 1, lineCount: FAST_LINES + 1, outcome: { kind: "exited", code: 4 } });
+    expect(ledger.violations).toEqual([]);
+    await waitFor(() => !isAlive(pid), "the wrapper to exit");
+  }, 120_000);
 
   it("drains on SIGTERM: says draining, closes with 1000, exits within a few seconds, and the next runner re-attaches", async () => {
     plane.welcomeFromLedger = true;

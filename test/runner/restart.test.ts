@@ -13,7 +13,7 @@ import { join } from "node:path";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { parseProcessStat } from "../../runner/containment.js";
 import type { RunnerDependencies, RunnerInput } from "../../runner/index.js";
-import { isAlive, killGroup, killPid } from "../helpers/processes.js";
+import { isAlive, killGroup, killPid, pidsInGroup } from "../helpers/processes.js";
 import {
   ScriptTag,
   runDir,
@@ -126,12 +126,14 @@ describe("a runner that finds its predecessor's script still running", () => {
 
   it("lists the processes it cannot stop as survivors, with start time and boot, and reports each one's end", async () => {
     const pid = await leftRunning("t1", 2, "echo ready; exec sleep 600");
-    // The wrapper and the script's shell (now the sleep).
-    const [script] = tag.pids().filter((each) => each !== pid);
+    // The wrapper, its two copiers (each with its dd or waiting) and the script's shell (now the sleep).
+    const script = await waitFor(() => tag.pids().find((each) => readFileSync(`/proc/${each}/comm`, "utf8").trim() === "sleep"), "the script's sleep");
+    // Every process of its group; the tag is the script's own, the copiers are the wrapper's.
+    const expected = pidsInGroup(pid).sort((a, b) => a - b);
+    expect(expected).toContain(script);
     const { connection } = await nextRunner({ disableKill: true });
     connection.welcome([{ ticket: "t1", fence: 2, action: "continue", nextSequence: 1 }]);
     const exit = await connection.frame("exit");
-    const expected = [pid, script!].sort((a, b) => a - b);
     expect(exit.outcome).toEqual({
       kind: "lost",
       signals: [],
@@ -139,7 +141,7 @@ describe("a runner that finds its predecessor's script still running", () => {
     });
     expect(debugLines(connection, "t1")).toEqual([
       "1:debug:A new runner process found this script left running by the previous one and could not re-attach to it; process kill is disabled on this runner (UNSAFE), so it did not stop it.",
-      `2:debug:2 processes of the script are still running (pid ${expected.join(", ")}); listed as abandoned.`,
+      `2:debug:${expected.length} processes of the script are still running (pid ${expected.join(", ")}); listed as abandoned.`,
     ]);
     connection.send({ type: "exit_ack", ticket: "t1", fence: 2 });
     expect(connection.all("abandoned_exit")).toEqual([]);

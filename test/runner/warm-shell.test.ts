@@ -293,7 +293,8 @@ describe("a script in a warm shell", () => {
 
   it("stops reading while its output is paused, so it blocks, and delivers every byte after resume", async () => {
     const { pool, options } = await armedPool();
-    const total = 5_000_000;
+    // More than the spool lets a writer get ahead (a generation of 32 MiB at most, and the pipe).
+    const total = 40_000_000;
     const started = await startWarm("t1", payload(`head -c ${total} /dev/zero | tr '\\0' a; echo; echo done`), pool, options);
     const child = processOf(started);
     child.pauseOutput();
