@@ -9,7 +9,7 @@
  * transport or sequence numbers.
  */
 import { access, stat } from "node:fs/promises";
-import { constants as fsConstants, closeSync } from "node:fs";
+import { constants as fsConstants } from "node:fs";
 import { constants as osConstants } from "node:os";
 import { delimiter, join, resolve } from "node:path";
 import type { Readable } from "node:stream";

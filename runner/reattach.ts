@@ -3,7 +3,8 @@
  * and that is still running, or that ended while no runner was there. What it needs is in the run folder: the record
  * names the wrapper (pid and start time) and its files, the output log holds every event the old runner read (so the
  * lines get the same numbers again) and how far it read each stream, the spool files hold everything from there on
- * (the old runner may have read more than it logged: that is read again), and the exit status file the script's end. Not being the wrapper's parent, the new runner learns of the end by looking: the exit status file appears, or
+ * (the old runner may have read more than it logged: that is read again), and the exit status file the script's
+ * end. Not being the wrapper's parent, the new runner learns of the end by looking: the exit status file appears, or
  * the wrapper is gone (killed, so without a status: the result is unknown). See `findReattachable` for when a run can
  * be re-attached to; any other run follows the floor rule (predecessor.ts).
  */
@@ -16,7 +17,7 @@ import { OutputLog, loggedPositions, type LoggedOutput } from "./output-log.js";
 import { ScriptProcess, letSpoolGo, openSpool, type LetGo, type OutputHandler, type ScriptIO, type StreamName } from "./process-manager.js";
 import type { Run, RunRecord } from "./run-folder.js";
 import type { SpoolTail } from "./spool-tail.js";
-import { letWrapperGo as letGoOf, readExitFile, releaseGate, wrapperPaths, type WrapperPaths } from "./wrapper.js";
+import { letWrapperGo, readExitFile, releaseGate, wrapperPaths, type WrapperPaths } from "./wrapper.js";
 
 /**
  * The outcome a re-attached script's end reports when its wrapper went without writing the exit status (it was
@@ -42,8 +43,8 @@ export interface ReattachableRun {
 
 /**
  * Whether a predecessor's run (its owner gone, same boot) can be re-attached to: its record names a wrapper and its
- * files, the output log reads back, its control FIFOs are there while a stream is still open, and the wrapper still runs or
- * the script's end is known (an exit status file, or an outcome in the log). Otherwise a sentence says why not.
+ * files, the output log reads back, its control FIFOs are there while a stream is still open, and the wrapper still
+ * runs or the script's end is known (an exit status file, or an outcome in the log). Otherwise a sentence says why not.
  */
 export function findReattachable(run: Run, record: RunRecord): ReattachableRun | string {
   const files = record.reattach;
@@ -167,10 +168,10 @@ class ReattachedIO implements ScriptIO {
  * Lets a wrapper that nobody will re-attach to go (an abandoned run a new runner found): its copiers read on into
  * nothing, and it may exit once its script has ended. Best effort.
  */
-export function letWrapperGo(run: Run, record: RunRecord): void {
+export function letRunGo(run: Run, record: RunRecord): void {
   const files = record.reattach;
   if (files === undefined) return;
-  letGoOf(wrapperPaths(run.dir, join(run.dir, files.io)));
+  letWrapperGo(wrapperPaths(run.dir, join(run.dir, files.io)));
 }
 
 /** True when the log holds the end of `stream`. */

@@ -29,7 +29,7 @@ import {
   type StrayWrapper,
 } from "./predecessor.js";
 import { ScriptProcess, spawnScript, type ProcessManagerOptions, type StreamName, type TreeKill } from "./process-manager.js";
-import { REATTACH_DEFAULTS, letWrapperGo, reattachedProcess, type ReattachableRun } from "./reattach.js";
+import { REATTACH_DEFAULTS, letRunGo, reattachedProcess, type ReattachableRun } from "./reattach.js";
 import { displayUrl, environmentSecrets, redact, redactingLogger } from "./redact.js";
 import { LOG_NAME, RunFolders, newRunRecord, type Run, type RunOwner, type RunRecord } from "./run-folder.js";
 import { ScriptOutput } from "./script-output.js";
@@ -503,7 +503,7 @@ class Runner {
     } else if (record.process !== undefined) {
       // Abandoned: what still runs is left alone (its output drained, its wrapper free to exit), and its folder goes
       // once it is gone.
-      letWrapperGo(run, record);
+      letRunGo(run, record);
       const { pid, startTime } = record.process;
       this.abandoned.add({ ticket: record.ticket, fence: record.fence, pid }, { startTime, bootId: record.bootId }, false);
     }
