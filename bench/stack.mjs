@@ -5,6 +5,7 @@ import { spawn } from "node:child_process";
 import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
+import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
 
 export const ROOT = join(dirname(fileURLToPath(import.meta.url)), "..");
@@ -163,15 +164,7 @@ export function startBaseline() {
   const child = spawn(process.execPath, [join(ROOT, "bench", "baseline.mjs")], { stdio: ["pipe", "pipe", "inherit"] });
   const exited = new Promise((resolve) => child.on("exit", resolve));
   const answers = [];
-  let buffered = "";
-  child.stdout.setEncoding("utf8");
-  child.stdout.on("data", (chunk) => {
-    buffered += chunk;
-    for (let end = buffered.indexOf("\n"); end !== -1; end = buffered.indexOf("\n")) {
-      answers.shift()?.(JSON.parse(buffered.slice(0, end)));
-      buffered = buffered.slice(end + 1);
-    }
-  });
+  createInterface({ input: child.stdout }).on("line", (line) => answers.shift()?.(JSON.parse(line)));
   return {
     pid: child.pid,
     spawnTrue(count) {

@@ -265,6 +265,9 @@ export class CgroupTree {
   /** Script cgroups this tree made and has not removed yet. */
   private readonly created = new Set<string>();
   private failure: string | undefined;
+  /** While lingering cgroups are tried again after a release, and how many more times. */
+  private retrying: NodeJS.Timeout | undefined;
+  private retriesLeft = 0;
   /** This runner process's folder under the base, made at its first script. */
   readonly own: string;
 
@@ -342,9 +345,23 @@ export class CgroupTree {
     return isScriptCgroupPath(this.base, path) ? new ScriptCgroup(path, this) : undefined;
   }
 
-  /** Removes a script's cgroup now if it is empty, else once it is. */
+  /**
+   * Removes a script's cgroup now if it is empty, else once it is: tried again for a while (a wrapper's copiers leave
+   * a moment after the wrapper, and the kernel may refuse a cgroup for a moment after its last process went), then at
+   * the next `tidy`.
+   */
   release(path: string): void {
-    if (!this.remove(path)) this.lingering.add(path);
+    if (this.remove(path)) return;
+    this.lingering.add(path);
+    this.retriesLeft = RELEASE_TRIES;
+    if (this.retrying !== undefined) return;
+    this.retrying = setInterval(() => {
+      this.tidy();
+      if (this.lingering.size > 0 && --this.retriesLeft > 0) return;
+      clearInterval(this.retrying);
+      this.retrying = undefined;
+    }, RELEASE_RETRY_MS);
+    this.retrying.unref();
   }
 
   /** Removes an empty script cgroup, and then its runner's folder if that is a dead runner's and now empty; false when it is not empty. */
@@ -542,29 +559,14 @@ export class ScriptCgroup {
     }
   }
 
-  /**
-   * Removes the cgroup once it is empty (without a tree: now, if it is). A wrapper's copiers leave a moment after the
-   * wrapper (they end when it tells them, or die of the same group kill a little later): while the cgroup holds
-   * processes, it is tried again for a while, then left to the tree's `tidy`.
-   */
+  /** Removes the cgroup once it is empty (without a tree: now, if it is). */
   release(): void {
-    if (this.removeNow()) return;
-    let tries = RELEASE_TRIES;
-    const timer = setInterval(() => {
-      if (this.removeNow() || --tries <= 0) clearInterval(timer);
-    }, RELEASE_RETRY_MS);
-    timer.unref();
-  }
-
-  /** True once the cgroup is gone. */
-  private removeNow(): boolean {
     if (this.tree === undefined) tryRemove(this.path);
     else this.tree.release(this.path);
-    return !existsSync(this.path);
   }
 }
 
-/** How often, and how many times, a cgroup that still held processes when released is tried again. */
+/** How often, and how many times, lingering cgroups are tried again after a release. */
 const RELEASE_RETRY_MS = 20;
 const RELEASE_TRIES = 50;
 

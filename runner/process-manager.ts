@@ -44,8 +44,8 @@ import {
 import { trace } from "./trace.js";
 import { startColdWrapper, wrappable, type WarmShellPool } from "./warm-shell.js";
 import type { WrapperStatus } from "./wrapper-status.js";
-import { SpoolTail, controlFifo, tellCopier } from "./spool-tail.js";
-import { readExitFile, releaseGate, type WrapperPaths } from "./wrapper.js";
+import { SpoolTail } from "./spool-tail.js";
+import { controlFifo, readExitFile, releaseGate, tellCopier, type WrapperPaths } from "./wrapper.js";
 
 export type { SpawnRequest } from "./spawn.js";
 

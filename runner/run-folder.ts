@@ -178,7 +178,6 @@ export class RunFolders {
     }
   }
 
-
   /** The run of a dispatch. */
   find(ticket: string, fence: number): Run | undefined {
     for (const run of this.runs.values()) if (run.ticket === ticket && run.fence === fence && !run.removed) return run;

@@ -501,8 +501,8 @@ class Runner {
       script.handle = handle;
       this.runs.hold(run, "script");
     } else if (record.process !== undefined) {
-      // Abandoned: what still runs is left alone (its output drained, its wrapper free to exit), and its folder goes
-      // once it is gone.
+      // Abandoned: what still runs is left alone (its copiers told to drain, its wrapper free to exit), and its folder
+      // goes once it is gone.
       letRunGo(run, record);
       const { pid, startTime } = record.process;
       this.abandoned.add({ ticket: record.ticket, fence: record.fence, pid }, { startTime, bootId: record.bootId }, false);

@@ -78,7 +78,7 @@ export interface ScriptShell {
   cgroup: ScriptCgroup | undefined;
   /** When it started (clock ticks after boot), when already known. */
   startTime?: number | undefined;
-  /** A wrapper (wrapper.ts): its files, the read ends of its FIFOs (opened by the runner) and its status lines. */
+  /** A wrapper (wrapper.ts): its files and its status lines. */
   wrapper?: { paths: WrapperPaths; status: WrapperStatus };
   /** Makes it run the script, once our listeners are on its pipes; a shell spawned for the script runs it already. */
   run?: () => void;

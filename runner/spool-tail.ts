@@ -13,12 +13,10 @@
  * inotify watch of the folder, or by polling where no watch can be had), ends at a generation marked `end`, and
  * counts what its `data` listeners were handed.
  */
-import { closeSync, constants as fsConstants, existsSync, fstatSync, openSync, readSync, readdirSync, unlinkSync, watch, writeSync, type FSWatcher } from "node:fs";
+import { closeSync, existsSync, fstatSync, openSync, readSync, readdirSync, unlinkSync, watch, type FSWatcher } from "node:fs";
 import { join } from "node:path";
 import { Readable } from "node:stream";
-
-/** The two streams, by the names of their files. */
-export type SpoolName = "out" | "err";
+import { controlFifo, tellCopier, type SpoolName } from "./wrapper.js";
 
 /** Most bytes read into one chunk: what one read of a pipe gives at most, so that the spool sees the chunks it always saw. */
 const CHUNK_BYTES = 64 * 1024;
@@ -29,37 +27,13 @@ const CHUNKS_PER_TURN = 16;
 /** How often a tail looks at its files when the folder cannot be watched. */
 const POLL_MS = 25;
 
-/** The files of the generation of stream `name` in `io` that starts at byte `start`. */
+/**
+ * The files of the generation of stream `name` in `io` that starts at byte `start`, as the copier names them (its
+ * shell text is `prologue` in wrapper.ts).
+ */
 export function generationFile(io: string, name: SpoolName, start: number): { data: string; done: string; end: string; stat: string } {
   const data = join(io, `${name}.${start}`);
   return { data, done: `${data}.done`, end: `${data}.end`, stat: `${data}.stat` };
-}
-
-/** The control FIFO of stream `name` in `io`. */
-export function controlFifo(io: string, name: SpoolName): string {
-  return join(io, `${name}.ctl`);
-}
-
-/**
- * Writes a line to a copier's control FIFO (which the copier holds open): a generation number it may start, `drain`
- * (read on into nothing, for a script nobody follows any more) or `end`. False when no copier holds it (ENXIO) or it
- * is gone.
- */
-export function tellCopier(control: string, line: string): boolean {
-  let fd: number;
-  try {
-    fd = openSync(control, fsConstants.O_WRONLY | fsConstants.O_NONBLOCK);
-  } catch {
-    return false;
-  }
-  try {
-    writeSync(fd, `${line}\n`);
-    return true;
-  } catch {
-    return false;
-  } finally {
-    closeSync(fd);
-  }
 }
 
 /** One stream of a wrapped script, read from its spool files from a position on. */
@@ -135,10 +109,12 @@ export class SpoolTail extends Readable {
    * a start it is past).
    */
   private settleAt(from: number): number {
+    // A stream read from its start: the first generation starts there, and none before it can be left.
+    if (from === 0) return 0;
     const starts = this.generationStarts().filter((start) => start <= from);
     const start = starts.length === 0 ? from : Math.max(...starts);
     for (const older of starts) if (older < start) this.remove(older);
-    if (starts.length === 0 && from > 0) tellCopier(controlFifo(this.io, this.spool), String(from));
+    if (starts.length === 0) tellCopier(controlFifo(this.io, this.spool), String(from));
     return start;
   }
 
@@ -182,9 +158,6 @@ export class SpoolTail extends Readable {
           return this.wait();
         }
       }
-      // Looked at before reading: a generation marked finished has all its bytes in the file already.
-      const ending = existsSync(file.end);
-      const finished = ending || existsSync(file.done);
       const available = fstatSync(this.fd).size - this.offset;
       if (available > 0) {
         const chunk = Buffer.allocUnsafe(Math.min(available, CHUNK_BYTES));
@@ -194,7 +167,10 @@ export class SpoolTail extends Readable {
         if (!this.push(read === chunk.length ? chunk : chunk.subarray(0, read))) return;
         continue;
       }
-      if (!finished) return this.wait();
+      const ending = existsSync(file.end);
+      if (!ending && !existsSync(file.done)) return this.wait();
+      // Marked finished: every byte is in the file now, and some may have come after the size was looked at.
+      if (fstatSync(this.fd).size > this.offset) continue;
       this.closeFile();
       if (ending) {
         this.ended = true;
@@ -221,10 +197,11 @@ export class SpoolTail extends Readable {
     this.waiting = true;
   }
 
+  /** The folder changed: a tail that found nothing more reads again (once, however many changes came in one turn). */
   private poke(): void {
     if (!this.waiting || this.destroyed) return;
     this.waiting = false;
-    this.pump();
+    this.pumpLater();
   }
 
   private startPolling(): void {

@@ -8,9 +8,6 @@ import { openSync, writeSync } from "node:fs";
 const TRACE_FILE = process.env.TENDRIL_TRACE_FILE;
 const traceFd = TRACE_FILE ? openSync(TRACE_FILE, "a", 0o600) : undefined;
 
-/** True when stages are recorded. */
-export const tracing = traceFd !== undefined;
-
 /** Records that `ticket` reached `stage` now (wall clock, sub-millisecond). */
 export function trace(ticket: string, stage: string): void {
   if (traceFd === undefined) return;

@@ -28,7 +28,6 @@
 import { closeSync, constants as fsConstants, openSync, readFileSync, readSync, readdirSync, readlinkSync, statSync, writeSync } from "node:fs";
 import { join } from "node:path";
 import { readCommandLine, readProcessStat } from "./containment.js";
-import { controlFifo, tellCopier } from "./spool-tail.js";
 
 /** The shell every wrapper runs in. */
 export const WRAPPER_SHELL = "/bin/sh";
@@ -48,6 +47,14 @@ export const EXIT_FILE = "exit";
  */
 export const GENERATION_READ_BYTES = 8192;
 export const GENERATION_RECORDS = 4096;
+
+/** The two streams, by the names of their FIFOs and spool files. */
+export type SpoolName = "out" | "err";
+
+/** The control FIFO of stream `name`'s copier in `io`. */
+export function controlFifo(io: string, name: SpoolName): string {
+  return join(io, `${name}.ctl`);
+}
 
 /** Where one run's wrapper keeps its FIFOs and its exit status. */
 export interface WrapperPaths {
@@ -95,9 +102,9 @@ export function parseWrapperCommandLine(argv: readonly string[]): { workDir: str
  * stream, tell the copiers `end` when it exits, and say `ready` on stdout. A failure ends the shell.
  *
  * A copier works in `io` itself (forked there, so its working folder follows a rename of the slot to the run's `io`,
- * even one that comes before the copier has run a line), reads the FIFO
- * read-only and its control FIFO read-write, and holds nothing else: it reads EOF once the script and the wrapper have
- * closed their write ends. A generation is one `dd` of `records` reads at most; `dd`'s count of reads tells whether it
+ * even one that comes before the copier has run a line), reads the FIFO read-only and its control FIFO read-write,
+ * and holds nothing else: it reads EOF once the script and the wrapper have closed their write ends. Its file names
+ * are the ones `generationFile` (spool-tail.ts) reads. A generation is one `dd` of `records` reads at most; `dd`'s count of reads tells whether it
  * stopped at the budget (`.done`: then it waits for a start past the current one; `drain`: read on into nothing;
  * `end` or EOF: stop) or at EOF (`.end`, and the copier exits). Builtins only, but for `dd` and `cat`.
  */
@@ -167,14 +174,27 @@ export function readExitFile(path: string): number | undefined {
  * which the wrapper holds open. False when no wrapper holds it any more (ENXIO) or it is gone.
  */
 export function releaseGate(path: string): boolean {
+  return writeLine(path, "");
+}
+
+/**
+ * Tells a copier, on its control FIFO (which it holds open), a generation start it may go on with, `drain` (read on
+ * into nothing, for a script nobody follows any more) or `end`. False when no copier holds it (ENXIO) or it is gone.
+ */
+export function tellCopier(control: string, line: string): boolean {
+  return writeLine(control, line);
+}
+
+/** Writes one line into a FIFO some process holds open, without waiting; false when none does or it is gone. */
+function writeLine(fifo: string, line: string): boolean {
   let fd: number;
   try {
-    fd = openSync(path, fsConstants.O_WRONLY | fsConstants.O_NONBLOCK);
+    fd = openSync(fifo, fsConstants.O_WRONLY | fsConstants.O_NONBLOCK);
   } catch {
     return false;
   }
   try {
-    writeSync(fd, "\n");
+    writeSync(fd, `${line}\n`);
     return true;
   } catch {
     return false;

@@ -51,6 +51,11 @@ export function isAlive(pid: number): boolean {
   }
 }
 
+/** The process group of a process. */
+export function processGroupOf(pid: number): number {
+  return stat(pid).pgid;
+}
+
 /** Every live pid whose process group is `pgid`. */
 export function pidsInGroup(pgid: number): number[] {
   return pidsWhere((pid) => {

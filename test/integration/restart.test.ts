@@ -9,7 +9,7 @@ import { call } from "../helpers/api.js";
 import { startControlPlane, type TestControlPlane } from "../helpers/control-plane.js";
 import { startFaultProxy, type FaultProxy } from "../helpers/fault-proxy.js";
 import { useControlPlane } from "../helpers/fixture.js";
-import { isAlive, killScript, pidFrom, pidsInGroup, signalGroup } from "../helpers/processes.js";
+import { isAlive, killScript, pidFrom, pidsInGroup, processGroupOf, signalGroup } from "../helpers/processes.js";
 import { runFoldersOf } from "../helpers/run-folders.js";
 import { startRunner, startRunnerInWorkDir, type TestRunner } from "../helpers/runner.js";
 import { waitFor } from "../helpers/wait.js";
@@ -208,12 +208,6 @@ describe("a runner killed mid-script and started again on the same work dir, una
     }
   });
 });
-
-/** The process group of a live process (`/proc/<pid>/stat`: state, ppid, then the group after the command's name). */
-function processGroupOf(pid: number): number {
-  const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
-  return Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[2]);
-}
 
 describe("a control plane killed mid-script", () => {
   it("finishes the script with all its output once and in order after a restart on the same state, and keeps its waiters and their deadline", async () => {

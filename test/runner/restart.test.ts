@@ -13,7 +13,7 @@ import { join } from "node:path";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { parseProcessStat } from "../../runner/containment.js";
 import type { RunnerDependencies, RunnerInput } from "../../runner/index.js";
-import { isAlive, killGroup, killPid, pidsInGroup } from "../helpers/processes.js";
+import { isAlive, killGroup, killPid, pidsInGroup, pidsInGroupNamed } from "../helpers/processes.js";
 import {
   ScriptTag,
   runDir,
@@ -127,7 +127,7 @@ describe("a runner that finds its predecessor's script still running", () => {
   it("lists the processes it cannot stop as survivors, with start time and boot, and reports each one's end", async () => {
     const pid = await leftRunning("t1", 2, "echo ready; exec sleep 600");
     // The wrapper, its two copiers (each with its dd or waiting) and the script's shell (now the sleep).
-    const script = await waitFor(() => tag.pids().find((each) => readFileSync(`/proc/${each}/comm`, "utf8").trim() === "sleep"), "the script's sleep");
+    const script = await waitFor(() => pidsInGroupNamed(pid, "sleep")[0], "the script's sleep");
     // Every process of its group; the tag is the script's own, the copiers are the wrapper's.
     const expected = pidsInGroup(pid).sort((a, b) => a - b);
     expect(expected).toContain(script);

@@ -14,7 +14,7 @@ import { CgroupTree, SCRIPT_MARKER_VARIABLE, environHasEntry, ownCgroupPath, par
 import type { ProcessManagerOptions, ScriptProcess, SpawnResult } from "../../runner/process-manager.js";
 import { WarmShellPool, type WarmShellOptions } from "../../runner/warm-shell.js";
 import { RunFolders, type Run } from "../../runner/run-folder.js";
-import { ROOT, isAlive, killGroup, killPid, pidsInGroupNamed, removeDir, tempDir } from "../helpers/processes.js";
+import { ROOT, isAlive, killGroup, killPid, pidsInGroup, pidsInGroupNamed, removeDir, tempDir } from "../helpers/processes.js";
 import { waitFor, waitForBlockedWriter, within } from "./fake-control-plane.js";
 import { spawnInRun } from "./spawn.js";
 
@@ -467,6 +467,8 @@ describe("the pool", () => {
       killGroup(owner.pid!);
       await waitFor(() => !isAlive(owner.pid!), "the owner to die");
       await waitFor(() => !isAlive(shell), "the shell to exit on EOF");
+      // Its copiers, in its process group, follow: they read EOF once it is gone, and finish their files.
+      await waitFor(() => pidsInGroup(shell).length === 0, "the shell's copiers to exit");
     } finally {
       await removeDir(dir);
     }

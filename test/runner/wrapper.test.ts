@@ -13,7 +13,7 @@ import type { ProcessManagerOptions, ScriptProcess } from "../../runner/process-
 import { RunFolders, type Run } from "../../runner/run-folder.js";
 import { SpoolTail, generationFile } from "../../runner/spool-tail.js";
 import { GENERATION_READ_BYTES, GENERATION_RECORDS, releaseGate, wrapperPaths } from "../../runner/wrapper.js";
-import { bytesWritten, isAlive, isBlockedOnWrite, killGroup, pidsInGroup, removeDir, tempDir } from "../helpers/processes.js";
+import { bytesWritten, isAlive, isBlockedOnWrite, killGroup, pidsInGroup, pidsInGroupNamed, removeDir, tempDir } from "../helpers/processes.js";
 import { waitFor, within } from "./fake-control-plane.js";
 import { spawnInRun } from "./spawn.js";
 
@@ -169,7 +169,7 @@ describe("a script under its wrapper", () => {
     const { child, run, stdout } = await start("exec seq 1 1000000000");
     await waitFor(() => length(stdout) > 10_000, "some output");
     child.release(false);
-    const writer = await waitFor(() => pidsInGroup(child.pid).find((pid) => pid !== child.pid && readFileSync(`/proc/${pid}/comm`, "utf8").trim() === "seq"), "the script's process");
+    const writer = await waitFor(() => pidsInGroupNamed(child.pid, "seq")[0], "the script's process");
     await waitFor(() => bytesWritten(writer) > 2 * GENERATION_MAX, "the script to write well past a generation", 60_000);
     const files = spoolFiles(run);
     expect(Object.values(files).reduce((sum, size) => sum + size, 0)).toBeLessThanOrEqual(GENERATION_MAX);
