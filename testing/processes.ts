@@ -98,9 +98,7 @@ export class ProcessSet {
     await Promise.all([...this.groups.keys()].map((pid) => this.stopGroup(pid, graceMs)));
     // What a stopping runner left running (its scripts, and what they started) carries the instance's variable.
     for (let round = 0; round < 50; round++) {
-      const left = pidsOfInstance(this.instance);
-      if (left.length === 0) break;
-      for (const pid of left) killPid(pid);
+      if (killInstance(this.instance) === 0) break;
       await delay(20);
     }
     this.removeDirs();
@@ -111,7 +109,9 @@ export class ProcessSet {
   /** What the exit handler does: SIGKILL to every group and every process of the instance, and the folders removed. */
   killNow(): void {
     for (const pid of this.groups.keys()) signalGroup(pid, "SIGKILL");
-    for (const pid of pidsOfInstance(this.instance)) killPid(pid);
+    // Once more after a moment, for what was forked while the first round looked: an exit handler cannot wait for
+    // events, so it pauses synchronously.
+    for (let round = 0; round < KILL_NOW_ROUNDS && killInstance(this.instance) > 0; round++) pauseSync(KILL_NOW_PAUSE_MS);
     this.removeDirs();
   }
 
@@ -161,8 +161,34 @@ function groupAlive(pgid: number): boolean {
   }
 }
 
-/** Live pids (other than this process) whose environment holds `INSTANCE_VARIABLE=<instance>`; none where /proc is missing. */
-function pidsOfInstance(instance: string): number[] {
+/** Rounds of `killInstance` the exit handler makes at most, and its pause between them. */
+const KILL_NOW_ROUNDS = 5;
+const KILL_NOW_PAUSE_MS = 10;
+
+/**
+ * SIGKILLs every live process of the instance, and the whole process group of each that leads one (a script's
+ * wrapper does): a child it forks while this looks is in its group, so the group's signal reaches that child too.
+ * Returns how many processes it found.
+ */
+function killInstance(instance: string): number {
+  const found = pidsOfInstance(instance);
+  for (const { pid, leader } of found) {
+    if (leader) signalGroup(pid, "SIGKILL");
+    killPid(pid);
+  }
+  return found.length;
+}
+
+/** Blocks this thread for `ms`. */
+function pauseSync(ms: number): void {
+  Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
+}
+
+/**
+ * Live processes (other than this one) whose environment holds `INSTANCE_VARIABLE=<instance>`, and whether each leads
+ * its process group; none where /proc is missing.
+ */
+function pidsOfInstance(instance: string): Array<{ pid: number; leader: boolean }> {
   let entries: string[];
   try {
     entries = readdirSync("/proc");
@@ -170,14 +196,15 @@ function pidsOfInstance(instance: string): number[] {
     return [];
   }
   const wanted = `${INSTANCE_VARIABLE}=${instance}`;
-  const pids: number[] = [];
+  const pids: Array<{ pid: number; leader: boolean }> = [];
   for (const entry of entries) {
     if (!/^\d+$/.test(entry) || Number(entry) === process.pid) continue;
     try {
       const stat = readFileSync(`/proc/${entry}/stat`, "utf8");
-      const state = stat.slice(stat.lastIndexOf(")") + 2, stat.lastIndexOf(")") + 3);
-      if (state === "Z" || state === "X") continue; // a zombie is already dead; its parent reaps it
-      if (readFileSync(`/proc/${entry}/environ`).toString("utf8").split("\0").includes(wanted)) pids.push(Number(entry));
+      // After the command's closing parenthesis: state, ppid, pgrp, ...
+      const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+      if (fields[0] === "Z" || fields[0] === "X") continue; // a zombie is already dead; its parent reaps it
+      if (readFileSync(`/proc/${entry}/environ`).toString("utf8").split("\0").includes(wanted)) pids.push({ pid: Number(entry), leader: Number(fields[2]) === Number(entry) });
     } catch {
       // Gone meanwhile, or another user's.
     }
