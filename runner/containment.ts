@@ -12,7 +12,8 @@
  * resources and cannot be killed any further). Everything here is Linux-only, like the rest of the runner.
  */
 import { randomBytes } from "node:crypto";
-import { closeSync, existsSync, mkdirSync, openSync, readFileSync, readSync, readdirSync, rmdirSync, statSync, writeFileSync } from "node:fs";
+import { closeSync, existsSync, mkdirSync, openSync, readFileSync, readSync, readdirSync, rmdir, rmdirSync, statSync, writeFileSync } from "node:fs";
+import { mkdir } from "node:fs/promises";
 import { basename, dirname, isAbsolute, join, relative } from "node:path";
 import { setImmediate as yieldToEventLoop } from "node:timers/promises";
 
@@ -265,6 +266,8 @@ export class CgroupTree {
   /** Script cgroups this tree made and has not removed yet. */
   private readonly created = new Set<string>();
   private failure: string | undefined;
+  /** Cgroups being made or removed in the thread pool: a runner that stops waits for them before it tidies up. */
+  private readonly inFlight = new Set<Promise<unknown>>();
   /** While lingering cgroups are tried again after a release, and how many more times. */
   private retrying: NodeJS.Timeout | undefined;
   private retriesLeft = 0;
@@ -332,12 +335,53 @@ export class CgroupTree {
         mkdirSync(this.own, { recursive: true });
         mkdirSync(path);
       }
-      this.created.add(path);
-      return new ScriptCgroup(path, this);
+      return this.made(path);
     } catch (error) {
-      this.fail(`cannot create the cgroup ${path} (${describe(error)})`);
-      return undefined;
+      return this.notMade(path, error);
     }
+  }
+
+  /**
+   * `create` in the thread pool, for a cgroup made ahead of its script (a warm shell's): making one waits for the
+   * kernel's cgroup lock, which a process being moved into another cgroup holds for milliseconds.
+   */
+  async createAhead(name: string): Promise<ScriptCgroup | undefined> {
+    if (this.failure !== undefined) return undefined;
+    this.tidy();
+    const path = join(this.own, name);
+    const making = (async () => {
+      try {
+        await mkdir(path);
+      } catch (error) {
+        if (errorCode(error) !== "ENOENT") throw error;
+        await mkdir(this.own, { recursive: true });
+        await mkdir(path);
+      }
+    })();
+    try {
+      await this.track(making);
+      return this.made(path);
+    } catch (error) {
+      return this.notMade(path, error);
+    }
+  }
+
+  /** Resolves (or rejects) as `operation` does; until then a stopping runner waits for it (`removeEmptySettled`). */
+  private track<T>(operation: Promise<T>): Promise<T> {
+    this.inFlight.add(operation);
+    const settled = () => this.inFlight.delete(operation);
+    operation.then(settled, settled);
+    return operation;
+  }
+
+  private made(path: string): ScriptCgroup {
+    this.created.add(path);
+    return new ScriptCgroup(path, this);
+  }
+
+  private notMade(path: string, error: unknown): undefined {
+    this.fail(`cannot create the cgroup ${path} (${describe(error)})`);
+    return undefined;
   }
 
   /** A script cgroup named in a run's record (maybe another runner's); undefined when the path is not one of ours. */
@@ -351,7 +395,19 @@ export class CgroupTree {
    * the next `tidy`.
    */
   release(path: string): void {
-    if (this.remove(path)) return;
+    // In the thread pool: a cgroup's removal waits for the kernel's cgroup lock, which a process being moved into
+    // another cgroup holds for milliseconds, and the event loop has scripts to start meanwhile.
+    const removing = new Promise<void>((resolve) =>
+      rmdir(path, (error) => {
+        if (error === null || error.code === "ENOENT") this.removed(path);
+        else this.linger(path);
+        resolve();
+      }),
+    );
+    void this.track(removing);
+  }
+
+  private linger(path: string): void {
     this.lingering.add(path);
     this.retriesLeft = RELEASE_TRIES;
     if (this.retrying !== undefined) return;
@@ -367,11 +423,16 @@ export class CgroupTree {
   /** Removes an empty script cgroup, and then its runner's folder if that is a dead runner's and now empty; false when it is not empty. */
   private remove(path: string): boolean {
     if (!tryRemove(path)) return false;
+    this.removed(path);
+    return true;
+  }
+
+  /** Forgets a removed script cgroup, and removes its runner's folder if that is a dead runner's and now empty. */
+  private removed(path: string): void {
     this.created.delete(path);
     this.lingering.delete(path);
     const folder = dirname(path);
     if (folder !== this.own && dirname(folder) === this.base && isDeadRunnerFolder(basename(folder))) tryRemove(folder);
-    return true;
   }
 
   /** Stops using cgroups for later scripts, and says why once. */
@@ -401,6 +462,8 @@ export class CgroupTree {
    * was killed and reaped. A cgroup that holds a process stays at once.
    */
   async removeEmptySettled(tries = 25, delayMs = 20): Promise<void> {
+    // A cgroup still being made would be missed, and one being removed may be tried again here.
+    while (this.inFlight.size > 0) await Promise.allSettled([...this.inFlight]);
     for (let attempt = 0; ; attempt += 1) {
       this.removeEmpty();
       const left = [...this.created, ...this.lingering].filter((path) => existsSync(path) && new ScriptCgroup(path, undefined).pids().length === 0);
@@ -522,6 +585,21 @@ export class ScriptCgroup {
   }
 
   /**
+   * True when `pid` is in this cgroup now (its `/proc/<pid>/cgroup` names it): reading that is microseconds, where a
+   * write to `cgroup.procs` waits for the kernel to quiesce every CPU, milliseconds on a busy machine.
+   */
+  holds(pid: number): boolean {
+    let text: string;
+    try {
+      text = readFileSync(`/proc/${pid}/cgroup`, "utf8");
+    } catch {
+      return false;
+    }
+    // The name ends in the script's random marker: no other cgroup has it.
+    return ownCgroupPath(text)?.endsWith(`/${basename(this.path)}`) === true;
+  }
+
+  /**
    * Moves `pid` into the cgroup (harmless when it moved itself in already, see `enterCgroupCommand`); on failure
    * the cgroup is given up, later scripts go without one, and the marker sweep is all that is left.
    */
@@ -547,6 +625,12 @@ export class ScriptCgroup {
     } catch {
       return [];
     }
+  }
+
+  /** Resolves once the cgroup holds no live process, or after `timeoutMs`: a process SIGKILLed a moment ago is still listed. */
+  async emptied(timeoutMs: number, pollMs = 10): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    while (this.pids().length > 0 && Date.now() < deadline) await delay(pollMs);
   }
 
   /** SIGKILLs every process in the cgroup at once (`cgroup.kill`, Linux 5.14+); false when the kernel lacks it. */

@@ -35,6 +35,9 @@ import {
 import { WrapperStatus } from "./wrapper-status.js";
 import { WRAPPER_SHELL, prologue, quote, runCommand, wrapperArguments, wrapperPaths, type WrapperRun } from "./wrapper.js";
 
+/** How long a retired shell's cgroup may take to empty once the shell has exited. */
+const RETIRE_EMPTY_MS = 2_000;
+
 /** How a pool behaves. */
 export interface WarmShellOptions {
   /** How many shells wait at most; default 2 (a script that starts while another just started finds one too). */
@@ -173,7 +176,7 @@ export class WarmShellPool {
     try {
       const execa = await loadExeca();
       while (this.recipe !== undefined && this.needsShell()) {
-        const shell = this.warmUp(execa, this.recipe);
+        const shell = await this.warmUp(execa, this.recipe);
         if (shell === undefined) {
           this.broken = true;
           return;
@@ -203,14 +206,22 @@ export class WarmShellPool {
   }
 
   /** Starts one wrapper that waits with `recipe`'s environment (and a marker of its own) in a slot and a cgroup of its own. */
-  private warmUp(execa: Execa, recipe: Recipe): Wrapper | undefined {
+  private async warmUp(execa: Execa, recipe: Recipe): Promise<Wrapper | undefined> {
+    const marker = newScriptMarker();
+    const cgroup = await recipe.cgroups?.createAhead(`s-${marker}`);
+    // Disposed while the cgroup was being made: no shell is started after that.
+    if (this.disposal !== undefined) {
+      cgroup?.release();
+      return undefined;
+    }
     let slot: string;
     try {
       slot = makeSlot(join(recipe.workDir, SLOTS_FOLDER));
     } catch {
+      cgroup?.release();
       return undefined;
     }
-    const shell = startWrapper(execa, recipe, slot, true);
+    const shell = startWrapper(execa, recipe, { marker, cgroup }, slot, true);
     if (shell === undefined) {
       rmSync(slot, { recursive: true, force: true });
       return undefined;
@@ -243,7 +254,9 @@ export class WarmShellPool {
       shell.subprocess.ref();
       signalGroup(shell.pid, "SIGKILL");
     }
-    return shell.gone;
+    // Its copiers, killed with it, can outlive its exit by a moment on a busy machine: a runner that stops waits for
+    // its cgroup to empty, else it would leave the cgroup behind as one that still holds processes.
+    return shell.gone.then(() => shell.cgroup?.emptied(RETIRE_EMPTY_MS));
   }
 
   private remove(shell: Wrapper): void {
@@ -275,7 +288,8 @@ export async function startColdWrapper(launch: Launch, beforeStart: BeforeStart 
   } catch (error) {
     return `Could not make the folder ${paths.io}: ${describeError(error)}`;
   }
-  const shell = startWrapper(execa, recipeOf(launch), paths.io, false);
+  const marker = newScriptMarker();
+  const shell = startWrapper(execa, recipeOf(launch), { marker, cgroup: launch.cgroups?.create(`s-${marker}`) }, paths.io, false);
   if (shell === undefined) return `Could not start ${WRAPPER_SHELL} to run the script.`;
   shell.onExit = () => {
     shell.exited = true;
@@ -301,15 +315,14 @@ function recipeOf(launch: Launch): Recipe {
 }
 
 /**
- * Starts a wrapper with `recipe`'s environment and a marker of its own, in a new cgroup, making its FIFOs in `io`;
- * its `ready` resolves once it said so and the runner opened the FIFOs' read ends. Undefined when it cannot start.
+ * Starts a wrapper with `recipe`'s environment and its marker, to join its new cgroup (released here if it cannot
+ * start), making its FIFOs in `io`; its `ready` resolves once it said so. Undefined when it cannot start.
  */
-function startWrapper(execa: Execa, recipe: Recipe, io: string, slot: boolean): Wrapper | undefined {
-  const marker = newScriptMarker();
+function startWrapper(execa: Execa, recipe: Recipe, own: { marker: string; cgroup: ScriptCgroup | undefined }, io: string, slot: boolean): Wrapper | undefined {
+  const { marker, cgroup: created } = own;
   const env: Record<string, string> = Object.create(null);
   for (const [name, value] of Object.entries(recipe.inherited)) env[name] = value;
   env[SCRIPT_MARKER_VARIABLE] = marker;
-  const created = recipe.cgroups?.create(`s-${marker}`);
   let subprocess: ShellSubprocess;
   try {
     // In `/`, so that a waiting shell keeps no other folder busy; named for its work dir and this runner process.
@@ -328,9 +341,8 @@ function startWrapper(execa: Execa, recipe: Recipe, io: string, slot: boolean): 
   // A shell that died before its command arrived makes the write fail; its exit tells the rest.
   stdin.on("error", ignore);
   const paths = wrapperPaths(io, io);
-  // Like a direct start's cgroup wrapper, the shell moves itself in (silently), and the runner moves it too.
+  // The shell moves itself in (silently), before it says `ready`; the runner moves it only if it did not (below).
   stdin.write(prologue(paths, created?.procsFile));
-  const cgroup = joinCgroup(created, pid);
   let resolveGone: () => void = ignore;
   const gone = new Promise<void>((resolve) => (resolveGone = resolve));
   let resolveReady: (ready: boolean) => void = ignore;
@@ -343,7 +355,7 @@ function startWrapper(execa: Execa, recipe: Recipe, io: string, slot: boolean): 
     pid,
     startTime: readProcessStat(pid)?.startTime,
     marker,
-    cgroup,
+    cgroup: created,
     io,
     slot,
     isReady: false,
@@ -357,6 +369,9 @@ function startWrapper(execa: Execa, recipe: Recipe, io: string, slot: boolean): 
     resolveGone();
   });
   shell.status.onReady(() => {
+    // Moving a process in blocks the caller for milliseconds (the kernel waits for every CPU to quiesce): the wrapper
+    // did it itself, so the runner's event loop only checks, and moves it only when the wrapper could not.
+    if (shell.cgroup !== undefined && !shell.cgroup.holds(pid)) shell.cgroup = joinCgroup(shell.cgroup, pid);
     shell.isReady = true;
     resolveReady(true);
   });

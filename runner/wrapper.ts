@@ -97,9 +97,10 @@ export function parseWrapperCommandLine(argv: readonly string[]): { workDir: str
 }
 
 /**
- * The wrapper's first lines: join the cgroup (silently, as the runner moves it too), make the FIFOs in `io` (a folder
- * the runner made), hold them open read-write (out 3, err 4, gate 5, the control FIFOs 8 and 9), start a copier per
- * stream, tell the copiers `end` when it exits, and say `ready` on stdout. A failure ends the shell.
+ * The wrapper's first lines: join the cgroup (silently: once it is `ready` the runner checks, and moves it only if it
+ * is not in), make the FIFOs in `io` (a folder the runner made), hold them open read-write (out 3, err 4, gate 5, the
+ * control FIFOs 8 and 9), start a copier per stream, tell the copiers `end` when it exits, and say `ready` on stdout.
+ * A failure ends the shell.
  *
  * A copier works in `io` itself (forked there, so its working folder follows a rename of the slot to the run's `io`,
  * even one that comes before the copier has run a line), reads the FIFO read-only and its control FIFO read-write,

@@ -81,7 +81,7 @@ describe.runIf(cgroupMount !== undefined)("cgroups of a runner process", () => {
     const m = f.machine();
     const runner = await f.runner(m);
     await scriptPid(m, "first");
-    // Each in its cgroup: the runner moves a shell in right after the fork, which a look at /proc can come before.
+    // Each in its cgroup: a shell moves itself in as it starts, which a look at /proc can come before.
     const waiting = await waitFor(() => {
       const pids = waitingShells(runner.process.pid);
       return pids.length === 2 && pids.every((pid) => /\/s-[0-9a-f]{32}$/.test(cgroupFolder(pid))) ? pids : undefined;

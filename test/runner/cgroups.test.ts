@@ -64,7 +64,7 @@ describe.runIf(usable)("cgroups a runner made", () => {
     const { handle, connection } = await startConnectedRunner(plane, workDir);
     connection.dispatch("t1", 1, "cat /proc/self/cgroup");
     await connection.frame("exit");
-    // Each in its cgroup: the runner moves a shell in right after the fork, which a look at /proc can come before.
+    // Each in its cgroup: a shell moves itself in as it starts, which a look at /proc can come before.
     const inOwnCgroup = (pid: number) => /\/s-[0-9a-f]{32}$/.test(cgroupFolderOf(pid));
     const shells = await waitFor(() => {
       const found = warmShells();
@@ -78,6 +78,24 @@ describe.runIf(usable)("cgroups a runner made", () => {
     // They were in this runner process's own folder, which went with them.
     expect(made.every((folder) => folder.startsWith(`${tree.own}/`))).toBe(true);
     expect(existsSync(tree.own)).toBe(false);
+  });
+
+  it("tell whether a process is in them without moving it, and go once released, off the event loop", async () => {
+    const tree = detected as CgroupTree;
+    const cgroup = await tree.createAhead(`s-${newScriptMarker()}`);
+    expect(cgroup).toBeDefined();
+    folders.push(tree.own, cgroup!.path);
+    const sleeper = spawn("sleep", ["600"], { detached: true, stdio: "ignore" });
+    pids.add(sleeper.pid!);
+    expect(cgroup!.holds(sleeper.pid!)).toBe(false);
+    // As a warm shell does: the process moves itself in, and the runner only looks.
+    writeFileSync(cgroup!.procsFile, `${sleeper.pid}\n`);
+    expect(cgroup!.holds(sleeper.pid!)).toBe(true);
+    expect(cgroup!.holds(process.pid)).toBe(false);
+    killPid(sleeper.pid!);
+    await waitFor(() => !isAlive(sleeper.pid!), "the sleeper to die");
+    cgroup!.release();
+    await waitFor(() => !existsSync(cgroup!.path), "the released cgroup to be removed");
   });
 
   it("are pruned by a runner that starts after theirs died, but never one that still holds a process (bug 17)", async () => {
