@@ -5,7 +5,7 @@ import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "no
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { dispatchBreakdown, handoffBreakdown, readTraces } from "./breakdown.mjs";
-import { cpuMs, percentile, ROOT, rssMb, spawnDirect, startBaseline, startControlPlane, startRunner, waitFor } from "./stack.mjs";
+import { cpuMs, cpuTimes, machineBusyMs, percentile, ROOT, rssMb, spawnDirect, startBaseline, startControlPlane, startRunner, waitFor } from "./stack.mjs";
 
 /** One row of the table; `extra` may add `fixedCost` (ms above the baseline) and `breakdown` (per-stage ms). */
 function row(figure, value, unit, baseline, target, met, note = "", extra = {}) {
@@ -107,15 +107,22 @@ async function untilStreamEnds(cp, machineId, ticket) {
 export async function handoff(sizes) {
   const n = sizes.handoffScripts;
   const rounds = 4;
-  return withTracedStack(async (cp, _runners, baseline, traceFile) => {
+  return withTracedStack(async (cp, [runner], baseline, traceFile) => {
     for (let i = 0; i < 3; i += 1) await dispatchOnce(cp, "bench"); // warm-up
     let directMs = 0;
     let tendrilMs = 0;
     const granted = [];
+    // CPU time during Tendril's rounds only: the runner's, the control plane's, and the whole machine's.
+    const cpu = { runnerUser: 0, runnerSystem: 0, controlPlane: 0, machine: 0, directMachine: 0 };
+    const workerd = cp.workerdPids();
+    const sample = () => ({ runner: cpuTimes(runner.runnerPid()), controlPlane: workerd.reduce((sum, pid) => sum + cpuMs(pid), 0), machine: machineBusyMs() });
     for (let round = 0; round < rounds; round += 1) {
       const count = Math.ceil(n / rounds);
+      const directFrom = machineBusyMs();
       directMs += (await baseline.spawnTrue(count)).reduce((sum, ms) => sum + ms, 0);
+      cpu.directMachine += machineBusyMs() - directFrom;
       const tickets = Array.from({ length: count }, (_, i) => `h-${round}-${i}`);
+      const from = sample();
       const started = performance.now();
       const submit = (ticket) => cp.api("POST", "/api/v1/machines/bench/scripts", { ticket, scriptBody: "true" });
       // All at once, then the last one once the others are queued: the mutex is FIFO, so it completes last. Its live
@@ -125,6 +132,11 @@ export async function handoff(sizes) {
       if (submitted.some((r) => r.status !== 201)) throw new Error("a handoff start failed");
       await untilStreamEnds(cp, "bench", tickets.at(-1));
       tendrilMs += performance.now() - started;
+      const to = sample();
+      cpu.runnerUser += to.runner.user - from.runner.user;
+      cpu.runnerSystem += to.runner.system - from.runner.system;
+      cpu.controlPlane += to.controlPlane - from.controlPlane;
+      cpu.machine += to.machine - from.machine;
       granted.push(tickets);
     }
     const total = granted.flat().length;
@@ -142,11 +154,23 @@ export async function handoff(sizes) {
     const breakdown = stages[0].stages.map(({ stage }, i) => ({ stage, ms: stages.reduce((sum, b) => sum + b.stages[i].ms * b.runs, 0) / runs }));
     const perScript = 1000 / rate;
     const note = `stages: mean of ${runs} traced handoffs, ${perScript.toFixed(2)} ms per script in all`;
+    const others = cpu.machine - cpu.runnerUser - cpu.runnerSystem - cpu.controlPlane;
+    const cpuBreakdown = [
+      { part: "runner: its own code (user)", ms: cpu.runnerUser / total },
+      { part: "runner: the kernel on its behalf (system)", ms: cpu.runnerSystem / total },
+      { part: "control plane (workerd)", ms: cpu.controlPlane / total },
+      { part: "everything else: wrappers, copiers, scripts, the client, the kernel's own", ms: others / total },
+      { part: "in all, both cores", ms: cpu.machine / total },
+      { part: "baseline: in all per `bash -c true`, both cores", ms: cpu.directMachine / total },
+    ];
+    const cpuNote = `CPU ms per script, ${(cpu.machine / tendrilMs / 2 * 100).toFixed(0)}% of both cores busy during the handoffs; Linux counts CPU time in 10 ms ticks`;
     return [
       row(`mutex handoff (${total} full scripts)`, rate, "scripts/s", directRate, "≥ 0.5× baseline rate", rate >= 0.5 * directRate, "", {
         fixedCost: perScript - 1000 / directRate,
         breakdown,
         breakdownNote: note,
+        cpuBreakdown,
+        cpuNote,
       }),
     ];
   });

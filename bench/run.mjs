@@ -63,6 +63,10 @@ for (const r of rows.filter((r) => r.breakdown)) {
   console.log(`\nWhere the time of ${r.figure.replace(/ \(.*/, "")} goes (${r.breakdownNote}):`);
   printTable([["stage", "ms"], ...r.breakdown.map(({ stage, ms }) => [stage, ms.toFixed(2)])]);
 }
+for (const r of rows.filter((r) => r.cpuBreakdown)) {
+  console.log(`\nWhere the CPU of ${r.figure.replace(/ \(.*/, "")} goes (${r.cpuNote}):`);
+  printTable([["part", "ms"], ...r.cpuBreakdown.map(({ part, ms }) => [part, ms.toFixed(2)])]);
+}
 writeFileSync(outFile, JSON.stringify({ mode, startedAt: startedAt.toISOString(), cores: cpus().length, node: process.version, rows }, null, 2) + "\n");
 const missed = rows.filter((r) => !r.met);
 if (check && missed.length > 0) console.error(`bench --check: ${missed.length} target(s) missed: ${missed.map((r) => r.figure).join("; ")}`);

@@ -64,15 +64,27 @@ export function groupPids(pgid) {
   return pids;
 }
 
-/** CPU time (user + system) of a process, in ms. */
-export function cpuMs(pid) {
+/** CPU time of a process in ms, as user and system time (Linux counts both in ticks of 10 ms). */
+export function cpuTimes(pid) {
   try {
     const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
     const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-    return ((Number(fields[11]) + Number(fields[12])) * 1000) / 100;
+    return { user: Number(fields[11]) * 10, system: Number(fields[12]) * 10 };
   } catch {
-    return 0;
+    return { user: 0, system: 0 };
   }
+}
+
+/** CPU time (user + system) of a process, in ms. */
+export function cpuMs(pid) {
+  const { user, system } = cpuTimes(pid);
+  return user + system;
+}
+
+/** CPU time every core of the machine spent busy (anything but idle and waiting for I/O) so far, in ms. */
+export function machineBusyMs() {
+  const [user, nice, system, , , irq, softirq, steal] = readFileSync("/proc/stat", "utf8").split("\n")[0].trim().split(/\s+/).slice(1).map(Number);
+  return (user + nice + system + irq + softirq + steal) * 10;
 }
 
 /** Resident memory of a process, in MB (VmRSS), or its peak (VmHWM). */
@@ -116,7 +128,8 @@ export async function startControlPlane(extraArgs = [], env = {}) {
 /** Registers `machineId` and starts a runner process for it from the one-file runner; resolves once it is connected. */
 export async function startRunner(cp, machineId, env = {}, nodeFlags = []) {
   const registered = await cp.api("POST", `/api/v1/machines/${machineId}/runner-token`);
-  const workDir = mkdtempSync(join(tmpdir(), "tendril-bench-runner-"));
+  // TENDRIL_BENCH_RUNNER_ROOT puts the runners' work dirs elsewhere than the temporary folder, to compare filesystems.
+  const workDir = mkdtempSync(join(process.env.TENDRIL_BENCH_RUNNER_ROOT || tmpdir(), "tendril-bench-runner-"));
   if (!existsSync(RUNNER_FILE)) throw new Error(`${RUNNER_FILE} is missing: build it first (npm run build)`);
   const proc = startGroup(["--url", cp.url, "--machine", machineId, "--work-dir", workDir], {
     TENDRIL_RUNNER_TOKEN: registered.body.runnerToken,

@@ -1,5 +1,6 @@
 // The benchmark's plumbing on tiny sizes, so that `npm run bench` cannot rot. It checks that every
-// figure is measured and reported, with the fixed cost and stage breakdown of dispatch and handoff, and that `--check`
+// figure is measured and reported, with the fixed cost and stage breakdown of dispatch and handoff (and the handoff's
+// CPU per script), and that `--check`
 // fails exactly when a target is missed; not the targets themselves (those belong to the real benchmark run).
 import { describe, expect, it } from "vitest";
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
@@ -37,6 +38,12 @@ describe("npm run bench", () => {
         for (const stage of row.breakdown) expect(Number.isFinite(stage.ms), `${name}: ${stage.stage}`).toBe(true);
         expect(bench.stdout()).toContain(`Where the time of ${name} goes`);
       }
+      // Handoff: where the CPU goes, per script, with the baseline's beside it.
+      const handoff = results.rows.find((r: { figure: string }) => r.figure.startsWith("mutex handoff"));
+      expect(handoff.cpuBreakdown.map((part: { part: string }) => part.part)).toEqual(expect.arrayContaining(["control plane (workerd)", "in all, both cores"]));
+      // On tiny sizes a few 10 ms ticks decide each part, so only that each is a number.
+      for (const part of handoff.cpuBreakdown) expect(Number.isFinite(part.ms), part.part).toBe(true);
+      expect(bench.stdout()).toContain("Where the CPU of mutex handoff goes");
     } finally {
       await bench.stop();
       rmSync(dir, { recursive: true, force: true });
