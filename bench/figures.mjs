@@ -372,7 +372,8 @@ async function registerMachines(cp, prefix, count) {
     const batch = await Promise.all(
       Array.from({ length: Math.min(50, count - i) }, (_, j) => cp.api("POST", `/api/v1/machines/${prefix}-${String(i + j).padStart(6, "0")}/runner-token`)),
     );
-    if (batch.some((r) => r.status !== 201)) throw new Error("a registration failed");
+    const failed = batch.find((r) => r.status !== 201);
+    if (failed) throw new Error(`a registration failed: HTTP ${failed.status} ${JSON.stringify(failed.body)}`);
   }
 }
 

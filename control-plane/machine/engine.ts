@@ -814,7 +814,7 @@ export class MachineEngine {
     try {
       this.readState();
     } catch (readError) {
-      this.port.reset(`machine storage failed and could not be read back: ${describe(readError)}`);
+      this.port.reset(`machine storage failed (${describe(error)}) and could not be read back: ${describe(readError)}`);
       throw error;
     }
     if (hadRunner) this.port.closeRunner(STORAGE_FAILURE_CLOSE, "the control plane could not store a change; reconnect");
