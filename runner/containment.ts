@@ -12,8 +12,8 @@
  * resources and cannot be killed any further). Everything here is Linux-only, like the rest of the runner.
  */
 import { randomBytes } from "node:crypto";
-import { closeSync, existsSync, mkdirSync, openSync, readFileSync, readSync, readdirSync, rmdir, rmdirSync, statSync, writeFileSync } from "node:fs";
-import { mkdir } from "node:fs/promises";
+import { closeSync, existsSync, mkdirSync, openSync, readFileSync, readSync, readdirSync, rmdirSync, statSync, writeFileSync } from "node:fs";
+import { mkdir, rmdir } from "node:fs/promises";
 import { basename, dirname, isAbsolute, join, relative } from "node:path";
 import { setImmediate as yieldToEventLoop } from "node:timers/promises";
 
@@ -397,14 +397,12 @@ export class CgroupTree {
   release(path: string): void {
     // In the thread pool: a cgroup's removal waits for the kernel's cgroup lock, which a process being moved into
     // another cgroup holds for milliseconds, and the event loop has scripts to start meanwhile.
-    const removing = new Promise<void>((resolve) =>
-      rmdir(path, (error) => {
-        if (error === null || error.code === "ENOENT") this.removed(path);
-        else this.linger(path);
-        resolve();
-      }),
+    void this.track(
+      rmdir(path).then(
+        () => this.removed(path),
+        (error: unknown) => (errorCode(error) === "ENOENT" ? this.removed(path) : this.linger(path)),
+      ),
     );
-    void this.track(removing);
   }
 
   private linger(path: string): void {

@@ -94,23 +94,18 @@ class ReattachedIO implements ScriptIO {
   private tails: SpoolTail[] = [];
   private timer: NodeJS.Timeout | undefined;
   private ended: ((outcome: Outcome) => void) | undefined;
-  private readonly paths: WrapperPaths;
-  private readonly wrapper: { pid: number; startTime: number | undefined };
 
   constructor(
     private readonly found: ReattachableRun,
     /** Streams whose end the log holds already: not opened. */
     private readonly skip: Record<StreamName, boolean>,
     private readonly pollMs: number,
-  ) {
-    this.paths = found.paths;
-    this.wrapper = found.wrapper;
-  }
+  ) {}
 
   open(): Array<{ name: StreamName; stream: Readable | undefined }> {
     const logged = loggedPositions(this.found.logged);
     const from = { stdout: this.skip.stdout ? undefined : logged.stdout, stderr: this.skip.stderr ? undefined : logged.stderr };
-    const opened = openSpool(this.paths, from);
+    const opened = openSpool(this.found.paths, from);
     this.tails = opened.flatMap(({ stream }) => (stream === undefined ? [] : [stream]));
     return opened;
   }
@@ -126,28 +121,28 @@ class ReattachedIO implements ScriptIO {
   }
 
   hasEnded(): boolean {
-    return readExitFile(this.paths.exit) !== undefined;
+    return readExitFile(this.found.paths.exit) !== undefined;
   }
 
   async settle(): Promise<void> {
-    if (!releaseGate(this.paths.gate)) return;
+    if (!releaseGate(this.found.paths.gate)) return;
     // Not its parent: it is looked at until it is gone (it exits at once), for a while at most.
-    for (let look = 0; look < 50 && !isProcessGone(this.wrapper.pid, this.wrapper.startTime); look++) {
+    for (let look = 0; look < 50 && !isProcessGone(this.found.wrapper.pid, this.found.wrapper.startTime); look++) {
       await new Promise((resolve) => setTimeout(resolve, this.pollMs).unref());
     }
   }
 
   stop(how: LetGo): void {
     this.stopLooking();
-    letSpoolGo(this.tails, this.paths, how);
+    letSpoolGo(this.tails, this.found.paths, how);
   }
 
   /** The script's end: its exit status file; or the wrapper gone without one (looked at again: it may have just been written). */
   private look(): void {
-    const status = readExitFile(this.paths.exit);
+    const status = readExitFile(this.found.paths.exit);
     if (status !== undefined) return this.end({ kind: "exited", code: status });
-    if (!isProcessGone(this.wrapper.pid, this.wrapper.startTime)) return;
-    const late = readExitFile(this.paths.exit);
+    if (!isProcessGone(this.found.wrapper.pid, this.found.wrapper.startTime)) return;
+    const late = readExitFile(this.found.paths.exit);
     this.end(late === undefined ? UNKNOWN_END : { kind: "exited", code: late });
   }
 

@@ -68,8 +68,6 @@ interface Wrapper {
   io: string;
   /** `io` is a slot of its own, removed with it unless a script claims it. */
   slot: boolean;
-  /** True once it said `ready`: its FIFOs are made and its copiers started. */
-  isReady: boolean;
   /** Resolves true once it is ready, false if it exited first. */
   ready: Promise<boolean>;
   exited: boolean;
@@ -103,7 +101,7 @@ export class WarmShellPool {
 
   /** The pids of the shells that are ready for a script now. */
   get idlePids(): number[] {
-    return this.idle.filter((shell) => shell.isReady).map((shell) => shell.pid);
+    return this.idle.filter((shell) => shell.status.ready).map((shell) => shell.pid);
   }
 
   /**
@@ -114,7 +112,7 @@ export class WarmShellPool {
   claim(launch: Launch): ScriptShell | undefined {
     if (this.idle.length === 0) return undefined;
     this.retireStale(launch);
-    const shell = this.idle.find((candidate) => candidate.isReady && isLive(candidate));
+    const shell = this.idle.find((candidate) => candidate.status.ready && isLive(candidate));
     if (shell === undefined) return undefined;
     const paths = wrapperPaths(launch.request.runDir);
     try {
@@ -358,7 +356,6 @@ function startWrapper(execa: Execa, recipe: Recipe, own: { marker: string; cgrou
     cgroup: created,
     io,
     slot,
-    isReady: false,
     ready,
     exited: false,
     gone,
@@ -372,7 +369,6 @@ function startWrapper(execa: Execa, recipe: Recipe, own: { marker: string; cgrou
     // Moving a process in blocks the caller for milliseconds (the kernel waits for every CPU to quiesce): the wrapper
     // did it itself, so the runner's event loop only checks, and moves it only when the wrapper could not.
     if (shell.cgroup !== undefined && !shell.cgroup.holds(pid)) shell.cgroup = joinCgroup(shell.cgroup, pid);
-    shell.isReady = true;
     resolveReady(true);
   });
   return shell;

@@ -105,9 +105,10 @@ export function parseWrapperCommandLine(argv: readonly string[]): { workDir: str
  * A copier works in `io` itself (forked there, so its working folder follows a rename of the slot to the run's `io`,
  * even one that comes before the copier has run a line), reads the FIFO read-only and its control FIFO read-write,
  * and holds nothing else: it reads EOF once the script and the wrapper have closed their write ends. Its file names
- * are the ones `generationFile` (spool-tail.ts) reads. A generation is one `dd` of `records` reads at most; `dd`'s count of reads tells whether it
- * stopped at the budget (`.done`: then it waits for a start past the current one; `drain`: read on into nothing;
- * `end` or EOF: stop) or at EOF (`.end`, and the copier exits). Builtins only, but for `dd` and `cat`.
+ * are the ones `generationFile` (spool-tail.ts) reads. A generation is one `dd` of `records` reads at most; `dd`'s
+ * count of reads tells whether it stopped at the budget (`.done`: then it waits for a start past the current one;
+ * `drain`: read on into nothing; `end` or EOF: stop) or at EOF (`.end`, and the copier exits). Builtins only, but
+ * for `dd` and `cat`.
  */
 export function prologue(paths: Pick<WrapperPaths, "io">, procsFile?: string, records: number = GENERATION_RECORDS): string {
   const cgroup = procsFile === undefined ? "" : `{ echo $$ > ${quote(procsFile)}; } 2>/dev/null\n`;
