@@ -7,6 +7,7 @@ import { rmSync } from "node:fs";
 import { call } from "../helpers/api.js";
 import { startControlPlane, type TestControlPlane } from "../helpers/control-plane.js";
 import { useControlPlane } from "../helpers/fixture.js";
+import { waitFor } from "../helpers/wait.js";
 import { editRegistry } from "../helpers/persisted-sqlite.js";
 
 const f = useControlPlane();
@@ -197,8 +198,13 @@ describe("server token rotation", () => {
       expect((await call(cp, "GET", `/api/v1/machines/${m}`, undefined, { token: next })).status).toBe(200);
       const refused = await call(cp, "GET", `/api/v1/machines/${m}`, undefined, { token: old });
       expect(refused.status).toBe(401);
-      // What each token did is recorded as the server's.
-      const feed = (await call(cp, "GET", `/api/v1/audit?machineId=${m}`, undefined, { token: next })).body.events;
+      // What each token did is recorded as the server's. The feed is the registry's copy, which a machine sends after
+      // its answer (and, across the restart, at its next alarm): waited for.
+      const started = cp;
+      const feed = await waitFor(async () => {
+        const events = (await call(started, "GET", `/api/v1/audit?machineId=${m}`, undefined, { token: next })).body.events;
+        return events.length >= 2 ? events : undefined;
+      }, { what: "both token events in the feed", timeoutMs: 30_000 });
       expect(feed.map((e: { action: string; actor: string }) => `${e.action} ${e.actor}`)).toEqual(["runner-token-revoked server", "runner-token-issued server"]);
     } finally {
       await cp?.stop();
