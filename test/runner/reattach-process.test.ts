@@ -68,16 +68,24 @@ function checkNumbered(ticket: string, sequence: number, line: { source: string;
   return line.source === "stdout" && line.text === `line-${sequence + 1}` ? undefined : `line ${sequence} of ${ticket} is ${line.source} ${JSON.stringify(line.text)}`;
 }
 
+/**
+ * A runner process that runs `script` as t1 on a plane that checks each line's number, acknowledging output when
+ * `autoAck`: the runner, its script's wrapper pid and the plane's ledger of t1.
+ */
+async function numberedRun(script: string, autoAck: boolean) {
+  plane.welcomeFromLedger = true;
+  plane.autoAck = autoAck;
+  plane.keepOutputFrames = false;
+  plane.checkLine = checkNumbered;
+  const first = await runnerProcess();
+  tag.dispatch(first.connection, "t1", 1, script);
+  const { pid } = await first.connection.frame("started", () => true, 10_000);
+  return { first, pid, ledger: plane.ledger("t1", 1) };
+}
+
 describe("a runner process that dies or is stopped mid-script", () => {
   it("re-attaches after SIGKILL when started again on the same work dir: the script stays running, numbered lines arrive with none lost, doubled or reordered, and it completes with its real exit code", async () => {
-    plane.welcomeFromLedger = true;
-    plane.autoAck = true;
-    plane.keepOutputFrames = false;
-    plane.checkLine = checkNumbered;
-    const first = await runnerProcess();
-    tag.dispatch(first.connection, "t1", 1, NUMBERED);
-    const { pid } = await first.connection.frame("started", () => true, 10_000);
-    const ledger = plane.ledger("t1", 1);
+    const { first, pid, ledger } = await numberedRun(NUMBERED, true);
     await waitFor(() => ledger.next >= 2_100, "lines past the first burst", 20_000);
 
     process.kill(first.runner.pid, "SIGKILL");
@@ -104,18 +112,11 @@ describe("a runner process that dies or is stopped mid-script", () => {
   }, 90_000);
 
   it("loses nothing when killed while its output waits unread: what it had read but not logged is read again from the spool", async () => {
-    plane.welcomeFromLedger = true;
-    plane.keepOutputFrames = false;
-    plane.checkLine = checkNumbered;
     // Nothing is acknowledged: the runner stops reading once its window is full, with what it read last not logged.
-    plane.autoAck = false;
-    const first = await runnerProcess();
-    tag.dispatch(first.connection, "t1", 1, FAST_NUMBERED);
-    const { pid } = await first.connection.frame("started", () => true, 10_000);
+    const { first, pid, ledger } = await numberedRun(FAST_NUMBERED, false);
     await waitFor(() => /writes output faster than the control plane stores it/.test(first.runner.output()), "the runner to stop reading", 30_000);
     process.kill(first.runner.pid, "SIGKILL");
     await first.runner.exited;
-    const ledger = plane.ledger("t1", 1);
 
     plane.autoAck = true;
     const second = await runnerProcess();
@@ -130,13 +131,7 @@ describe("a runner process that dies or is stopped mid-script", () => {
   }, 120_000);
 
   it("drains on SIGTERM: says draining, closes with 1000, exits within a few seconds, and the next runner re-attaches", async () => {
-    plane.welcomeFromLedger = true;
-    plane.autoAck = true;
-    plane.checkLine = checkNumbered;
-    const first = await runnerProcess();
-    tag.dispatch(first.connection, "t1", 1, NUMBERED);
-    const { pid } = await first.connection.frame("started", () => true, 10_000);
-    const ledger = plane.ledger("t1", 1);
+    const { first, pid, ledger } = await numberedRun(NUMBERED, true);
     await waitFor(() => ledger.next >= 2_000, "the first burst", 20_000);
 
     const asked = Date.now();
