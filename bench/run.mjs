@@ -2,10 +2,10 @@
 // time of a dispatch and of a handoff goes, stage by stage (also written to bench/results.json). `--quick` runs a
 // short version; `--tiny` only checks the plumbing. `--check` exits non-zero when a target is missed.
 import { writeFileSync } from "node:fs";
-import { cpus } from "node:os";
+import { cpus, tmpdir } from "node:os";
 import { join } from "node:path";
 import * as figures from "./figures.mjs";
-import { ROOT } from "./stack.mjs";
+import { ROOT, RUNTIME_ROOT } from "./stack.mjs";
 
 const SIZES = {
   full: { dispatchRuns: 300, handoffScripts: 500, abandonRuns: 25, outputMb: 100, queueShallow: 10, queueDeep: 10_000, queueRuns: 50, fleet: 1000, fleetSmall: 10, fleetDispatchRuns: 50, idleSeconds: 20, concurrentScripts: 100, fleetList: 10_000, fleetListRuns: 200 },
@@ -46,6 +46,7 @@ function printTable(lines) {
 }
 
 console.log(`Tendril benchmark (${mode}) — ${startedAt.toISOString()}, ${cpus().length} cores, Node ${process.version}`);
+console.log(`Runners: work dirs in ${process.env.TENDRIL_BENCH_RUNNER_ROOT || tmpdir()}, ${RUNTIME_ROOT === undefined ? "run folders in the work dirs" : `runtime dirs in ${RUNTIME_ROOT}`}`);
 printTable([
   ["figure", "value", "baseline (same run)", "ratio", "fixed cost", "target", "met"],
   ...rows.map((r) => [
@@ -67,7 +68,7 @@ for (const r of rows.filter((r) => r.cpuBreakdown)) {
   console.log(`\nWhere the CPU of ${r.figure.replace(/ \(.*/, "")} goes (${r.cpuNote}):`);
   printTable([["part", "ms"], ...r.cpuBreakdown.map(({ part, ms }) => [part, ms.toFixed(2)])]);
 }
-writeFileSync(outFile, JSON.stringify({ mode, startedAt: startedAt.toISOString(), cores: cpus().length, node: process.version, rows }, null, 2) + "\n");
+writeFileSync(outFile, JSON.stringify({ mode, startedAt: startedAt.toISOString(), cores: cpus().length, node: process.version, runtimeRoot: RUNTIME_ROOT ?? null, rows }, null, 2) + "\n");
 const missed = rows.filter((r) => !r.met);
 if (check && missed.length > 0) console.error(`bench --check: ${missed.length} target(s) missed: ${missed.map((r) => r.figure).join("; ")}`);
 process.exit(rows.every((r) => r.value !== null) && !(check && missed.length > 0) ? 0 : 1);

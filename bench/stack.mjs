@@ -125,13 +125,41 @@ export async function startControlPlane(extraArgs = [], env = {}) {
   };
 }
 
+/** Whether `path` is the mount point of a tmpfs. */
+function isTmpfs(path) {
+  try {
+    return readFileSync("/proc/mounts", "utf8")
+      .split("\n")
+      .some((line) => {
+        const [, mountPoint, type] = line.split(" ");
+        return mountPoint === path && type === "tmpfs";
+      });
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * Where the runners' runtime dirs go: as `tendril runner install` sets a runner up, each run's own files on a tmpfs
+ * (systemd's /run there; /dev/shm here, where the benchmark needs no root), the workspaces in the work dir.
+ * TENDRIL_BENCH_RUNTIME_ROOT names another folder, or `off` keeps the run folders in the work dir.
+ */
+export const RUNTIME_ROOT = (() => {
+  const given = process.env.TENDRIL_BENCH_RUNTIME_ROOT;
+  if (given === "off") return undefined;
+  if (given) return given;
+  return isTmpfs("/dev/shm") ? "/dev/shm" : undefined;
+})();
+
 /** Registers `machineId` and starts a runner process for it from the one-file runner; resolves once it is connected. */
 export async function startRunner(cp, machineId, env = {}, nodeFlags = []) {
   const registered = await cp.api("POST", `/api/v1/machines/${machineId}/runner-token`);
   // TENDRIL_BENCH_RUNNER_ROOT puts the runners' work dirs elsewhere than the temporary folder, to compare filesystems.
   const workDir = mkdtempSync(join(process.env.TENDRIL_BENCH_RUNNER_ROOT || tmpdir(), "tendril-bench-runner-"));
+  const runtimeDir = RUNTIME_ROOT === undefined ? undefined : mkdtempSync(join(RUNTIME_ROOT, "tendril-bench-runtime-"));
   if (!existsSync(RUNNER_FILE)) throw new Error(`${RUNNER_FILE} is missing: build it first (npm run build)`);
-  const proc = startGroup(["--url", cp.url, "--machine", machineId, "--work-dir", workDir], {
+  const runtime = runtimeDir === undefined ? [] : ["--runtime-dir", runtimeDir];
+  const proc = startGroup(["--url", cp.url, "--machine", machineId, "--work-dir", workDir, ...runtime], {
     TENDRIL_RUNNER_TOKEN: registered.body.runnerToken,
     ...env,
   }, nodeFlags, RUNNER_FILE);
@@ -146,6 +174,7 @@ export async function startRunner(cp, machineId, env = {}, nodeFlags = []) {
       // A runner that stops leaves its running scripts to the next one (their wrappers wait); there is none here.
       killWrappersOf(workDir);
       rmSync(workDir, { recursive: true, force: true });
+      if (runtimeDir !== undefined) rmSync(runtimeDir, { recursive: true, force: true });
     },
   };
 }

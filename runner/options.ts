@@ -17,8 +17,14 @@ export interface RunnerOptions {
   machineId: string;
   /** The machine's runner token, sent as `Authorization: Bearer <token>` on the WebSocket upgrade. */
   token: string;
-  /** Root folder of the run folders (`<workDir>/runs/<run id>/`: record, script file, working directory; see run-folder.ts). */
+  /** Root folder of the scripts' working directories (`<workDir>/runs/<run id>/work/`), and of the run folders unless `runtimeDir` is given. */
   workDir: string;
+  /**
+   * Root folder of the run folders (`<runtimeDir>/runs/<run id>/`: record, script file, FIFOs, spool, output log, exit
+   * status; see run-folder.ts); default `workDir`. A tmpfs such as `/run/tendril` saves a disk file system's inode
+   * work on every script; it must survive a runner restart (not a reboot), and serves one work dir only.
+   */
+  runtimeDir?: string;
   /** Cancel: how long to wait after SIGTERM before sending SIGKILL to the process group. */
   killGraceMs: number;
   /** How often to send the `ping` heartbeat frame (the welcome may ask for a shorter interval). */
@@ -101,6 +107,7 @@ export function resolveRunnerOptions(input: RunnerInput): RunnerOptions {
     /^https?:\/\//i.test(options.url) ? undefined : `url ${JSON.stringify(options.url)} must start with http:// or https://`,
     options.token.length > 0 ? undefined : "token must not be empty",
     options.workDir.length > 0 ? undefined : "workDir must not be empty",
+    options.runtimeDir === undefined || options.runtimeDir.length > 0 ? undefined : "runtimeDir must not be empty",
     // The hello schema takes 1-64 characters; a longer version would get every connection closed as a bad frame.
     options.version.length >= 1 && options.version.length <= 64 ? undefined : "version must be 1-64 characters",
     ...(["killGraceMs", "heartbeatMs", "deadAfterMs", "pipeDrainMs", "reconnectBaseMs", "reconnectMaxMs"] as const).map((name) =>

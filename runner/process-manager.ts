@@ -11,7 +11,7 @@
 import { access, stat } from "node:fs/promises";
 import { constants as fsConstants } from "node:fs";
 import { constants as osConstants } from "node:os";
-import { delimiter, join, resolve } from "node:path";
+import { delimiter, dirname, join, resolve } from "node:path";
 import type { Readable } from "node:stream";
 import type { Outcome } from "../shared/protocol.js";
 import {
@@ -41,6 +41,7 @@ import {
   type ShellSubprocess,
   type SpawnRequest,
 } from "./spawn.js";
+import { slotsFolderOf } from "./run-folder.js";
 import { trace } from "./trace.js";
 import { startColdWrapper, wrappable, type WarmShellPool } from "./warm-shell.js";
 import type { WrapperStatus } from "./wrapper-status.js";
@@ -69,8 +70,13 @@ export interface ProcessManagerOptions {
   containment?: ContainmentOptions;
   /** Wrappers started ahead of time: a script that one of them can run takes one instead of starting its own. */
   warmShells?: WarmShellPool;
-  /** The runner's work dir (wrappers are named for it, their slots made in it); default: two folders above the run folder. */
+  /** The runner's work dir (wrappers are named for it); default: two folders above the run folder. */
   workDir?: string;
+  /**
+   * Where warm wrappers make their slots, on the run folders' filesystem (a claimed slot is renamed into a run folder);
+   * default: `slots` beside the run folder's parent.
+   */
+  slotsDir?: string;
 }
 
 /** Receives a process's output as it arrives. */
@@ -100,6 +106,7 @@ export async function spawnScript(
   const launch: Launch = {
     request,
     workDir: options.workDir ?? resolve(request.runDir, "..", ".."),
+    slotsDir: options.slotsDir ?? slotsFolderOf(dirname(request.runDir)),
     shellPath,
     args: [...shellArguments(request.shell, request.scriptPath), ...request.arguments],
     inherited: inheritedEnvironment(base),

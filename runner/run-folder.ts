@@ -1,15 +1,19 @@
 /**
- * Run folders on disk. Every dispatch gets a folder of its own, `<workDir>/runs/<run id>/`, never reused (the id
- * is the fence plus random bits, as fences start over when a machine is registered again):
+ * Run folders. Every dispatch gets a folder of its own, `<runtime dir>/runs/<run id>/`, never reused (the id is the
+ * fence plus random bits, as fences start over when a machine is registered again):
  *
  *   record.json   who the run's processes are (`RunRecord`), so that a later runner process can find them
  *   script.sh     the script (`script.ps1` for pwsh), outside the working directory: a request's file cannot replace it
- *   work/         the working directory, holding the request's files
- *   io/           the wrapper's FIFOs (out, err, gate; see wrapper.ts), for a script run in a wrapper
+ *   io/           the wrapper's FIFOs and spool files (see wrapper.ts), for a script run in a wrapper
  *   exit          the script's exit status, written by its wrapper
  *   output.*.log  the output log (output-log.ts): what the runner read, written ahead
  *
- * Warm wrappers make their FIFOs in a slot folder of their own, `<workDir>/slots/<runner pid>-<start time>-<random>/`,
+ * and a working directory, `<work dir>/runs/<run id>/work/`, holding the request's files. The runtime dir is the work
+ * dir unless the runner is given one of its own (`--runtime-dir`): then a run's own files, a score of small files
+ * made and removed for every script, can live on a tmpfs such as `/run`, and only the workspace on disk. A tmpfs is
+ * emptied by a reboot, which ends every process of a run anyway; a workspace whose run folder is gone is removed.
+ *
+ * Warm wrappers make their FIFOs in a slot folder of their own, `<runtime dir>/slots/<runner pid>-<start time>-<random>/`,
  * renamed to a run's `io/` when a script claims the wrapper (open FIFOs stay valid across a rename).
  *
  * Every file is new in a new folder, and the script and the record are written under a temporary name and renamed
@@ -20,7 +24,7 @@
 import { randomBytes } from "node:crypto";
 import { mkdirSync, readFileSync, readdirSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import { rm } from "node:fs/promises";
-import { basename, join } from "node:path";
+import { basename, dirname, join, resolve } from "node:path";
 import { z } from "zod";
 import type { ScriptPayload } from "../shared/api.js";
 import { Ticket } from "../shared/ids.js";
@@ -139,42 +143,78 @@ function scriptFileFor(shell: ShellName): string {
   }
 }
 
-/** Creates, records, finds and removes the run folders under one work directory. */
+/** The file in a runtime dir of its own that names the work dir it serves. */
+export const WORK_DIR_FILE = "work-dir";
+
+/** Creates, records, finds and removes the run folders of one work directory. */
 export class RunFolders {
-  /** `<workDir>/runs`. */
+  /** `<runtime dir>/runs`: the run folders. */
   readonly root: string;
+  /** `<work dir>/runs`: the working directories' folders (the run folders themselves when the two dirs are one). */
+  readonly workspaces: string;
   private readonly runs = new Map<string, Run>();
 
   constructor(
-    workDir: string,
+    private readonly workDir: string,
     /** Hears what could not be done to a run folder (removing it, updating its record); nothing else depends on it. */
     private readonly onError: (run: Run, doing: string, error: unknown) => void = () => undefined,
+    /** Where the runs' own files go; default the work dir. */
+    private readonly runtimeDir: string = workDir,
   ) {
-    this.root = join(workDir, "runs");
+    this.root = join(runtimeDir, "runs");
+    this.workspaces = join(workDir, "runs");
   }
 
-  /** Makes the runs folder (0o700: the files may hold secrets; only the runner's user may enter). */
+  /** The run files and the workspaces are in folders apart. */
+  private get split(): boolean {
+    return this.root !== this.workspaces;
+  }
+
+  /**
+   * Makes the runs folders (0o700: the files may hold secrets; only the runner's user may enter). A runtime dir of
+   * its own serves one work dir: it is marked with it, and refused to another (two runners would take each other's
+   * runs for a predecessor's).
+   */
   prepare(): void {
+    if (!this.split) {
+      mkdirSync(this.root, { recursive: true, mode: 0o700 });
+      return;
+    }
+    const marker = join(this.runtimeDir, WORK_DIR_FILE);
+    const workDir = resolve(this.workDir);
+    let named: string | undefined;
+    try {
+      named = readFileSync(marker, "utf8");
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== "ENOENT") throw error;
+    }
+    if (named !== undefined && named !== workDir) {
+      throw new Error(
+        `The runtime dir ${resolve(this.runtimeDir)} belongs to the work dir ${named}, not ${workDir}: give each work dir a runtime dir of its own.`,
+      );
+    }
     mkdirSync(this.root, { recursive: true, mode: 0o700 });
+    mkdirSync(this.workspaces, { recursive: true, mode: 0o700 });
+    if (named === undefined) writeAtomically(marker, workDir);
   }
 
-  /** `<workDir>/slots`, where warm wrappers make their FIFOs before a script claims them. */
+  /** `<runtime dir>/slots`, where warm wrappers make their FIFOs before a script claims them. */
   get slotsDir(): string {
     return slotsFolderOf(this.root);
   }
 
-  /** Removes the slot folders of runner processes that are gone (their waiting wrappers read EOF and exited). */
+  /**
+   * Removes the slot folders of runner processes that are gone (their waiting wrappers read EOF and exited), also
+   * those a runner without a runtime dir of its own left in the work dir.
+   */
   pruneSlots(): void {
-    let names: string[];
-    try {
-      names = readdirSync(this.slotsDir);
-    } catch {
-      return;
-    }
-    for (const name of names) {
-      const match = /^(\d+)-(\d+)-[0-9a-f]+$/.exec(name);
-      if (match === null || !isProcessGone(Number(match[1]), Number(match[2]))) continue;
-      rmSync(join(this.slotsDir, name), { recursive: true, force: true });
+    const folders = this.split ? [this.slotsDir, slotsFolderOf(this.workspaces)] : [this.slotsDir];
+    for (const folder of folders) {
+      for (const name of listFolder(folder)) {
+        const match = /^(\d+)-(\d+)-[0-9a-f]+$/.exec(name);
+        if (match === null || !isProcessGone(Number(match[1]), Number(match[2]))) continue;
+        rmSync(join(folder, name), { recursive: true, force: true });
+      }
     }
   }
 
@@ -187,6 +227,8 @@ export class RunFolders {
   /** Makes a new run folder for a dispatch, with the request's files decoded and the script file; no record yet. */
   create(ticket: string, fence: number, payload: ScriptPayload): Run {
     const run = this.makeFolder(ticket, fence, payload.shell);
+    // Recursive: the work dir's runs folder may have been removed while the runner ran.
+    if (this.split) mkdirSync(dirname(run.cwd), { recursive: true, mode: 0o700 });
     mkdirSync(run.cwd, { mode: 0o700 });
     for (const file of payload.files) {
       // The schema already refuses paths; this keeps a file inside the folder even if that ever changes.
@@ -221,28 +263,23 @@ export class RunFolders {
   /**
    * Reads the run folders this runner does not know yet and adopts those `take` accepts (by their record; a folder
    * without a valid record never had a process), to be removed once nothing holds them. Each is held as `found`.
+   * With a runtime dir of its own, the work dir's runs folder is read too: a folder there with a record is a whole
+   * run folder (a runner without a runtime dir of its own made it), one without is a workspace whose run folder is
+   * gone, adopted without a record.
    */
   adoptLeftovers(take: (record: RunRecord | undefined) => boolean): FoundRun[] {
-    let names: string[];
-    try {
-      names = readdirSync(this.root);
-    } catch {
-      return [];
-    }
+    const names = listFolder(this.root);
     const found: FoundRun[] = [];
-    for (const name of names) {
-      if (this.runs.has(name)) continue;
-      const dir = join(this.root, name);
+    const adopt = (name: string, dir: string, cwd: string) => {
       const record = readRecord(dir);
-      if (!take(record)) continue;
-      const shell = record?.shell ?? "bash";
+      if (!take(record)) return;
       const run: Run = {
         id: name,
         ticket: record?.ticket ?? "",
         fence: record?.fence ?? 0,
         dir,
-        cwd: join(dir, WORKING_DIRECTORY),
-        scriptPath: join(dir, scriptFileFor(shell)),
+        cwd,
+        scriptPath: join(dir, scriptFileFor(record?.shell ?? "bash")),
         record,
         holds: new Set(["found"]),
         removeWhenIdle: true,
@@ -250,6 +287,17 @@ export class RunFolders {
       };
       this.runs.set(name, run);
       found.push({ run, record });
+    };
+    for (const name of names) {
+      if (!this.runs.has(name)) adopt(name, join(this.root, name), this.workingDirectory(name));
+    }
+    if (this.split) {
+      const own = new Set(names);
+      for (const name of listFolder(this.workspaces)) {
+        if (own.has(name) || this.runs.has(name)) continue;
+        const dir = join(this.workspaces, name);
+        adopt(name, dir, join(dir, WORKING_DIRECTORY));
+      }
     }
     return found;
   }
@@ -283,7 +331,14 @@ export class RunFolders {
     if (run.removed || !run.removeWhenIdle || run.holds.size > 0) return;
     run.removed = true;
     this.runs.delete(run.id);
-    rm(run.dir, { recursive: true, force: true }).catch((error: unknown) => this.onError(run, "delete", error));
+    for (const dir of new Set([run.dir, dirname(run.cwd)])) {
+      rm(dir, { recursive: true, force: true }).catch((error: unknown) => this.onError(run, "delete", error));
+    }
+  }
+
+  /** The working directory of the run `id`. */
+  private workingDirectory(id: string): string {
+    return join(this.workspaces, id, WORKING_DIRECTORY);
   }
 
   private makeFolder(ticket: string, fence: number, shell: ShellName): Run {
@@ -306,7 +361,7 @@ export class RunFolders {
         ticket,
         fence,
         dir,
-        cwd: join(dir, WORKING_DIRECTORY),
+        cwd: this.workingDirectory(id),
         scriptPath: join(dir, scriptFileFor(shell)),
         record: undefined,
         holds: new Set(),
@@ -361,6 +416,15 @@ export function readRecord(dir: string): RunRecord | undefined {
     return parsed.success ? parsed.data : undefined;
   } catch {
     return undefined;
+  }
+}
+
+/** The names in a folder; none when it cannot be read. */
+function listFolder(dir: string): string[] {
+  try {
+    return readdirSync(dir);
+  } catch {
+    return [];
   }
 }
 

@@ -65,7 +65,11 @@ export async function startRunner(input: RunnerInput, dependencies: RunnerDepend
       "UNSAFE: process kill is disabled (TENDRIL_UNSAFE_DISABLE_PROCESS_KILL). Cancel and abandon will not stop any process; use this only in tests.",
     );
   }
-  const runs = new RunFolders(options.workDir, (run, doing, error) => options.logger.error(`Could not ${doing} the run folder ${run.dir}: ${describe(error)}`));
+  const runs = new RunFolders(
+    options.workDir,
+    (run, doing, error) => options.logger.error(`Could not ${doing} the run folder ${run.dir}: ${describe(error)}`),
+    options.runtimeDir,
+  );
   runs.prepare();
   runs.pruneSlots();
   const ownCgroups = dependencies.cgroups === undefined;
@@ -186,6 +190,7 @@ class Runner {
       disableKill: options.disableKill,
       baseEnvironment: dependencies.environment,
       workDir: resolve(options.workDir),
+      slotsDir: resolve(runs.slotsDir),
       ...(cgroups === undefined ? {} : { cgroups }),
       ...(this.warmShells === undefined ? {} : { warmShells: this.warmShells }),
     };

@@ -54,8 +54,10 @@ export type BeforeStart = (identity: ScriptIdentity) => void;
 /** What starting one script takes, worked out once for whichever path starts it. */
 export interface Launch {
   request: SpawnRequest;
-  /** The runner's work dir: wrappers are named for it, and their slots are made in it. */
+  /** The runner's work dir: wrappers are named for it. */
   workDir: string;
+  /** Where warm wrappers make their slots (beside the run folders: a claimed slot is renamed into one). */
+  slotsDir: string;
   /** The script's shell, found on the base environment's PATH. */
   shellPath: string;
   /** The shell's arguments: the script and the script's own arguments. */

@@ -18,7 +18,7 @@ import { Socket } from "node:net";
 import { join } from "node:path";
 import type { Writable } from "node:stream";
 import { SCRIPT_MARKER_VARIABLE, isProcessGone, newScriptMarker, ownStartTime, readProcessStat, signalGroup, type CgroupTree, type ScriptCgroup } from "./containment.js";
-import { SLOTS_FOLDER, makeSlot } from "./run-folder.js";
+import { makeSlot } from "./run-folder.js";
 import {
   ignore,
   joinCgroup,
@@ -51,6 +51,7 @@ interface Recipe {
   inherited: Readonly<Record<string, string>>;
   cgroups: CgroupTree | undefined;
   workDir: string;
+  slotsDir: string;
 }
 
 /** One wrapper shell, from its start until a script claims it (or it is retired). */
@@ -214,7 +215,7 @@ export class WarmShellPool {
     }
     let slot: string;
     try {
-      slot = makeSlot(join(recipe.workDir, SLOTS_FOLDER));
+      slot = makeSlot(recipe.slotsDir);
     } catch {
       cgroup?.release();
       return undefined;
@@ -235,11 +236,12 @@ export class WarmShellPool {
     return shell;
   }
 
-  /** Kills the waiting shells warmed with another environment, cgroup tree or work dir: the refill replaces them. */
+  /** Kills the waiting shells warmed with another environment, cgroup tree, work dir or slots folder: the refill replaces them. */
   private retireStale(launch: Launch): void {
     for (const shell of [...this.idle]) {
-      const { cgroups, workDir, inherited } = shell.recipe;
-      if (cgroups !== launch.cgroups || workDir !== launch.workDir || !sameEnvironment(inherited, launch.inherited)) void this.retire(shell);
+      const { cgroups, workDir, slotsDir, inherited } = shell.recipe;
+      const same = cgroups === launch.cgroups && workDir === launch.workDir && slotsDir === launch.slotsDir && sameEnvironment(inherited, launch.inherited);
+      if (!same) void this.retire(shell);
     }
   }
 
@@ -309,7 +311,7 @@ export async function startColdWrapper(launch: Launch, beforeStart: BeforeStart 
 }
 
 function recipeOf(launch: Launch): Recipe {
-  return { inherited: launch.inherited, cgroups: launch.cgroups, workDir: launch.workDir };
+  return { inherited: launch.inherited, cgroups: launch.cgroups, workDir: launch.workDir, slotsDir: launch.slotsDir };
 }
 
 /**

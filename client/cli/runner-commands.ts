@@ -25,6 +25,10 @@ export function defineRunnerCommand(command: Command, invocation: RunnerInvocati
     .option("--token-file <file>", "file holding the machine's runner token from `tendril register` (mode 600: readable by its owner only)")
     .option("--token <token>", "the runner token itself (visible to every user in `ps`: prefer --token-file or env TENDRIL_RUNNER_TOKEN)")
     .option("--work-dir <dir>", `where script workspaces live (env TENDRIL_WORK_DIR; default ${LOCAL_DIR}/work)`)
+    .option(
+      "--runtime-dir <dir>",
+      "where each run's own small files live (record, FIFOs, output log), best on a tmpfs such as /run/tendril; one per work dir (env TENDRIL_RUNTIME_DIR; default the work dir)",
+    )
     .option("--kill-grace <duration>", "time between SIGTERM and SIGKILL when cancelling (default 10s)", parseDurationArg)
     .addHelpText(
       "after",

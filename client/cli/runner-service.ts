@@ -86,6 +86,13 @@ ExecStart=${settings.node} ${INSTALL_PATHS.runnerFile}
 StateDirectory=tendril
 StateDirectoryMode=0700
 WorkingDirectory=${INSTALL_PATHS.stateDir}
+# Each run's own small files (record, FIFOs, output log, exit status) on a tmpfs, the workspaces in the work dir: a disk
+# file system's inode work is the largest fixed cost of a script on some machines. Kept when the runner stops or
+# restarts (the next runner re-attaches with them); a reboot empties it, and ends the scripts anyway.
+RuntimeDirectory=tendril
+RuntimeDirectoryMode=0700
+RuntimeDirectoryPreserve=yes
+Environment=TENDRIL_RUNTIME_DIR=%t/tendril
 SyslogIdentifier=tendril-runner
 
 # A stop or restart signals the runner only: the scripts it leaves running are re-attached by the next runner. With the

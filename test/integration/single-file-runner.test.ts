@@ -72,7 +72,7 @@ async function stopByPid(runner: { child: ChildProcess; exited: Promise<number |
 }
 
 describe("the one-file runner", () => {
-  it("installed alone with runner install, runs as the unit runs it — only the environment file's variables — and runs a script", async () => {
+  it("installed alone with runner install, runs as the unit runs it — only the unit's and the environment file's variables — and runs a script", async () => {
     const dir = await tempDir("one-file");
     folders.push(dir);
     const machineId = f.machine("onefile");
@@ -90,7 +90,11 @@ describe("the one-file runner", () => {
     const [, node, file] = /^ExecStart=(\S+) (\S+)$/m.exec(unit) ?? [];
     expect(node).toBe(process.execPath);
     expect(file).toBe(INSTALL_PATHS.runnerFile);
-    const env = parseEnvFileText(readFileSync(join(root, INSTALL_PATHS.envFile), "utf8"));
+    // The unit's Environment= lines, with %t (systemd's /run) in the test's folder, then the environment file's.
+    const runtimeRoot = join(dir, "run");
+    const unitEnv = [...unit.matchAll(/^Environment=([A-Z_]+)=(\S+)$/gm)].map(([, name, value]) => [name!, value!.replaceAll("%t", runtimeRoot)]);
+    const env = { ...Object.fromEntries(unitEnv), ...parseEnvFileText(readFileSync(join(root, INSTALL_PATHS.envFile), "utf8")) };
+    expect(env.TENDRIL_RUNTIME_DIR).toBe(join(runtimeRoot, "tendril"));
     const stateDir = join(root, INSTALL_PATHS.stateDir); // WorkingDirectory=, which systemd's StateDirectory= makes
     mkdirSync(stateDir, { recursive: true });
 
@@ -105,6 +109,11 @@ describe("the one-file runner", () => {
     expect(lines.find((line: string) => line.startsWith("stdout from the one-file runner in "))).toContain(workDir);
     expect(lines).toContain("stderr oops");
     expect(runner.output()).not.toContain(env.TENDRIL_RUNNER_TOKEN);
+    // The run's own files went to the runtime dir, its workspace to the work dir.
+    const [runId] = readdirSync(join(runtimeRoot, "tendril", "runs"));
+    expect(readdirSync(join(runtimeRoot, "tendril", "runs", runId!))).toContain("record.json");
+    expect(readdirSync(join(workDir, "runs"))).toEqual([runId]);
+    expect(readdirSync(join(workDir, "runs", runId!))).toEqual(["work"]);
 
     await stopByPid(runner);
   });

@@ -5,7 +5,7 @@
  */
 import { randomUUID } from "node:crypto";
 import { existsSync, readFileSync, readdirSync, rmdirSync } from "node:fs";
-import { join } from "node:path";
+import { basename, join } from "node:path";
 import { createServer, type IncomingMessage, type Server } from "node:http";
 import type { Duplex } from "node:stream";
 import { WebSocketServer, type RawData, type WebSocket } from "ws";
@@ -591,7 +591,7 @@ export function runDir(workDir: string, ticket: string, fence?: number): string 
   return run.dir;
 }
 
-/** The working directory of a dispatch's run (see `runDir`). */
-export function workspaceOf(workDir: string, ticket: string, fence?: number): string {
-  return join(runDir(workDir, ticket, fence), "work");
+/** The working directory of a dispatch's run (see `runDir`), whose run folder is in `runtimeDir` (default the work dir). */
+export function workspaceOf(workDir: string, ticket: string, fence?: number, runtimeDir: string = workDir): string {
+  return join(workDir, "runs", basename(runDir(runtimeDir, ticket, fence)), "work");
 }

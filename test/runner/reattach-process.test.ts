@@ -6,11 +6,11 @@
  */
 import { existsSync, readdirSync, rmSync } from "node:fs";
 import { writeFile } from "node:fs/promises";
-import { join } from "node:path";
+import { basename, dirname, join } from "node:path";
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from "vitest";
 import { buildCli, type BuiltCli } from "../helpers/built-cli.js";
-import { isAlive, killGroup, pidsInGroup } from "../helpers/processes.js";
-import { ScriptTag, setUpRunnerTest, tearDownRunnerTest, waitFor, workspaceOf, type FakeControlPlane } from "./fake-control-plane.js";
+import { isAlive, killGroup, pidsInGroup, removeDir, tempDir } from "../helpers/processes.js";
+import { ScriptTag, runDir, setUpRunnerTest, tearDownRunnerTest, waitFor, workspaceOf, type FakeControlPlane } from "./fake-control-plane.js";
 import { startRunnerProcess, type RunnerProcess } from "./runner-cli.js";
 
 let cli: BuiltCli;
@@ -40,10 +40,10 @@ afterEach(async () => {
   await tearDownRunnerTest({ plane, workDir }, tag);
 });
 
-/** Starts `tendril runner` on the test's work dir and waits for its hello on the next connection. */
-async function runnerProcess() {
+/** Starts `tendril runner` on the test's work dir (with `flags`) and waits for its hello on the next connection. */
+async function runnerProcess(flags: string[] = []) {
   const count = plane.connections.length;
-  const runner = startRunnerProcess(cli.bin, plane.url, "m1", "runner-token", workDir);
+  const runner = startRunnerProcess(cli.bin, plane.url, "m1", "runner-token", workDir, flags);
   runners.push(runner);
   const connection = await plane.connection(count + 1, 20_000);
   const hello = await connection.frame("hello", () => true, 20_000);
@@ -72,12 +72,12 @@ function checkNumbered(ticket: string, sequence: number, line: { source: string;
  * A runner process that runs `script` as t1 on a plane that checks each line's number, acknowledging output when
  * `autoAck`: the runner, its script's wrapper pid and the plane's ledger of t1.
  */
-async function numberedRun(script: string, autoAck: boolean) {
+async function numberedRun(script: string, autoAck: boolean, flags: string[] = []) {
   plane.welcomeFromLedger = true;
   plane.autoAck = autoAck;
   plane.keepOutputFrames = false;
   plane.checkLine = checkNumbered;
-  const first = await runnerProcess();
+  const first = await runnerProcess(flags);
   tag.dispatch(first.connection, "t1", 1, script);
   const { pid } = await first.connection.frame("started", () => true, 10_000);
   return { first, pid, ledger: plane.ledger("t1", 1) };
@@ -191,5 +191,72 @@ describe("a runner process that dies or is stopped mid-script", () => {
     expect(second.hello.inventory).toEqual([]);
     expect(isAlive(pid)).toBe(true);
     expect(second.runner.output()).not.toMatch(/Found the script wrapper/);
+  }, 60_000);
+});
+
+describe("a runner process with a runtime dir of its own (--runtime-dir)", () => {
+  let runtimeDir: string;
+  let runtime: string[];
+
+  beforeEach(async () => {
+    runtimeDir = await tempDir("reattach-runtime");
+    runtime = ["--runtime-dir", runtimeDir];
+  });
+
+  afterEach(() => removeDir(runtimeDir));
+
+  it("re-attaches to what a runner without one left in the work dir (an upgrade), then to its own runs, whose files are in the runtime dir", async () => {
+    const { first, pid, ledger } = await numberedRun(NUMBERED, true);
+    await waitFor(() => ledger.next >= 2_100, "lines past the first burst", 20_000);
+    process.kill(first.runner.pid, "SIGKILL");
+    await first.runner.exited;
+    const storedAtKill = ledger.next;
+
+    const second = await runnerProcess(runtime);
+    expect(second.hello.inventory).toEqual([{ ticket: "t1", fence: 1, nextSequence: expect.any(Number), exited: false, reattached: true }]);
+    await waitFor(() => ledger.next > storedAtKill + 100, "output after the restart", 10_000);
+    await writeFile(join(workspaceOf(workDir, "t1"), "go"), "");
+    const exit = await waitFor(() => ledger.exits[0], "t1's exit", 20_000);
+    expect(exit.outcome).toEqual({ kind: "exited", code: 9 });
+    expect(ledger.violations).toEqual([]);
+    await waitFor(() => !isAlive(pid), "t1's wrapper to exit");
+
+    // Its own run: the record, FIFOs and output log in the runtime dir, only the workspace in the work dir.
+    plane.checkLine = undefined;
+    plane.keepOutputFrames = true;
+    tag.dispatch(second.connection, "t2", 2, 'echo "in $PWD"; while [ ! -e go ]; do sleep 0.01; done; echo done; exit 5');
+    const started = await second.connection.frame("started", (frame) => frame.ticket === "t2", 10_000);
+    await second.connection.frame("output", (frame) => frame.ticket === "t2", 10_000);
+    const run = runDir(runtimeDir, "t2");
+    expect(readdirSync(run)).toEqual(expect.arrayContaining(["record.json", "io", "script.sh"]));
+    expect(readdirSync(join(workDir, "runs", basename(run)))).toEqual(["work"]);
+    expect(second.connection.lines("t2")[0]).toBe(`0:stdout:in ${workspaceOf(workDir, "t2", 2, runtimeDir)}`);
+    process.kill(second.runner.pid, "SIGKILL");
+    await second.runner.exited;
+
+    const third = await runnerProcess(runtime);
+    expect(third.hello.inventory).toMatchObject([{ ticket: "t2", fence: 2, exited: false, reattached: true }]);
+    await writeFile(join(workspaceOf(workDir, "t2", 2, runtimeDir), "go"), "");
+    const exit2 = await waitFor(() => plane.ledger("t2", 2).exits[0], "t2's exit", 20_000);
+    expect(exit2).toMatchObject({ lineCount: 2, outcome: { kind: "exited", code: 5 } });
+    expect(plane.ledger("t2", 2).violations).toEqual([]);
+    await waitFor(() => !isAlive(started.pid), "t2's wrapper to exit");
+  }, 120_000);
+
+  it("stops the wrappers its predecessor left when the runtime dir was emptied, and removes their workspaces", async () => {
+    const first = await runnerProcess(runtime);
+    tag.dispatch(first.connection, "t1", 1, "echo ready; sleep 600");
+    const { pid } = await first.connection.frame("started", () => true, 10_000);
+    await first.connection.frame("output", () => true, 10_000);
+    const workspace = dirname(workspaceOf(workDir, "t1", 1, runtimeDir));
+    process.kill(first.runner.pid, "SIGKILL");
+    await first.runner.exited;
+    rmSync(join(runtimeDir, "runs"), { recursive: true, force: true });
+
+    const second = await runnerProcess(runtime);
+    expect(isAlive(pid)).toBe(false);
+    expect(second.hello.inventory).toEqual([]);
+    expect(second.runner.output()).toMatch(new RegExp(`Found the script wrapper ${pid} of this work dir`));
+    await waitFor(() => !existsSync(workspace), "the orphaned workspace to be removed");
   }, 60_000);
 });

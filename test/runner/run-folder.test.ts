@@ -2,11 +2,12 @@
  * Run folders: every dispatch's own folder with its record, script file and working directory, written so that
  * nothing a process may read is rewritten, removed only once nothing holds it, and found again by a later runner.
  */
-import { existsSync, readFileSync, readdirSync, statSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, readFileSync, readdirSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import type { ScriptPayload } from "../../shared/api.js";
-import { RECORD_FILE, RunFolders, newRunRecord, readRecord, type RunOwner } from "../../runner/run-folder.js";
+import { RECORD_FILE, RunFolders, WORK_DIR_FILE, newRunRecord, readRecord, type RunOwner } from "../../runner/run-folder.js";
+import { ownStartTime } from "../../runner/containment.js";
 import { removeDir, tempDir } from "../helpers/processes.js";
 import { waitFor } from "./fake-control-plane.js";
 
@@ -129,5 +130,88 @@ describe("what an earlier runner left", () => {
     for (const { run } of found) runs.let(run, "found");
     await waitFor(() => !existsSync(recorded.dir) && !existsSync(unrecorded.dir), "the adopted runs to be removed");
     expect(existsSync(foreign.dir)).toBe(true);
+  });
+});
+
+describe("with a runtime dir of its own", () => {
+  let runtimeDir: string;
+  let split: RunFolders;
+
+  beforeEach(async () => {
+    runtimeDir = await tempDir("runtime");
+    split = new RunFolders(workDir, undefined, runtimeDir);
+    split.prepare();
+  });
+
+  afterEach(() => removeDir(runtimeDir));
+
+  it("keeps the run's own files there and only its working directory in the work dir, and removes both", async () => {
+    const run = split.create("t1", 4, payload("echo hi", { files: [{ name: "data.txt", contents: Buffer.from("data").toString("base64") }] }));
+    split.write(run, newRunRecord(run, "bash", OWNER, "boot-1", { marker: MARKER, cgroup: undefined }));
+    expect(run.dir).toBe(join(runtimeDir, "runs", run.id));
+    expect(readdirSync(run.dir).sort()).toEqual([RECORD_FILE, "script.sh"]);
+    expect(run.cwd).toBe(join(workDir, "runs", run.id, "work"));
+    expect(readFileSync(join(run.cwd, "data.txt"), "utf8")).toBe("data");
+    expect(split.slotsDir).toBe(join(runtimeDir, "slots"));
+    split.requestDelete("t1");
+    await waitFor(() => !existsSync(run.dir) && !existsSync(join(workDir, "runs", run.id)), "both of the run's folders to be removed");
+  });
+
+  it("finds a predecessor's runs there, whole run folders a runner without one left in the work dir, and removes workspaces whose run folder is gone", async () => {
+    const earlier = new RunFolders(workDir, undefined, runtimeDir);
+    const current = earlier.create("t1", 1, payload("true"));
+    earlier.write(current, newRunRecord(current, "bash", OWNER, "boot-1", { marker: MARKER, cgroup: undefined }));
+    const foreign = earlier.create("t2", 2, payload("true"));
+    earlier.write(foreign, newRunRecord(foreign, "bash", { ...OWNER, runnerId: "still-alive" }, "boot-1", { marker: MARKER, cgroup: undefined }));
+    // A runner of the same work dir without a runtime dir of its own (before an upgrade that gave it one).
+    const before = new RunFolders(workDir);
+    const legacy = before.create("t3", 3, payload("true"));
+    before.write(legacy, newRunRecord(legacy, "bash", OWNER, "boot-1", { marker: MARKER, cgroup: undefined }));
+    // A workspace whose run folder went with a reboot.
+    const orphan = earlier.create("t4", 4, payload("true"));
+    await removeDir(orphan.dir);
+
+    const found = split.adoptLeftovers((record) => record?.owner.runnerId !== "still-alive");
+    const byId = new Map(found.map(({ run, record }) => [run.id, { run, record }]));
+    expect([...byId.keys()].sort()).toEqual([current.id, legacy.id, orphan.id].sort());
+    expect(byId.get(current.id)!.run).toMatchObject({ dir: current.dir, cwd: current.cwd });
+    expect(byId.get(current.id)!.record?.ticket).toBe("t1");
+    expect(byId.get(legacy.id)!.run).toMatchObject({ dir: join(workDir, "runs", legacy.id), cwd: join(workDir, "runs", legacy.id, "work") });
+    expect(byId.get(legacy.id)!.record?.ticket).toBe("t3");
+    expect(byId.get(orphan.id)!.record).toBeUndefined();
+    for (const { run } of found) split.let(run, "found");
+    await waitFor(
+      () => [current.dir, current.cwd, legacy.dir, join(workDir, "runs", orphan.id)].every((path) => !existsSync(path)),
+      "the adopted runs and the orphaned workspace to be removed",
+    );
+    // A live runner's run keeps both of its folders.
+    expect(existsSync(foreign.dir) && existsSync(foreign.cwd)).toBe(true);
+  });
+
+  it("removes the slot folders of gone runner processes, there and in the work dir, and keeps a live one's", () => {
+    const live = `${process.pid}-${ownStartTime()}-0a1b`;
+    const gone = `${process.pid}-${ownStartTime() + 1}-0a1b`;
+    for (const slots of [split.slotsDir, join(workDir, "slots")]) {
+      for (const name of [live, gone]) mkdirSync(join(slots, name), { recursive: true });
+    }
+    split.pruneSlots();
+    expect(readdirSync(split.slotsDir)).toEqual([live]);
+    expect(readdirSync(join(workDir, "slots"))).toEqual([live]);
+  });
+
+  it("is refused to a second work dir, with a sentence naming both, and nothing of it changes", async () => {
+    const otherWorkDir = await tempDir("other-work");
+    try {
+      const marker = readFileSync(join(runtimeDir, WORK_DIR_FILE), "utf8");
+      expect(marker).toBe(workDir);
+      const other = new RunFolders(otherWorkDir, undefined, runtimeDir);
+      expect(() => other.prepare()).toThrow(`The runtime dir ${runtimeDir} belongs to the work dir ${workDir}, not ${otherWorkDir}`);
+      expect(readFileSync(join(runtimeDir, WORK_DIR_FILE), "utf8")).toBe(marker);
+      expect(readdirSync(otherWorkDir)).toEqual([]);
+      // The work dir it serves is taken again, by a runner restarted with the same settings.
+      expect(() => new RunFolders(workDir, undefined, runtimeDir).prepare()).not.toThrow();
+    } finally {
+      await removeDir(otherWorkDir);
+    }
   });
 });

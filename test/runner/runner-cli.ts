@@ -10,9 +10,9 @@ export interface RunnerProcess {
   exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
 }
 
-/** Starts `node <bin> runner --url U --machine M --work-dir D` with the token in the environment. */
-export function startRunnerProcess(bin: string, url: string, machineId: string, token: string, workDir: string): RunnerProcess {
-  const child = spawn(process.execPath, [bin, "runner", "--url", url, "--machine", machineId, "--work-dir", workDir], {
+/** Starts `node <bin> runner --url U --machine M --work-dir D [flags]` with the token in the environment. */
+export function startRunnerProcess(bin: string, url: string, machineId: string, token: string, workDir: string, flags: string[] = []): RunnerProcess {
+  const child = spawn(process.execPath, [bin, "runner", "--url", url, "--machine", machineId, "--work-dir", workDir, ...flags], {
     env: { ...process.env, TENDRIL_RUNNER_TOKEN: token },
     detached: true,
     stdio: ["ignore", "pipe", "pipe"],

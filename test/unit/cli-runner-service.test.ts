@@ -39,6 +39,14 @@ describe("the runner's systemd unit", () => {
     expect(one("StateDirectory")).toBe("tendril");
   });
 
+  it("keeps each run's own files on a tmpfs of its own that outlives a stop or restart of the runner", () => {
+    expect(one("RuntimeDirectory")).toBe("tendril");
+    expect(one("RuntimeDirectoryMode")).toBe("0700");
+    // "restart" would empty it on a stop: the scripts a stopped runner leaves could not be re-attached by the next.
+    expect(one("RuntimeDirectoryPreserve")).toBe("yes");
+    expect(one("Environment")).toBe("TENDRIL_RUNTIME_DIR=%t/tendril");
+  });
+
   it("signals only the runner on stop, so that the scripts it leaves survive for the next runner to re-attach", () => {
     expect(one("KillMode")).toBe("process");
     expect(one("Delegate")).toBe("yes");

@@ -19,6 +19,8 @@ export interface RunnerFlags {
   /** The runner token itself (warned: it shows in `ps`). */
   token?: string;
   workDir?: string;
+  /** Where the runs' own files go (a tmpfs such as /run/tendril); default the work dir. */
+  runtimeDir?: string;
   killGrace?: number;
 }
 
@@ -42,6 +44,8 @@ export async function runRunner(flags: RunnerFlags): Promise<number> {
   delete env.TENDRIL_RUNNER_TOKEN;
   const token = found?.token;
   const workDir = resolve(flags.workDir ?? nonEmpty(env.TENDRIL_WORK_DIR) ?? `${LOCAL_DIR}/work`);
+  const runtimeGiven = flags.runtimeDir ?? nonEmpty(env.TENDRIL_RUNTIME_DIR);
+  const runtimeDir = runtimeGiven === undefined ? undefined : resolve(runtimeGiven);
   const missing = [
     url === undefined ? "--url (or TENDRIL_URL)" : undefined,
     machineId === undefined ? "--machine (or TENDRIL_MACHINE)" : undefined,
@@ -65,11 +69,12 @@ export async function runRunner(flags: RunnerFlags): Promise<number> {
     machineId,
     token,
     workDir,
+    runtimeDir,
     killGraceMs: flags.killGrace,
     disableKill,
     onFatal: (message: string) => reportFatal(message),
   });
-  process.stdout.write(`runner ${runner.runnerId} serving machine ${machineId} from ${url} (work dir ${workDir})\n`);
+  process.stdout.write(`runner ${runner.runnerId} serving machine ${machineId} from ${url} (work dir ${workDir}${runtimeDir === undefined ? "" : `, runtime dir ${runtimeDir}`})\n`);
 
   const outcome = await Promise.race([
     shutdown.signal.then((signal) => ({ fatal: undefined, signal })),
