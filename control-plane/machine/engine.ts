@@ -115,6 +115,11 @@ interface ReportAccepted {
   at: number;
 }
 
+/** A new machine's counters, report and what the registry accepted of it. */
+const NEW_COUNTERS: db.Counters = { nextFence: 1, nextQueueSeq: 1, nextAuditSeq: 1 };
+const NO_REPORT: ReportState = { version: 0, changedAt: 0, key: "" };
+const NOTHING_ACCEPTED: ReportAccepted = { version: 0, at: 0 };
+
 /** Change types that can alter the machine's summary (holders, queue, abandoned list). */
 const SUMMARY_CHANGES: ReadonlySet<Change["type"]> = new Set(["insert", "granted", "dispatched", "completed", "abandoned", "abandoned_process", "abandoned_exit"]);
 /** Change types after which the abandoned list's count must be read again. */
@@ -159,12 +164,12 @@ export class MachineEngine {
   /** The alarm as last set; undefined when unknown (setting it failed), so that it is set again. */
   private alarmAt: number | null | undefined = undefined;
   /** The counters as last written, so that a decision that does not move them does not write them. */
-  private written: db.Counters = { nextFence: 1, nextQueueSeq: 1, nextAuditSeq: 1 };
+  private written: db.Counters = { ...NEW_COUNTERS };
   /** This machine's life, from storage (a removed machine registered again is a new one). */
   private incarnation = "";
   /** The report's version as stored, and what the registry last accepted. */
-  private reportState: ReportState = { version: 0, changedAt: 0, key: "" };
-  private reportAccepted: ReportAccepted = { version: 0, at: 0 };
+  private reportState: ReportState = { ...NO_REPORT };
+  private reportAccepted: ReportAccepted = { ...NOTHING_ACCEPTED };
   /** The abandoned list's count and oldest time, read again after a decision that touches it. */
   private abandoned = { count: 0, oldest: null as number | null };
   /** When the report is next tried while the registry lacks something (null: nothing to retry). */
@@ -222,14 +227,25 @@ export class MachineEngine {
   }
 
   private readState(): void {
+    if (!db.isInitialized(this.sql)) {
+      // Nothing stored: a new machine whose first registration was rolled back, schema and all. Memory is a new object's.
+      this.state = emptyState();
+      this.runnerInfo = null;
+      this.written = { ...NEW_COUNTERS };
+      this.incarnation = "";
+      this.reportState = { ...NO_REPORT };
+      this.reportAccepted = { ...NOTHING_ACCEPTED };
+      this.abandoned = { count: 0, oldest: null };
+      return;
+    }
     const counters = db.readCounters(this.sql);
     const info = db.getMeta(this.sql, "runner_info");
     this.runnerInfo = info ? (JSON.parse(info) as RunnerInfo) : null;
     this.state = restoreState(db.getMeta(this.sql, "machine_id") ?? "", db.loadActiveScripts(this.sql), counters, this.runnerInfo?.killGraceMs ?? DEFAULT_KILL_GRACE_MS);
     this.written = counters;
     this.incarnation = db.getMeta(this.sql, "incarnation") ?? "";
-    this.reportState = parseJson<ReportState>(db.getMeta(this.sql, "report")) ?? { version: 0, changedAt: 0, key: "" };
-    this.reportAccepted = parseJson<ReportAccepted>(db.getMeta(this.sql, "report_accepted")) ?? { version: 0, at: 0 };
+    this.reportState = parseJson<ReportState>(db.getMeta(this.sql, "report")) ?? { ...NO_REPORT };
+    this.reportAccepted = parseJson<ReportAccepted>(db.getMeta(this.sql, "report_accepted")) ?? { ...NOTHING_ACCEPTED };
     this.abandoned = this.registered() ? db.abandonedStats(this.sql) : { count: 0, oldest: null };
   }
 

@@ -8,7 +8,7 @@ import { describe, expect, it } from "vitest";
 import { STORAGE_FAILURE_CLOSE, StorageUnavailable } from "../../control-plane/machine/engine.js";
 import { MIGRATIONS, migrate, setMeta } from "../../control-plane/machine/storage.js";
 import { LIMITS } from "../../shared/api.js";
-import { dump, testMachine, type TestMachine } from "../helpers/machine-engine.js";
+import { dump, recordingPort, testMachine, TOKEN_HASH, type TestMachine } from "../helpers/machine-engine.js";
 import { goneAtNextWrite, nthWrite, openSqlJsStorage, WRITE } from "../helpers/sqljs-storage.js";
 import { MachineEngine } from "../../control-plane/machine/engine.js";
 import { DEFAULT_LIMITS } from "../../control-plane/machine/limits.js";
@@ -97,6 +97,37 @@ describe("a decision is stored in one transaction (bug 6)", () => {
     m.storage.failWhen(goneAtNextWrite());
     expect(m.engine.abandon("a", false, SERVER, m.clock.now)).toMatchObject({ ok: false, status: 503 });
     expect(m.port.resets).toHaveLength(1);
+  });
+
+  it("stays a new machine, without a reset, when any write of its first registration fails, and registers on the next try", async () => {
+    // The first registration makes the schema in the same transaction: a failure rolls the schema back too, and
+    // reading memory back must then find a new machine, not "no such table" (which reset the object: HTTP 500).
+    const fresh = () => {
+      const port = recordingPort(() => engine, () => 1_700_000_000_000);
+      const engine: MachineEngine = new MachineEngine(storage, port, DEFAULT_LIMITS);
+      engine.load(null);
+      return { engine, port };
+    };
+    let storage = await openSqlJsStorage();
+    const writes = (() => {
+      const from = storage.statements.length;
+      fresh().engine.setRunnerToken("m1", TOKEN_HASH, "server", 1_700_000_000_000);
+      return storage.statements.slice(from).filter((s) => WRITE.test(s.query)).length;
+    })();
+    expect(writes).toBeGreaterThan(5);
+    for (let n = 0; n < writes; n += 1) {
+      storage = await openSqlJsStorage();
+      const { engine, port } = fresh();
+      storage.failWhen(nthWrite(n));
+      expect(() => engine.setRunnerToken("m1", TOKEN_HASH, "server", 1_700_000_000_000), `write ${n}`).toThrow(StorageUnavailable);
+      storage.failWhen(null);
+      expect(port.resets, `write ${n}`).toEqual([]);
+      expect(engine.registered(), `write ${n}`).toBe(false);
+      expect(dump(storage), `write ${n}`).toEqual({});
+      engine.setRunnerToken("m1", TOKEN_HASH, "server", 1_700_000_000_000);
+      expect(engine.registered(), `write ${n}`).toBe(true);
+      expect(engine.view({ connected: false, lastSeen: null }, false).machineId, `write ${n}`).toBe("m1");
+    }
   });
 
   it("sets the alarm again after the platform failed to set it, even when the deadline did not move", async () => {
