@@ -99,7 +99,9 @@ function withErrors<const R extends RouteDecl>(route: R): R {
     responses[415] = error("The body was not sent as `application/json` (`unsupported_media_type`).");
   }
   if (machineScoped && route.access !== "runner") {
-    responses[503] = error("The machine's storage could not take the change (`storage_unavailable`); nothing was kept, retry.");
+    responses[503] = error(
+      "The machine's storage could not take the change (`storage_unavailable`; nothing was kept), or the platform reset or throttled its object (`unavailable`); retry.",
+    );
   }
   return { ...route, responses: { ...responses, ...route.responses } } as R;
 }

@@ -13,7 +13,7 @@ import { bearerToken, randomToken, sha256Hex } from "../crypto.js";
 import type { RpcResult } from "../machine/results.js";
 import { parseFeedCursor, parseMachineCursor } from "../registry/cursors.js";
 import { actorOf, OPERATOR_TOKEN_PREFIX } from "./callers.js";
-import { ApiError, errorJson, invalid } from "./errors.js";
+import { ApiError, errorJson, invalid, isObjectUnavailable } from "./errors.js";
 import { openApiDocument } from "./openapi.js";
 import { fallbacks, mount, type AppEnv, type Ctx } from "./routing.js";
 import { traceStage } from "../trace.js";
@@ -203,6 +203,11 @@ export function createApp(): OpenAPIHono<AppEnv> {
   app.notFound((c) => errorJson(c, 404, "not_found", `No route ${c.req.method} ${c.req.path}.`));
   app.onError((error, c) => {
     if (error instanceof ApiError) return errorJson(c, error.status, error.code, error.message);
+    if (isObjectUnavailable(error)) {
+      console.error("object unavailable", c.req.method, c.req.path, error);
+      c.header("retry-after", "1");
+      return errorJson(c, 503, "unavailable", "The machine's object could not take this call just now (the platform reset or throttled it); try again.");
+    }
     console.error("unhandled error", c.req.method, c.req.path, error);
     return errorJson(c, 500, "internal", "The control plane failed to handle this request.");
   });

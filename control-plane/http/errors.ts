@@ -18,6 +18,22 @@ export function errorJson(c: Context, status: ContentfulStatusCode, code: string
   return c.json({ error: { code, message } }, status);
 }
 
+/**
+ * Whether `error` is the platform's word that a Durable Object could not take a call: it was reset (its constructor
+ * failed, e.g. workerd's SQLite refused memory to a new object while thousands were open) or is overloaded, or the
+ * runtime itself failed (its own errors reach code only as "internal error; reference = <id>"). The caller may try
+ * again; an error our own code throws is none of these.
+ */
+export function isObjectUnavailable(error: unknown): boolean {
+  if (typeof error !== "object" || error === null) return false;
+  const marks = error as { durableObjectReset?: unknown; overloaded?: unknown; retryable?: unknown; message?: unknown };
+  if (marks.durableObjectReset === true || marks.overloaded === true || marks.retryable === true) return true;
+  return typeof marks.message === "string" && marks.message.startsWith(RUNTIME_INTERNAL_ERROR);
+}
+
+/** How workerd words an error of its own, with the reference it logged. */
+const RUNTIME_INTERNAL_ERROR = "internal error; reference = ";
+
 /** Shorthand for a 400 `invalid_request`. */
 export function invalid(message: string): ApiError {
   return new ApiError(400, "invalid_request", message);

@@ -15,7 +15,7 @@ const INFO = {
     "Run deployment scripts on a fleet of machines, one isolation mutex per machine, with cancel and abandon.",
     "",
     "Every error is `{\"error\": {\"code\", \"message\"}}` with a 4xx status (503 `storage_unavailable` when a machine's storage",
-    "could not take a change). Checks happen in this order: authentication (401), permission (403), the request (400/413/415),",
+    "could not take a change, 503 `unavailable` when the platform reset or throttled its object). Checks happen in this order: authentication (401), permission (403), the request (400/413/415),",
     "existence (404). The server token may call everything; an operator token reads (role `viewer`) and also cancels and",
     "abandons (role `operator`).",
     "Unknown JSON fields are rejected at every depth.",
