@@ -159,10 +159,12 @@ export async function startRunner(cp, machineId, env = {}, nodeFlags = []) {
   const runtimeDir = RUNTIME_ROOT === undefined ? undefined : mkdtempSync(join(RUNTIME_ROOT, "tendril-bench-runtime-"));
   if (!existsSync(RUNNER_FILE)) throw new Error(`${RUNNER_FILE} is missing: build it first (npm run build)`);
   const runtime = runtimeDir === undefined ? [] : ["--runtime-dir", runtimeDir];
+  // TENDRIL_BENCH_RUNNER_NODE_FLAGS (space-separated) adds Node.js flags to every runner, for experiments.
+  const extraFlags = (process.env.TENDRIL_BENCH_RUNNER_NODE_FLAGS ?? "").split(" ").filter(Boolean);
   const proc = startGroup(["--url", cp.url, "--machine", machineId, "--work-dir", workDir, ...runtime], {
     TENDRIL_RUNNER_TOKEN: registered.body.runnerToken,
     ...env,
-  }, nodeFlags, RUNNER_FILE);
+  }, [...nodeFlags, ...extraFlags], RUNNER_FILE);
   await waitFor(async () => (await cp.api("GET", `/api/v1/machines/${machineId}`)).body.runner.connected, 30_000, 20);
   const runnerPid = () => groupPids(proc.pid).find((pid) => pid === proc.pid) ?? proc.pid;
   return {
