@@ -12,6 +12,8 @@
  * Wrappers of this work dir that no record names (the run folder or the whole work dir was removed, or its record
  * cannot be read) are found by their command line (`strayWrappers`) and stopped before the runner says hello.
  */
+import { readlinkSync } from "node:fs";
+import { basename, dirname } from "node:path";
 import {
   ProcessTree,
   allPids,
@@ -31,7 +33,7 @@ import {
 } from "./containment.js";
 import type { TreeKill } from "./process-manager.js";
 import { findReattachable, type ReattachableRun } from "./reattach.js";
-import type { Run, RunFolders, RunOwner, RunRecord } from "./run-folder.js";
+import { SLOTS_FOLDER, type Run, type RunFolders, type RunOwner, type RunRecord } from "./run-folder.js";
 import { parseWrapperCommandLine, wasLetGo } from "./wrapper.js";
 
 /** Runner processes of this process that have not stopped, by runner id (several may run in one process). */
@@ -163,6 +165,12 @@ export interface StrayWrapper {
   pid: number;
   startTime: number;
   marker: string | undefined;
+  /**
+   * A warm shell that never got a script: its copiers still work in a slot folder (a claim renames the slot into a
+   * run folder before it sends the script). It reads EOF and exits once its runner is gone; stopping it stops nothing
+   * of a script.
+   */
+  waiting: boolean;
 }
 
 /**
@@ -171,7 +179,9 @@ export interface StrayWrapper {
  * rule has them stopped before this runner says hello, so that no script of theirs runs beside a later one unseen.
  */
 export function strayWrappers(workDir: string, markers: ReadonlySet<string>): StrayWrapper[] {
-  const strays: StrayWrapper[] = [];
+  const leaders: Array<{ pid: number; startTime: number }> = [];
+  /** A copier of each wrapper, by the wrapper's pid (its process group). */
+  const copiers = new Map<number, number>();
   for (const pid of allPids()) {
     const argv = readCommandLine(pid);
     const wrapper = argv === undefined ? undefined : parseWrapperCommandLine(argv);
@@ -179,15 +189,31 @@ export function strayWrappers(workDir: string, markers: ReadonlySet<string>): St
     const owner = wrapper.runner;
     if (owner.pid === process.pid ? owner.startTime === ownStartTime() : !isProcessGone(owner.pid, owner.startTime)) continue;
     const stat = readProcessStat(pid);
+    if (!isLiveStat(stat)) continue;
     // A wrapper leads its process group; its copiers, forks with the same command line, do not.
-    if (!isLiveStat(stat) || stat.pgrp !== pid) continue;
+    if (stat.pgrp === pid) leaders.push({ pid, startTime: stat.startTime });
+    else copiers.set(stat.pgrp, pid);
+  }
+  const strays: StrayWrapper[] = [];
+  for (const { pid, startTime } of leaders) {
     const marker = processMarker(pid);
     if (marker !== undefined && markers.has(marker)) continue;
     // An abandoned script's wrapper was let go on purpose: it is left alone, as its record would have had it.
     if (wasLetGo(pid)) continue;
-    strays.push({ pid, startTime: stat.startTime, marker });
+    const copier = copiers.get(pid);
+    strays.push({ pid, startTime, marker, waiting: copier !== undefined && worksInSlot(copier) });
   }
   return strays;
+}
+
+/** Whether a copier's working folder (its wrapper's FIFOs) is a slot: the folder, removed or not, is in `slots`. */
+function worksInSlot(copier: number): boolean {
+  try {
+    const folder = readlinkSync(`/proc/${copier}/cwd`).replace(/ \(deleted\)$/, "");
+    return basename(dirname(folder)) === SLOTS_FOLDER;
+  } catch {
+    return false;
+  }
 }
 
 /** Stops a stray wrapper's tree as a cancel would (its process group, and its marker's processes); resolves with what survived. */

@@ -261,10 +261,16 @@ class Runner {
   private async stopStrays(): Promise<void> {
     await Promise.all(
       this.strays.map(async (stray) => {
-        this.options.logger.warn(
-          `Found the script wrapper ${stray.pid} of this work dir, left by an earlier runner process, with no run record naming it (its run folder was removed); stopping it as a cancel would.`,
-        );
-        const kill = await stopStray(stray, { cgroups: this.cgroups, disableKill: this.options.disableKill }, this.options.killGraceMs).catch(
+        if (stray.waiting) {
+          this.options.logger.info(`Stopping the waiting shell ${stray.pid} an earlier runner process left; it never got a script.`);
+        } else {
+          this.options.logger.warn(
+            `Found the script wrapper ${stray.pid} of this work dir, left by an earlier runner process, with no run record naming it (its run folder was removed); stopping it as a cancel would.`,
+          );
+        }
+        // A waiting shell has nothing to end gracefully.
+        const graceMs = stray.waiting ? 0 : this.options.killGraceMs;
+        const kill = await stopStray(stray, { cgroups: this.cgroups, disableKill: this.options.disableKill }, graceMs).catch(
           (error: unknown) => {
             this.options.logger.error(`Could not stop the wrapper ${stray.pid}: ${describe(error)}`);
             return undefined;

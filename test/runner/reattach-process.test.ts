@@ -4,7 +4,7 @@
  * control plane stores strictly (a gap or a repeated line is a violation) and welcomes each runner with what it
  * stored. Every process a test starts is stopped by pid: the runner processes (their groups) and the tagged scripts.
  */
-import { existsSync, readdirSync, rmSync } from "node:fs";
+import { existsSync, readFileSync, readdirSync, rmSync } from "node:fs";
 import { writeFile } from "node:fs/promises";
 import { basename, dirname, join } from "node:path";
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from "vitest";
@@ -81,6 +81,22 @@ async function numberedRun(script: string, autoAck: boolean, flags: string[] = [
   tag.dispatch(first.connection, "t1", 1, script);
   const { pid } = await first.connection.frame("started", () => true, 10_000);
   return { first, pid, ledger: plane.ledger("t1", 1) };
+}
+
+/** The wrappers (`/bin/sh -s tendril-wrapper ...`) whose parent is `parent`. */
+function childWrappers(parent: number): number[] {
+  return readdirSync("/proc")
+    .filter((name) => /^\d+$/.test(name))
+    .map(Number)
+    .filter((pid) => {
+      try {
+        const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+        const ppid = Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]);
+        return ppid === parent && readFileSync(`/proc/${pid}/cmdline`, "utf8").startsWith("/bin/sh\0-s\0tendril-wrapper\0");
+      } catch {
+        return false;
+      }
+    });
 }
 
 describe("a runner process that dies or is stopped mid-script", () => {
@@ -174,6 +190,28 @@ describe("a runner process that dies or is stopped mid-script", () => {
     expect(existsSync(join(workDir, "runs")) ? readdirSync(join(workDir, "runs")) : []).toEqual([]);
   }, 60_000);
 
+  it("stops a waiting shell its predecessor left without taking it for a script's wrapper", async () => {
+    const first = await runnerProcess();
+    first.connection.dispatch("t1", 1, "true");
+    const { pid: scriptWrapper } = await first.connection.frame("started", () => true, 10_000);
+    await first.connection.frame("exit", () => true, 10_000);
+    await waitFor(() => !isAlive(scriptWrapper), "t1's wrapper to exit");
+    // Ready: its copiers (forks of it, in its process group) are running in its slot.
+    const [waiting] = await waitFor(() => {
+      const shells = childWrappers(first.runner.pid).filter((pid) => pidsInGroup(pid).filter((member) => member !== pid).length >= 2);
+      return shells.length > 0 ? shells : undefined;
+    }, "a waiting shell with its copiers");
+    // Stopped, it cannot read the EOF that would end it once its runner is gone: the next runner still finds it.
+    process.kill(waiting!, "SIGSTOP");
+    process.kill(first.runner.pid, "SIGKILL");
+    await first.runner.exited;
+
+    const second = await runnerProcess();
+    expect(second.runner.output()).toContain(`Stopping the waiting shell ${waiting}`);
+    expect(second.runner.output()).not.toMatch(/Found the script wrapper/);
+    expect(isAlive(waiting!)).toBe(false);
+  }, 60_000);
+
   it("leaves alone the wrapper of an abandoned script whose run folder was removed: it was let go on purpose", async () => {
     const first = await runnerProcess();
     tag.dispatch(first.connection, "t1", 1, "echo ready; sleep 600");
@@ -190,7 +228,8 @@ describe("a runner process that dies or is stopped mid-script", () => {
     const second = await runnerProcess();
     expect(second.hello.inventory).toEqual([]);
     expect(isAlive(pid)).toBe(true);
-    expect(second.runner.output()).not.toMatch(/Found the script wrapper/);
+    // Only this wrapper is asserted on: a warm shell the killed runner had just started may still be there.
+    expect(second.runner.output()).not.toMatch(new RegExp(`wrapper ${pid}\\b`));
   }, 60_000);
 });
 
