@@ -8,9 +8,9 @@ import * as figures from "./figures.mjs";
 import { ROOT, RUNTIME_ROOT } from "./stack.mjs";
 
 const SIZES = {
-  full: { dispatchRuns: 300, handoffScripts: 500, abandonRuns: 25, outputMb: 100, queueShallow: 10, queueDeep: 10_000, queueRuns: 50, fleet: 1000, fleetSmall: 10, fleetDispatchRuns: 50, idleSeconds: 20, concurrentScripts: 100, fleetList: 10_000, fleetListRuns: 200 },
-  quick: { dispatchRuns: 100, handoffScripts: 200, abandonRuns: 20, outputMb: 100, queueShallow: 10, queueDeep: 2_000, queueRuns: 30, fleet: 300, fleetSmall: 10, fleetDispatchRuns: 30, idleSeconds: 5, concurrentScripts: 100, fleetList: 2_000, fleetListRuns: 100 },
-  tiny: { dispatchRuns: 5, handoffScripts: 10, abandonRuns: 2, outputMb: 1, queueShallow: 2, queueDeep: 20, queueRuns: 3, fleet: 5, fleetSmall: 2, fleetDispatchRuns: 3, idleSeconds: 1, concurrentScripts: 5, fleetList: 20, fleetListRuns: 3 },
+  full: { dispatchRuns: 300, handoffScripts: 500, abandonRuns: 25, outputMb: 100, queueShallow: 10, queueDeep: 10_000, queueRuns: 50, fleet: 1000, fleetSmall: 10, fleetDispatchRuns: 50, idleSeconds: 20, concurrentScripts: 100, fleetList: 10_000, fleetListRuns: 200, idleRssSeconds: 20 },
+  quick: { dispatchRuns: 100, handoffScripts: 200, abandonRuns: 20, outputMb: 100, queueShallow: 10, queueDeep: 2_000, queueRuns: 30, fleet: 300, fleetSmall: 10, fleetDispatchRuns: 30, idleSeconds: 5, concurrentScripts: 100, fleetList: 2_000, fleetListRuns: 100, idleRssSeconds: 20 },
+  tiny: { dispatchRuns: 5, handoffScripts: 10, abandonRuns: 2, outputMb: 1, queueShallow: 2, queueDeep: 20, queueRuns: 3, fleet: 5, fleetSmall: 2, fleetDispatchRuns: 3, idleSeconds: 1, concurrentScripts: 5, fleetList: 20, fleetListRuns: 3, idleRssSeconds: 3 },
 };
 
 const args = process.argv.slice(2);
