@@ -280,13 +280,8 @@ export async function fleet(sizes) {
   const tokens = [];
   let fleetProcess;
   try {
-    const ids = Array.from({ length: sizes.fleet }, (_, i) => `fleet-${i}`);
-    for (let i = 0; i < ids.length; i += 50) {
-      const batch = await Promise.all(ids.slice(i, i + 50).map((id) => register(cp, id)));
-      const failed = batch.find((r) => r.status !== 201);
-      if (failed) throw new Error(`a registration failed: HTTP ${failed.status} ${JSON.stringify(failed.body)}`);
-      for (const response of batch) tokens.push({ machineId: response.body.machineId, token: response.body.runnerToken });
-    }
+    const registered = await registerMachines(cp, Array.from({ length: sizes.fleet }, (_, i) => `fleet-${i}`));
+    for (const { machineId, runnerToken } of registered) tokens.push({ machineId, token: runnerToken });
     const dispatchP50 = async (machineId) => {
       for (let i = 0; i < 5; i += 1) await dispatchOnce(cp, machineId);
       const latencies = [];
@@ -372,13 +367,19 @@ export async function runnerMemory(sizes) {
   }
 }
 
-/** Registers `count` machines named `<prefix>-<n>`, 50 at a time. */
-async function registerMachines(cp, prefix, count) {
-  for (let i = 0; i < count; i += 50) {
-    const batch = await Promise.all(Array.from({ length: Math.min(50, count - i) }, (_, j) => register(cp, `${prefix}-${String(i + j).padStart(6, "0")}`)));
+/** Registrations tried again after a 503 in this run (printed with the fleet list's rows). */
+let registrationRetries = 0;
+
+/** Registers the machines `ids`, 50 at a time; resolves with their answers' bodies (machine id and runner token). */
+async function registerMachines(cp, ids) {
+  const bodies = [];
+  for (let i = 0; i < ids.length; i += 50) {
+    const batch = await Promise.all(ids.slice(i, i + 50).map((id) => register(cp, id)));
     const failed = batch.find((r) => r.status !== 201);
     if (failed) throw new Error(`a registration failed: HTTP ${failed.status} ${JSON.stringify(failed.body)}`);
+    bodies.push(...batch.map((r) => r.body));
   }
+  return bodies;
 }
 
 /**
@@ -395,9 +396,6 @@ async function register(cp, machineId) {
     await new Promise((resolve) => setTimeout(resolve, Math.min(2_000, 100 * attempt)));
   }
 }
-
-/** Registrations tried again after a 503 in this run (printed with the fleet list's rows). */
-let registrationRetries = 0;
 
 /** p50 of `fn`'s latency over `runs` runs, in ms. */
 async function latencyP50(runs, fn) {
@@ -421,7 +419,7 @@ export async function fleetList(sizes) {
       for (let i = 0; i < 10; i += 1) await dispatchOnce(cp, "bench"); // warm-up
       const before = await latencyP50(sizes.fleetListRuns, () => dispatchOnce(cp, "bench"));
       const retriesBefore = registrationRetries;
-      await registerMachines(cp, "fleet", sizes.fleetList);
+      await registerMachines(cp, Array.from({ length: sizes.fleetList }, (_, i) => `fleet-${String(i).padStart(6, "0")}`));
       const retried = registrationRetries - retriesBefore;
       const list = async () => {
         const page = await cp.api("GET", "/api/v1/machines?limit=100");

@@ -321,31 +321,12 @@ export class CgroupTree {
     return `cannot create a cgroup for scripts (${problems.join("; ")})`;
   }
 
-  /** Creates the cgroup `name` for a script about to start, in this runner's folder; undefined (reported once) when that fails. */
-  create(name: string): ScriptCgroup | undefined {
-    if (this.failure !== undefined) return undefined;
-    this.tidy();
-    const path = join(this.own, name);
-    try {
-      try {
-        mkdirSync(path);
-      } catch (error) {
-        // The runner's folder is made with its first script (and again should it have been removed since).
-        if (errorCode(error) !== "ENOENT") throw error;
-        mkdirSync(this.own, { recursive: true });
-        mkdirSync(path);
-      }
-      return this.made(path);
-    } catch (error) {
-      return this.notMade(path, error);
-    }
-  }
-
   /**
-   * `create` in the thread pool, for a cgroup made ahead of its script (a warm shell's): making one waits for the
-   * kernel's cgroup lock, which a process being moved into another cgroup holds for milliseconds.
+   * Creates the cgroup `name` for a script (or a warm shell), in this runner's folder; undefined (reported once) when
+   * that fails. In the thread pool: making one waits for the kernel's cgroup lock, which a process being moved into
+   * another cgroup holds for milliseconds, and the event loop has scripts to start meanwhile.
    */
-  async createAhead(name: string): Promise<ScriptCgroup | undefined> {
+  async create(name: string): Promise<ScriptCgroup | undefined> {
     if (this.failure !== undefined) return undefined;
     this.tidy();
     const path = join(this.own, name);
@@ -353,6 +334,7 @@ export class CgroupTree {
       try {
         await mkdir(path);
       } catch (error) {
+        // The runner's folder is made with its first script (and again should it have been removed since).
         if (errorCode(error) !== "ENOENT") throw error;
         await mkdir(this.own, { recursive: true });
         await mkdir(path);

@@ -153,7 +153,7 @@ async function startDirect(launch: Launch): Promise<ScriptShell | SpawnFailure> 
   const { request, shellPath, args } = launch;
   const execa = await loadExeca();
   const marker = newScriptMarker();
-  const cgroup = launch.cgroups?.create(`s-${marker}`);
+  const cgroup = await launch.cgroups?.create(`s-${marker}`);
   try {
     launch.beforeStart?.({ marker, cgroup: cgroup?.path });
   } catch (error) {

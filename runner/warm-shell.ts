@@ -207,7 +207,7 @@ export class WarmShellPool {
   /** Starts one wrapper that waits with `recipe`'s environment (and a marker of its own) in a slot and a cgroup of its own. */
   private async warmUp(execa: Execa, recipe: Recipe): Promise<Wrapper | undefined> {
     const marker = newScriptMarker();
-    const cgroup = await recipe.cgroups?.createAhead(`s-${marker}`);
+    const cgroup = await recipe.cgroups?.create(`s-${marker}`);
     // Disposed while the cgroup was being made: no shell is started after that.
     if (this.disposal !== undefined) {
       cgroup?.release();
@@ -289,7 +289,7 @@ export async function startColdWrapper(launch: Launch, beforeStart: BeforeStart 
     return `Could not make the folder ${paths.io}: ${describeError(error)}`;
   }
   const marker = newScriptMarker();
-  const shell = startWrapper(execa, recipeOf(launch), { marker, cgroup: launch.cgroups?.create(`s-${marker}`) }, paths.io, false);
+  const shell = startWrapper(execa, recipeOf(launch), { marker, cgroup: await launch.cgroups?.create(`s-${marker}`) }, paths.io, false);
   if (shell === undefined) return `Could not start ${WRAPPER_SHELL} to run the script.`;
   shell.onExit = () => {
     shell.exited = true;

@@ -34,11 +34,11 @@ function pidsWhere(matches: (pid: number) => boolean): number[] {
   return pids;
 }
 
-/** A process's command name, state and process group, from /proc/<pid>/stat (the name may hold spaces and parentheses). */
-function stat(pid: number): { command: string; state: string; pgid: number } {
+/** A process's command name, state, parent and process group, from /proc/<pid>/stat (the name may hold spaces and parentheses). */
+function stat(pid: number): { command: string; state: string; ppid: number; pgid: number } {
   const text = readFileSync(`/proc/${pid}/stat`, "utf8");
   const fields = text.slice(text.lastIndexOf(")") + 2).split(" ");
-  return { command: text.slice(text.indexOf("(") + 1, text.lastIndexOf(")")), state: fields[0]!, pgid: Number(fields[2]) };
+  return { command: text.slice(text.indexOf("(") + 1, text.lastIndexOf(")")), state: fields[0]!, ppid: Number(fields[1]), pgid: Number(fields[2]) };
 }
 
 /** True when a process with this pid exists and is not a zombie. */
@@ -70,6 +70,11 @@ export function pidsInGroupNamed(pgid: number, name: string): number[] {
     const { command, state, pgid: group } = stat(pid);
     return command === name && group === pgid && state !== "Z";
   });
+}
+
+/** The script wrappers (`/bin/sh -s tendril-wrapper ...`) whose parent is `parent`: a runner's warm and cold shells. */
+export function wrappersStartedBy(parent: number): number[] {
+  return pidsWhere((pid) => stat(pid).ppid === parent && readFileSync(`/proc/${pid}/cmdline`, "utf8").startsWith("/bin/sh\0-s\0tendril-wrapper\0"));
 }
 
 /** Every live pid whose working directory is inside `dir` (scripts run in their workspace). */

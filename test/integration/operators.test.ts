@@ -194,15 +194,15 @@ describe("server token rotation", () => {
       expect((await call(cp, "DELETE", `/api/v1/machines/${m}/runner-token`, undefined, { token: next })).status).toBe(200);
       expect((await call(cp, "GET", "/api/v1/operators", undefined, { token: `${next}x` })).status).toBe(401);
       await cp.stop({ keepState: true });
-      cp = await startControlPlane({ stateDir, serverToken: next });
-      expect((await call(cp, "GET", `/api/v1/machines/${m}`, undefined, { token: next })).status).toBe(200);
-      const refused = await call(cp, "GET", `/api/v1/machines/${m}`, undefined, { token: old });
+      const restarted = await startControlPlane({ stateDir, serverToken: next });
+      cp = restarted;
+      expect((await call(restarted, "GET", `/api/v1/machines/${m}`, undefined, { token: next })).status).toBe(200);
+      const refused = await call(restarted, "GET", `/api/v1/machines/${m}`, undefined, { token: old });
       expect(refused.status).toBe(401);
       // What each token did is recorded as the server's. The feed is the registry's copy, which a machine sends after
       // its answer (and, across the restart, at its next alarm): waited for.
-      const started = cp;
       const feed = await waitFor(async () => {
-        const events = (await call(started, "GET", `/api/v1/audit?machineId=${m}`, undefined, { token: next })).body.events;
+        const events = (await call(restarted, "GET", `/api/v1/audit?machineId=${m}`, undefined, { token: next })).body.events;
         return events.length >= 2 ? events : undefined;
       }, { what: "both token events in the feed", timeoutMs: 30_000 });
       expect(feed.map((e: { action: string; actor: string }) => `${e.action} ${e.actor}`)).toEqual(["runner-token-revoked server", "runner-token-issued server"]);

@@ -1,31 +1,14 @@
 // Warm shells in a real runner process: after its first script it keeps two /bin/sh waiting, the next script
 // runs in one of them, stopping the runner stops them, and TENDRIL_WARM_SHELLS=0 turns them off.
-import { existsSync, readFileSync, readdirSync } from "node:fs";
+import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { CgroupTree, findCgroup2Mount, ownCgroupPath } from "../../runner/containment.js";
-import { isAlive } from "../helpers/processes.js";
+import { isAlive, wrappersStartedBy } from "../helpers/processes.js";
 import { useControlPlane } from "../helpers/fixture.js";
 import { waitFor } from "../helpers/wait.js";
 
 const f = useControlPlane();
-
-/** The pids of the waiting shells (each a script's wrapper to be) among a process's children: `/bin/sh -s tendril-wrapper …`. */
-function waitingShells(parentPid: number): number[] {
-  const pids: number[] = [];
-  for (const entry of readdirSync("/proc")) {
-    if (!/^\d+$/.test(entry)) continue;
-    try {
-      const stat = readFileSync(`/proc/${entry}/stat`, "utf8");
-      const parent = Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]);
-      const argv = readFileSync(`/proc/${entry}/cmdline`, "utf8").split("\0").filter(Boolean);
-      if (parent === parentPid && argv.slice(0, 3).join(" ") === "/bin/sh -s tendril-wrapper") pids.push(Number(entry));
-    } catch {
-      // Gone meanwhile.
-    }
-  }
-  return pids;
-}
 
 /** Runs a script that prints its process group, whose leader is the shell that wraps it; returns that pid. */
 async function scriptPid(machineId: string, ticket: string): Promise<number> {
@@ -39,16 +22,16 @@ describe("warm shells in a runner process", () => {
   it("keeps two shells waiting after the first script, runs the next script in one, and stops them when it stops", async () => {
     const m = f.machine();
     const runner = await f.runner(m);
-    expect(waitingShells(runner.process.pid)).toEqual([]);
+    expect(wrappersStartedBy(runner.process.pid)).toEqual([]);
     await scriptPid(m, "first");
     const waiting = await waitFor(() => {
-      const pids = waitingShells(runner.process.pid);
+      const pids = wrappersStartedBy(runner.process.pid);
       return pids.length === 2 ? pids : undefined;
     }, { what: "two waiting shells" });
     const pid = await scriptPid(m, "second");
     expect(waiting).toContain(pid);
     const left = await waitFor(() => {
-      const pids = waitingShells(runner.process.pid);
+      const pids = wrappersStartedBy(runner.process.pid);
       return pids.length === 2 ? pids : undefined;
     }, { what: "the pool refilled" });
     await runner.stop();
@@ -62,7 +45,7 @@ describe("warm shells in a runner process", () => {
     const pid = await scriptPid(m, "second");
     // A round trip through a third script: a refill, had there been one, would have started by now.
     await scriptPid(m, "third");
-    expect(waitingShells(runner.process.pid)).toEqual([]);
+    expect(wrappersStartedBy(runner.process.pid)).toEqual([]);
     expect(isAlive(pid)).toBe(false);
     await runner.stop();
   });
@@ -83,7 +66,7 @@ describe.runIf(cgroupMount !== undefined)("cgroups of a runner process", () => {
     await scriptPid(m, "first");
     // Each in its cgroup: a shell moves itself in as it starts, which a look at /proc can come before.
     const waiting = await waitFor(() => {
-      const pids = waitingShells(runner.process.pid);
+      const pids = wrappersStartedBy(runner.process.pid);
       return pids.length === 2 && pids.every((pid) => /\/s-[0-9a-f]{32}$/.test(cgroupFolder(pid))) ? pids : undefined;
     }, { what: "two waiting shells, each in a cgroup of its own" });
     const folders = waiting.map(cgroupFolder);

@@ -5,11 +5,11 @@
  * test's alone. Every process a test starts is stopped by pid.
  */
 import { spawn } from "node:child_process";
-import { existsSync, mkdirSync, readFileSync, readdirSync, rmdirSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, readFileSync, rmdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { CgroupTree, findCgroup2Mount, newScriptMarker, ownCgroupPath } from "../../runner/containment.js";
-import { isAlive, killPid } from "../helpers/processes.js";
+import { isAlive, killPid, wrappersStartedBy } from "../helpers/processes.js";
 import { setUpRunnerTest, startConnectedRunner, tearDownRunnerTest, waitFor, type FakeControlPlane } from "./fake-control-plane.js";
 
 /** Where this machine lets a runner make cgroups (the runner finds the same), or why it cannot. */
@@ -41,22 +41,6 @@ function cgroupFolderOf(pid: number): string {
   return join(mount.mountPoint, ownCgroupPath(readFileSync(`/proc/${pid}/cgroup`, "utf8"))!);
 }
 
-/** The pids of the waiting warm shells (`/bin/sh -s tendril-wrapper ...`, no child) this process started. */
-function warmShells(): number[] {
-  return readdirSync("/proc")
-    .filter((name) => /^\d+$/.test(name))
-    .map(Number)
-    .filter((pid) => {
-      try {
-        const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
-        const parent = Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]);
-        return parent === process.pid && readFileSync(`/proc/${pid}/cmdline`, "utf8").startsWith("/bin/sh\0-s\0tendril-wrapper\0");
-      } catch {
-        return false;
-      }
-    });
-}
-
 describe.runIf(usable)("cgroups a runner made", () => {
   it("are all removed when it stops, its warm shells' included, and its own folder with them (bug 17)", async () => {
     const tree = detected as CgroupTree;
@@ -67,7 +51,7 @@ describe.runIf(usable)("cgroups a runner made", () => {
     // Each in its cgroup: a shell moves itself in as it starts, which a look at /proc can come before.
     const inOwnCgroup = (pid: number) => /\/s-[0-9a-f]{32}$/.test(cgroupFolderOf(pid));
     const shells = await waitFor(() => {
-      const found = warmShells();
+      const found = wrappersStartedBy(process.pid);
       return found.length === 2 && found.every(inOwnCgroup) ? found : undefined;
     }, "two warm shells, each in a cgroup of its own");
     const made = shells.map(cgroupFolderOf);
@@ -82,7 +66,7 @@ describe.runIf(usable)("cgroups a runner made", () => {
 
   it("tell whether a process is in them without moving it, and go once released, off the event loop", async () => {
     const tree = detected as CgroupTree;
-    const cgroup = await tree.createAhead(`s-${newScriptMarker()}`);
+    const cgroup = await tree.create(`s-${newScriptMarker()}`);
     expect(cgroup).toBeDefined();
     folders.push(tree.own, cgroup!.path);
     const sleeper = spawn("sleep", ["600"], { detached: true, stdio: "ignore" });

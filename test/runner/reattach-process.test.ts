@@ -4,12 +4,12 @@
  * control plane stores strictly (a gap or a repeated line is a violation) and welcomes each runner with what it
  * stored. Every process a test starts is stopped by pid: the runner processes (their groups) and the tagged scripts.
  */
-import { existsSync, readFileSync, readdirSync, rmSync } from "node:fs";
+import { existsSync, readdirSync, rmSync } from "node:fs";
 import { writeFile } from "node:fs/promises";
 import { basename, dirname, join } from "node:path";
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from "vitest";
 import { buildCli, type BuiltCli } from "../helpers/built-cli.js";
-import { isAlive, killGroup, pidsInGroup, removeDir, tempDir } from "../helpers/processes.js";
+import { isAlive, killGroup, pidsInGroup, removeDir, tempDir, wrappersStartedBy } from "../helpers/processes.js";
 import { ScriptTag, runDir, setUpRunnerTest, tearDownRunnerTest, waitFor, workspaceOf, type FakeControlPlane } from "./fake-control-plane.js";
 import { startRunnerProcess, type RunnerProcess } from "./runner-cli.js";
 
@@ -72,41 +72,37 @@ function checkNumbered(ticket: string, sequence: number, line: { source: string;
  * A runner process that runs `script` as t1 on a plane that checks each line's number, acknowledging output when
  * `autoAck`: the runner, its script's wrapper pid and the plane's ledger of t1.
  */
-async function numberedRun(script: string, autoAck: boolean, flags: string[] = []) {
+async function numberedRun(script: string, autoAck: boolean) {
   plane.welcomeFromLedger = true;
   plane.autoAck = autoAck;
   plane.keepOutputFrames = false;
   plane.checkLine = checkNumbered;
-  const first = await runnerProcess(flags);
+  const first = await runnerProcess();
   tag.dispatch(first.connection, "t1", 1, script);
   const { pid } = await first.connection.frame("started", () => true, 10_000);
   return { first, pid, ledger: plane.ledger("t1", 1) };
 }
 
-/** The wrappers (`/bin/sh -s tendril-wrapper ...`) whose parent is `parent`. */
-function childWrappers(parent: number): number[] {
-  return readdirSync("/proc")
-    .filter((name) => /^\d+$/.test(name))
-    .map(Number)
-    .filter((pid) => {
-      try {
-        const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
-        const ppid = Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]);
-        return ppid === parent && readFileSync(`/proc/${pid}/cmdline`, "utf8").startsWith("/bin/sh\0-s\0tendril-wrapper\0");
-      } catch {
-        return false;
-      }
-    });
+/** SIGKILLs a runner process and waits for its exit. */
+async function killRunner(runner: RunnerProcess): Promise<void> {
+  process.kill(runner.pid, "SIGKILL");
+  await runner.exited;
+}
+
+/**
+ * The numbered script (acknowledged) with its runner process SIGKILLed once lines past the first burst are stored:
+ * the script's wrapper pid, the ledger of t1 and how many lines it held at the kill.
+ */
+async function killedPastFirstBurst() {
+  const { first, pid, ledger } = await numberedRun(NUMBERED, true);
+  await waitFor(() => ledger.next >= 2_100, "lines past the first burst", 20_000);
+  await killRunner(first.runner);
+  return { pid, ledger, storedAtKill: ledger.next };
 }
 
 describe("a runner process that dies or is stopped mid-script", () => {
   it("re-attaches after SIGKILL when started again on the same work dir: the script stays running, numbered lines arrive with none lost, doubled or reordered, and it completes with its real exit code", async () => {
-    const { first, pid, ledger } = await numberedRun(NUMBERED, true);
-    await waitFor(() => ledger.next >= 2_100, "lines past the first burst", 20_000);
-
-    process.kill(first.runner.pid, "SIGKILL");
-    await first.runner.exited;
-    const storedAtKill = ledger.next;
+    const { pid, ledger, storedAtKill } = await killedPastFirstBurst();
     expect(isAlive(pid)).toBe(true);
     // No runner: the script keeps going until its FIFO's buffer is full, then waits; it never dies of a broken pipe.
     await waitFor(() => tag.pids().length >= 2, "the script to run on");
@@ -131,8 +127,7 @@ describe("a runner process that dies or is stopped mid-script", () => {
     // Nothing is acknowledged: the runner stops reading once its window is full, with what it read last not logged.
     const { first, pid, ledger } = await numberedRun(FAST_NUMBERED, false);
     await waitFor(() => /writes output faster than the control plane stores it/.test(first.runner.output()), "the runner to stop reading", 30_000);
-    process.kill(first.runner.pid, "SIGKILL");
-    await first.runner.exited;
+    await killRunner(first.runner);
 
     plane.autoAck = true;
     const second = await runnerProcess();
@@ -176,8 +171,7 @@ describe("a runner process that dies or is stopped mid-script", () => {
     await first.connection.frame("output", () => true, 10_000);
     await waitFor(() => tag.pids().length >= 3, "the wrapper, the script and its escaped sleep");
     const all = tag.pids();
-    process.kill(first.runner.pid, "SIGKILL");
-    await first.runner.exited;
+    await killRunner(first.runner);
     // The work dir is wiped: nothing on disk names the script any more.
     rmSync(join(workDir, "runs"), { recursive: true, force: true });
 
@@ -198,13 +192,12 @@ describe("a runner process that dies or is stopped mid-script", () => {
     await waitFor(() => !isAlive(scriptWrapper), "t1's wrapper to exit");
     // Ready: its copiers (forks of it, in its process group) are running in its slot.
     const [waiting] = await waitFor(() => {
-      const shells = childWrappers(first.runner.pid).filter((pid) => pidsInGroup(pid).filter((member) => member !== pid).length >= 2);
+      const shells = wrappersStartedBy(first.runner.pid).filter((pid) => pidsInGroup(pid).filter((member) => member !== pid).length >= 2);
       return shells.length > 0 ? shells : undefined;
     }, "a waiting shell with its copiers");
     // Stopped, it cannot read the EOF that would end it once its runner is gone: the next runner still finds it.
     process.kill(waiting!, "SIGSTOP");
-    process.kill(first.runner.pid, "SIGKILL");
-    await first.runner.exited;
+    await killRunner(first.runner);
 
     const second = await runnerProcess();
     expect(second.runner.output()).toContain(`Stopping the waiting shell ${waiting}`);
@@ -221,8 +214,7 @@ describe("a runner process that dies or is stopped mid-script", () => {
     // A round trip: the abandon was handled.
     first.connection.dispatch("t2", 2, "true");
     await first.connection.frame("exit", (frame) => frame.ticket === "t2", 10_000);
-    process.kill(first.runner.pid, "SIGKILL");
-    await first.runner.exited;
+    await killRunner(first.runner);
     rmSync(join(workDir, "runs"), { recursive: true, force: true });
 
     const second = await runnerProcess();
@@ -245,11 +237,7 @@ describe("a runner process with a runtime dir of its own (--runtime-dir)", () =>
   afterEach(() => removeDir(runtimeDir));
 
   it("re-attaches to what a runner without one left in the work dir (an upgrade), then to its own runs, whose files are in the runtime dir", async () => {
-    const { first, pid, ledger } = await numberedRun(NUMBERED, true);
-    await waitFor(() => ledger.next >= 2_100, "lines past the first burst", 20_000);
-    process.kill(first.runner.pid, "SIGKILL");
-    await first.runner.exited;
-    const storedAtKill = ledger.next;
+    const { pid, ledger, storedAtKill } = await killedPastFirstBurst();
 
     const second = await runnerProcess(runtime);
     expect(second.hello.inventory).toEqual([{ ticket: "t1", fence: 1, nextSequence: expect.any(Number), exited: false, reattached: true }]);
@@ -270,8 +258,7 @@ describe("a runner process with a runtime dir of its own (--runtime-dir)", () =>
     expect(readdirSync(run)).toEqual(expect.arrayContaining(["record.json", "io", "script.sh"]));
     expect(readdirSync(join(workDir, "runs", basename(run)))).toEqual(["work"]);
     expect(second.connection.lines("t2")[0]).toBe(`0:stdout:in ${workspaceOf(workDir, "t2", 2, runtimeDir)}`);
-    process.kill(second.runner.pid, "SIGKILL");
-    await second.runner.exited;
+    await killRunner(second.runner);
 
     const third = await runnerProcess(runtime);
     expect(third.hello.inventory).toMatchObject([{ ticket: "t2", fence: 2, exited: false, reattached: true }]);
@@ -288,8 +275,7 @@ describe("a runner process with a runtime dir of its own (--runtime-dir)", () =>
     const { pid } = await first.connection.frame("started", () => true, 10_000);
     await first.connection.frame("output", () => true, 10_000);
     const workspace = dirname(workspaceOf(workDir, "t1", 1, runtimeDir));
-    process.kill(first.runner.pid, "SIGKILL");
-    await first.runner.exited;
+    await killRunner(first.runner);
     rmSync(join(runtimeDir, "runs"), { recursive: true, force: true });
 
     const second = await runnerProcess(runtime);
