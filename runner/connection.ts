@@ -25,6 +25,7 @@ import {
 } from "../shared/protocol.js";
 import type { RunnerOptions } from "./options.js";
 import { displayUrl } from "./redact.js";
+import { YoungGarbagePacer } from "./young-garbage.js";
 
 /** What the connection needs from a WebSocket. */
 export interface RunnerSocket {
@@ -96,11 +97,14 @@ export const wsSocketFactory: SocketFactory = (settings, events) => {
   ws.on("close", (code, reason) => events.close(code, reason.toString("utf8")));
   // One callback for every frame; an error (the socket closed first) is reported by `close` anyway.
   const written = () => events.written();
+  // `ws` masks each binary part into a copy that is dead once written: collected while young (young-garbage.ts).
+  const garbage = new YoungGarbagePacer();
   return {
     send: (data) => {
       if (typeof data === "string") return ws.send(data, written);
       const last = data.length - 1;
       data.forEach((part, index) => ws.send(part, { binary: true, fin: index === last }, index === last ? written : undefined));
+      garbage.sent(data.reduce((bytes, part) => bytes + part.length, 0));
     },
     get bufferedAmount() {
       return ws.bufferedAmount;

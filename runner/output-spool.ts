@@ -13,6 +13,13 @@
  *   to half of that, `pressure(false)`.
  * - **in flight**: lines sent and not yet acknowledged. At most `maxInFlightBytes` go out ahead of the
  *   acknowledgements, also when a reconnect resends a backlog; the rest follows as acknowledgements come back.
+ *
+ * A block's bytes are copied into pages (`PAGE_BYTES`) that every spool of the runner shares and reuses: a block is
+ * mostly a view of the buffer a pipe or spool file was read into, and holding the view until the acknowledgement
+ * would keep that whole buffer alive past V8's young generation, which frees it only in a full collection (during
+ * 100 MB of output, tens of megabytes of dead read buffers). Copied, the read buffer dies young, and the pages are
+ * written again once every block in them was acknowledged. A batch's bytes are valid until they are acknowledged:
+ * a transport that keeps them longer copies them.
  */
 import { splitByteBlock, type ByteBlock } from "../shared/protocol.js";
 
@@ -43,6 +50,37 @@ export interface OutputSpoolOptions {
 
 /** Default limits: batches of 960 KiB of output (a frame stays near 1 MiB) or 50,000 lines; 8 MiB held before the process is made to wait. */
 export const SPOOL_DEFAULTS = { maxBatchChars: 960 * 1024, maxBatchLines: 50_000, maxUnackedBytes: 8 * 1024 * 1024 } as const;
+
+/** The size of a page of held output bytes. */
+export const PAGE_BYTES = 256 * 1024;
+
+/** Blocks up to this size are copied into a page; a larger one (pieces of an over-long line, made apart) is held as it came. */
+const PAGED_BLOCK_BYTES = 64 * 1024;
+
+/** Free pages kept for the next blocks (the default `maxUnackedBytes`); a page freed beyond them is left to the collector. */
+const KEPT_FREE_PAGES = 32;
+
+/** A page of output bytes: filled from the start, written again once no block in it is held and it is no spool's current page. */
+class Page {
+  readonly bytes = Buffer.allocUnsafeSlow(PAGE_BYTES);
+  used = 0;
+  /** Blocks held in it, plus one while a spool fills it. */
+  holders = 0;
+}
+
+const freePages: Page[] = [];
+
+function takePage(): Page {
+  const page = freePages.pop() ?? new Page();
+  page.used = 0;
+  page.holders = 1;
+  return page;
+}
+
+function releasePage(page: Page): void {
+  page.holders -= 1;
+  if (page.holders === 0 && freePages.length < KEPT_FREE_PAGES) freePages.push(page);
+}
 
 /** What a block costs beyond its bytes: its source, timestamp and count in a frame's header (and its object here). */
 export const LINE_OVERHEAD_BYTES = 64;
@@ -83,6 +121,10 @@ export class OutputSpool {
   private readonly pressure: (paused: boolean) => void;
   /** Unacknowledged blocks from `blocks[head]`, whose first line has sequence `base`; the entries before `head` are spent. */
   private blocks: ByteBlock[] = [];
+  /** The page of each block in `blocks` (undefined: held as it came, or already released). */
+  private pages: Array<Page | undefined> = [];
+  /** The page new blocks are copied into. */
+  private page: Page | undefined;
   private head = 0;
   private base = 0;
   /** The sequence the next line gets. */
@@ -156,14 +198,20 @@ export class OutputSpool {
   appendBlock(block: ByteBlock): number {
     if (this.disposed) throw new Error("the output spool was disposed");
     const sequence = this.next;
+    const page = this.pageFor(block.bytes.length);
     let rest = block;
+    if (page !== undefined) {
+      page.bytes.set(block.bytes, page.used);
+      rest = { ...block, bytes: page.bytes.subarray(page.used, page.used + block.bytes.length) };
+      page.used += block.bytes.length;
+    }
     // A batch holds whole blocks: none may be longer than a batch.
     while (rest.count > this.maxBatchLines) {
       const [first, after] = splitByteBlock(rest, this.maxBatchLines);
-      this.hold(first);
+      this.hold(first, page);
       rest = after;
     }
-    this.hold(rest);
+    this.hold(rest, page);
     if (this.blocked) return sequence;
     if (this.next - this.sentUpTo >= this.maxBatchLines || this.held - this.inFlight >= this.maxBatchChars) {
       this.flush();
@@ -226,7 +274,10 @@ export class OutputSpool {
   dispose(): void {
     this.cancelScheduled();
     this.disposed = true;
+    for (let index = this.head; index < this.pages.length; index++) this.releaseBlockPage(index);
+    this.releaseCurrentPage();
     this.blocks = [];
+    this.pages = [];
     this.head = 0;
     this.sentIndex = 0;
     this.held = 0;
@@ -234,8 +285,30 @@ export class OutputSpool {
     if (this.paused) this.setPaused(false);
   }
 
-  private hold(block: ByteBlock): void {
+  /** The page a block of `bytes` bytes is copied into (a new one when the current one has no room); undefined: not paged. */
+  private pageFor(bytes: number): Page | undefined {
+    if (bytes === 0 || bytes > PAGED_BLOCK_BYTES) return undefined;
+    if (this.page !== undefined && PAGE_BYTES - this.page.used >= bytes) return this.page;
+    this.releaseCurrentPage();
+    return (this.page = takePage());
+  }
+
+  private releaseCurrentPage(): void {
+    if (this.page !== undefined) releasePage(this.page);
+    this.page = undefined;
+  }
+
+  private releaseBlockPage(index: number): void {
+    const page = this.pages[index];
+    if (page === undefined) return;
+    this.pages[index] = undefined;
+    releasePage(page);
+  }
+
+  private hold(block: ByteBlock, page: Page | undefined): void {
     this.blocks.push(block);
+    this.pages.push(page);
+    if (page !== undefined) page.holders += 1;
     this.next += block.count;
     this.held += blockBytes(block);
     if (this.held > this.peakHeld) this.peakHeld = this.held;
@@ -258,6 +331,7 @@ export class OutputSpool {
         break;
       }
       freed += blockBytes(block);
+      this.releaseBlockPage(this.head);
       this.head += 1;
       this.base += block.count;
     }
@@ -272,9 +346,12 @@ export class OutputSpool {
     }
     if (this.head >= COMPACT_AFTER && this.head * 2 >= this.blocks.length) {
       this.blocks = this.blocks.slice(this.head);
+      this.pages = this.pages.slice(this.head);
       this.sentIndex -= this.head;
       this.head = 0;
     }
+    // Nothing held: a spool that waits for more output holds no page meanwhile.
+    if (this.head === this.blocks.length) this.releaseCurrentPage();
     if (this.paused && this.held <= this.maxUnackedBytes / 2) this.setPaused(false);
   }
 

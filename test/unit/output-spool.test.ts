@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { LINE_OVERHEAD_BYTES, OutputSpool, type OutputBatch } from "../../runner/output-spool.js";
+import { LINE_OVERHEAD_BYTES, OutputSpool, PAGE_BYTES, type OutputBatch } from "../../runner/output-spool.js";
 import { blockLines, decodeByteBlock, type OutputLine } from "../../shared/protocol.js";
 
 /** A recorded batch, its blocks expanded into lines. */
@@ -381,5 +381,126 @@ describe("OutputSpool", () => {
     spool.resendFrom(49_995);
     expect(transport.sent()).toEqual(["49995:49995", "49996:49996", "49997:49997", "49998:49998", "49999:49999"]);
     spool.dispose();
+  });
+
+  describe("pages", () => {
+    /** A transport that keeps the raw blocks of every batch (what a `send` sees, before anything copies them). */
+    function rawRecorder() {
+      const blocks: Uint8Array[] = [];
+      return { blocks, send: (batch: OutputBatch) => (blocks.push(...batch.blocks.map((block) => block.bytes)), true) };
+    }
+
+    /** A block of whole lines whose bytes are a view of `buffer`, as a block read from a pipe is. */
+    function blockIn(buffer: Buffer, lines: string[]) {
+      const length = buffer.write(lines.join("\n"));
+      return { source: "stdout" as const, occurred: OCCURRED, count: lines.length, bytes: buffer.subarray(0, length) };
+    }
+
+    it("copies a block's bytes, so that the buffer it was read into can be read into again", () => {
+      const transport = recorder();
+      const spool = new OutputSpool({ send: transport.send });
+      const readBuffer = Buffer.alloc(64);
+      spool.appendBlock(blockIn(readBuffer, ["first", "second"]));
+      readBuffer.fill("x");
+      spool.resendFrom(0);
+      expect(transport.sent()).toEqual(["0:first", "1:second"]);
+      spool.dispose();
+    });
+
+    it("gives a page back for reuse once every block in it was acknowledged, and not before", () => {
+      const first = rawRecorder();
+      const second = rawRecorder();
+      const third = rawRecorder();
+      const held = new OutputSpool({ send: first.send });
+      const other = new OutputSpool({ send: second.send });
+      const later = new OutputSpool({ send: third.send });
+      held.append("stdout", "held", OCCURRED);
+      held.flush();
+      // Another spool never writes into a page a block of this one is held in.
+      other.append("stdout", "other", OCCURRED);
+      other.flush();
+      expect(second.blocks[0]!.buffer).not.toBe(first.blocks[0]!.buffer);
+      held.ack(1);
+      later.append("stdout", "later", OCCURRED);
+      later.flush();
+      expect(third.blocks[0]!.buffer).toBe(first.blocks[0]!.buffer);
+      for (const spool of [held, other, later]) spool.dispose();
+    });
+
+    it("keeps a page while the rest of a block acknowledged up to a line inside it is held there", () => {
+      const transport = recorder();
+      const spool = new OutputSpool({ send: transport.send });
+      const fill = (byte: string) => ({ source: "stdout" as const, occurred: OCCURRED, count: 1, bytes: Buffer.alloc(64 * 1024, byte) });
+      // Three big blocks, then two lines, then a block that does not fit: the two lines are the last in their page.
+      for (let i = 0; i < 3; i++) spool.appendBlock(fill("a"));
+      spool.appendBlock(blockIn(Buffer.alloc(64), ["first", "second"]));
+      spool.appendBlock(fill("b"));
+      spool.flush();
+      spool.ack(4);
+      // Another spool that fills a page of its own must not get that one.
+      const other = new OutputSpool({ send: () => true });
+      for (let i = 0; i < 4; i++) other.appendBlock(fill("y"));
+      transport.batches.length = 0;
+      spool.resendFrom(4);
+      expect(transport.sent()[0]).toBe("4:second");
+      other.dispose();
+      spool.dispose();
+    });
+
+    it("holds a block larger than a page's share as it came", () => {
+      const transport = rawRecorder();
+      const spool = new OutputSpool({ send: transport.send });
+      const long = Buffer.alloc(PAGE_BYTES, "a");
+      spool.appendBlock({ source: "stdout", occurred: OCCURRED, count: 1, bytes: long });
+      spool.flush();
+      expect(transport.blocks[0]!.buffer).toBe(long.buffer);
+      spool.dispose();
+    });
+
+    it("keeps every held line intact while pages are written again, through random appends, acknowledgements, resends and disposals", () => {
+      // A fixed seed: the same steps on every run.
+      let seed = 14;
+      const random = (below: number) => {
+        seed = (seed * 1_103_515_245 + 12_345) % 2 ** 31;
+        return seed % below;
+      };
+      // Lines of 14 to 160 bytes: megabytes in all, so that pages fill and are written again many times.
+      const lineText = (id: number, sequence: number) => `s${id}-line-${sequence}-${"x".repeat(sequence % 150)}`;
+      // One read buffer for every block of every spool, written again before each block, as a stream's reads are.
+      const readBuffer = Buffer.alloc(64 * 1024);
+      const make = (id: number) => {
+        const transport = recorder();
+        return { id, transport, spool: new OutputSpool({ send: transport.send, maxBatchLines: 500 }), acked: 0 };
+      };
+      let spools = [make(0), make(1), make(2)];
+      const all = [...spools];
+      for (let step = 0; step < 1_500; step++) {
+        const entry = spools[random(spools.length)]!;
+        const action = random(10);
+        if (action < 6) {
+          const first = entry.spool.nextSequence;
+          const lines = Array.from({ length: 1 + random(200) }, (_, index) => lineText(entry.id, first + index));
+          entry.spool.appendBlock(blockIn(readBuffer, lines));
+          if (random(2) === 0) entry.spool.flush();
+        } else if (action < 8) {
+          entry.acked += random(entry.spool.nextSequence - entry.acked + 1);
+          entry.spool.ack(entry.acked);
+        } else if (action < 9) {
+          entry.spool.resendFrom(entry.acked);
+        } else {
+          entry.spool.dispose();
+          spools = spools.filter((other) => other !== entry);
+          spools.push(make(all.length));
+          all.push(spools.at(-1)!);
+        }
+      }
+      for (const { spool } of spools) spool.resendFrom(0);
+      for (const { id, transport, spool } of all) {
+        for (const batch of transport.batches) {
+          batch.lines.forEach((line, index) => expect(line.text).toBe(lineText(id, batch.sequence + index)));
+        }
+        spool.dispose();
+      }
+    });
   });
 });
