@@ -87,10 +87,14 @@ export async function startTendril(options: StartTendrilOptions): Promise<Tendri
   try {
     const dir = await mkdtemp(join(tmpdir(), "tendril-testing-"));
     processes.ownDir(dir);
+    const temporary = join(dir, "tmp");
+    await mkdir(temporary);
     const controlPlane = processes.start(process.execPath, [bin, "control-plane", "--port", "0", "--state-dir", join(dir, "state")], {
       ...env,
       // Through the environment rather than `--server-token`, which other users could read in `ps`.
       TENDRIL_SERVER_TOKEN: serverToken,
+      // workerd's own folder goes in the instance's folder, which is removed however the instance ends.
+      TMPDIR: temporary,
     });
     children.push({ name: "control plane", process: controlPlane });
     let url: string | undefined;

@@ -2,8 +2,9 @@
  * Runs the control plane locally: the built Worker (dist/worker.js) on workerd through Miniflare, with
  * the same bindings as wrangler.toml and Durable Object state persisted under a folder.
  */
-import { existsSync, mkdirSync, readFileSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { createServer } from "node:net";
+import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 
@@ -70,7 +71,12 @@ export async function startLocalControlPlane(options: LocalControlPlaneOptions):
   // Loaded here, not at the top: every other `tendril` command would otherwise pay for loading Miniflare.
   const { Miniflare } = await import("miniflare");
   const before = new Map(STOP_SIGNALS.map((signal) => [signal, process.listeners(signal)]));
-  const mf = new Miniflare({
+  // Miniflare makes a folder of its own in the temporary folder and, once stopped, removes it without waiting: a
+  // process that exits right after stopping left one behind every time. It is made inside a folder of ours instead,
+  // which `stop()` removes once workerd is gone.
+  const scratch = mkdtempSync(join(tmpdir(), "tendril-workerd-"));
+  const removeScratch = () => rmSync(scratch, { recursive: true, force: true });
+  const mf = inTemporaryFolder(scratch, removeScratch, () => new Miniflare({
     modules: true,
     scriptPath,
     modulesRoot: dirname(scriptPath),
@@ -97,8 +103,16 @@ export async function startLocalControlPlane(options: LocalControlPlaneOptions):
     port: 0,
     logRequests: false,
     cf: false,
-  });
-  await mf.ready;
+  }));
+  let url: string;
+  try {
+    await mf.ready;
+    url = (await mf.unsafeGetDirectURL()).origin;
+  } catch (error) {
+    await mf.dispose().catch(() => undefined);
+    removeScratch();
+    throw error;
+  }
   // Miniflare installs SIGINT/SIGTERM handlers that dispose workerd and exit the process at once. The
   // embedder decides how to stop (it calls `stop()`), so those handlers are taken away again.
   for (const signal of STOP_SIGNALS) {
@@ -106,11 +120,34 @@ export async function startLocalControlPlane(options: LocalControlPlaneOptions):
       if (!before.get(signal)!.includes(listener)) process.removeListener(signal, listener);
     }
   }
-  const url = (await mf.unsafeGetDirectURL()).origin;
   return {
     url,
-    stop: () => mf.dispose(),
+    stop: async () => {
+      try {
+        await mf.dispose();
+      } finally {
+        removeScratch();
+      }
+    },
   };
+}
+
+/**
+ * Runs `make` with the temporary folder (`os.tmpdir()`, which reads TMPDIR) set to `folder`, then sets it back;
+ * `cleanUp` runs when `make` throws.
+ */
+function inTemporaryFolder<T>(folder: string, cleanUp: () => void, make: () => T): T {
+  const before = process.env.TMPDIR;
+  process.env.TMPDIR = folder;
+  try {
+    return make();
+  } catch (error) {
+    cleanUp();
+    throw error;
+  } finally {
+    if (before === undefined) delete process.env.TMPDIR;
+    else process.env.TMPDIR = before;
+  }
 }
 
 /** Resolves when `host:port` can be listened on now; otherwise throws an Error that says what to do. */

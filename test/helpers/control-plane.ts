@@ -22,6 +22,9 @@ export async function startControlPlane(
 ): Promise<TestControlPlane> {
   const stateDir = options.stateDir ?? mkdtempSync(join(tmpdir(), "tendril-cp-"));
   const serverToken = options.serverToken ?? randomBytes(24).toString("base64url");
+  // Its own temporary folder, removed when it stops: a control plane killed on purpose cannot remove workerd's folder.
+  const temporary = mkdtempSync(join(tmpdir(), "tendril-cp-tmp-"));
+  const removeTemporary = () => rmSync(temporary, { recursive: true, force: true });
   const proc = startTendril([
     "control-plane",
     "--port",
@@ -31,7 +34,7 @@ export async function startControlPlane(
     "--state-dir",
     stateDir,
     ...(options.args ?? []),
-  ]);
+  ], { TMPDIR: temporary });
   let url: string;
   try {
     url = await waitFor(
@@ -44,6 +47,7 @@ export async function startControlPlane(
     );
   } catch (error) {
     await proc.stop();
+    removeTemporary();
     throw error;
   }
   return {
@@ -53,6 +57,7 @@ export async function startControlPlane(
     process: proc,
     async stop({ keepState = false } = {}) {
       await proc.stop();
+      removeTemporary();
       if (!keepState && !options.stateDir) rmSync(stateDir, { recursive: true, force: true });
     },
   };

@@ -1,6 +1,6 @@
 // The commands that run things on this computer (`control-plane`, `start`, `runner`) against a real control
 // plane: issue 9's bugs 5 (`--retention 2d`), 9 (the runner token out of `ps`) and 16 (a port already in use).
-import { chmodSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { chmodSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
@@ -127,5 +127,21 @@ describe("the runner token stays out of ps (bug 9)", () => {
     } finally {
       await runner.stop();
     }
+  });
+});
+
+describe("the temporary folder", () => {
+  it("keeps nothing of a control plane once it was stopped (workerd's own folder included)", async () => {
+    const temporary = mkdtempSync(join(scratch, "tmp-"));
+    const proc = startTendril(["control-plane", "--port", "0", "--server-token", "t".repeat(32), "--state-dir", join(scratch, "state-tmp")], { TMPDIR: temporary });
+    try {
+      await waitFor(() => /listening on http:\/\/127\.0\.0\.1:\d+/.test(proc.stdout()), { timeoutMs: 30_000, what: "the control plane to listen" });
+      // While it runs, Miniflare's folder is there (in one of ours).
+      expect(readdirSync(temporary)).toHaveLength(1);
+    } finally {
+      await proc.stop();
+    }
+    expect((await proc.exited).signal).toBeNull();
+    expect(readdirSync(temporary)).toEqual([]);
   });
 });

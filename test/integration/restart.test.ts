@@ -248,6 +248,8 @@ describe("a control plane killed mid-script", () => {
       const killed = cp;
       signalGroup(killed.process.pid, "SIGKILL");
       await waitFor(() => pidsInGroup(killed.process.pid).length === 0, { what: "the control plane's process group to die" });
+      // Already dead: this only removes what it left in its temporary folder (the state stays).
+      await killed.stop({ keepState: true });
 
       cp = await startControlPlane({ stateDir, serverToken });
       proxy.setTarget(Number(new URL(cp.url).port));
