@@ -32,12 +32,16 @@ beforeEach(async () => {
   tag = new ScriptTag();
 });
 
+/** Folders a test made beside its work dir, removed once nothing of its runners and scripts is left to write there. */
+const foldersToRemove: string[] = [];
+
 afterEach(async () => {
   for (const runner of runners.splice(0)) {
     killGroup(runner.pid);
     await waitFor(() => pidsInGroup(runner.pid).length === 0, "a runner process to be gone");
   }
   await tearDownRunnerTest({ plane, workDir }, tag);
+  for (const folder of foldersToRemove.splice(0)) await removeDir(folder);
 });
 
 /** Starts `tendril runner` on the test's work dir (with `flags`) and waits for its hello on the next connection. */
@@ -232,9 +236,9 @@ describe("a runner process with a runtime dir of its own (--runtime-dir)", () =>
   beforeEach(async () => {
     runtimeDir = await tempDir("reattach-runtime");
     runtime = ["--runtime-dir", runtimeDir];
+    // Not in an afterEach of this block: that would run before the runners are stopped, while they still write there.
+    foldersToRemove.push(runtimeDir);
   });
-
-  afterEach(() => removeDir(runtimeDir));
 
   it("re-attaches to what a runner without one left in the work dir (an upgrade), then to its own runs, whose files are in the runtime dir", async () => {
     const { pid, ledger, storedAtKill } = await killedPastFirstBurst();
