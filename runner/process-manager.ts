@@ -72,11 +72,6 @@ export interface ProcessManagerOptions {
   warmShells?: WarmShellPool;
   /** The runner's work dir (wrappers are named for it); default: two folders above the run folder. */
   workDir?: string;
-  /**
-   * Where warm wrappers make their slots, on the run folders' filesystem (a claimed slot is renamed into a run folder);
-   * default: `slots` beside the run folder's parent.
-   */
-  slotsDir?: string;
 }
 
 /** Receives a process's output as it arrives. */
@@ -106,7 +101,8 @@ export async function spawnScript(
   const launch: Launch = {
     request,
     workDir: options.workDir ?? resolve(request.runDir, "..", ".."),
-    slotsDir: options.slotsDir ?? slotsFolderOf(dirname(request.runDir)),
+    // Beside the run folders, on their filesystem: a claimed slot is renamed into one.
+    slotsDir: slotsFolderOf(dirname(request.runDir)),
     shellPath,
     args: [...shellArguments(request.shell, request.scriptPath), ...request.arguments],
     inherited: inheritedEnvironment(base),

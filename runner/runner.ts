@@ -190,7 +190,6 @@ class Runner {
       disableKill: options.disableKill,
       baseEnvironment: dependencies.environment,
       workDir: resolve(options.workDir),
-      slotsDir: resolve(runs.slotsDir),
       ...(cgroups === undefined ? {} : { cgroups }),
       ...(this.warmShells === undefined ? {} : { warmShells: this.warmShells }),
     };

@@ -76,7 +76,7 @@ export async function startLocalControlPlane(options: LocalControlPlaneOptions):
   // which `stop()` removes once workerd is gone.
   const scratch = mkdtempSync(join(tmpdir(), "tendril-workerd-"));
   const removeScratch = () => rmSync(scratch, { recursive: true, force: true });
-  const mf = inTemporaryFolder(scratch, removeScratch, () => new Miniflare({
+  const settings = {
     modules: true,
     scriptPath,
     modulesRoot: dirname(scriptPath),
@@ -103,16 +103,19 @@ export async function startLocalControlPlane(options: LocalControlPlaneOptions):
     port: 0,
     logRequests: false,
     cf: false,
-  }));
+  };
+  let mf: InstanceType<typeof Miniflare> | undefined;
   let url: string;
   try {
+    mf = inTemporaryFolder(scratch, () => new Miniflare(settings));
     await mf.ready;
     url = (await mf.unsafeGetDirectURL()).origin;
   } catch (error) {
-    await mf.dispose().catch(() => undefined);
+    await mf?.dispose().catch(() => undefined);
     removeScratch();
     throw error;
   }
+  const started = mf;
   // Miniflare installs SIGINT/SIGTERM handlers that dispose workerd and exit the process at once. The
   // embedder decides how to stop (it calls `stop()`), so those handlers are taken away again.
   for (const signal of STOP_SIGNALS) {
@@ -124,7 +127,7 @@ export async function startLocalControlPlane(options: LocalControlPlaneOptions):
     url,
     stop: async () => {
       try {
-        await mf.dispose();
+        await started.dispose();
       } finally {
         removeScratch();
       }
@@ -132,18 +135,12 @@ export async function startLocalControlPlane(options: LocalControlPlaneOptions):
   };
 }
 
-/**
- * Runs `make` with the temporary folder (`os.tmpdir()`, which reads TMPDIR) set to `folder`, then sets it back;
- * `cleanUp` runs when `make` throws.
- */
-function inTemporaryFolder<T>(folder: string, cleanUp: () => void, make: () => T): T {
+/** Runs `make` with the temporary folder (`os.tmpdir()`, which reads TMPDIR) set to `folder`, then sets it back. */
+function inTemporaryFolder<T>(folder: string, make: () => T): T {
   const before = process.env.TMPDIR;
   process.env.TMPDIR = folder;
   try {
     return make();
-  } catch (error) {
-    cleanUp();
-    throw error;
   } finally {
     if (before === undefined) delete process.env.TMPDIR;
     else process.env.TMPDIR = before;

@@ -226,26 +226,19 @@ export class MachineEngine {
     this.scheduleAlarm();
   }
 
+  /** Reads the machine's memory back from storage; with nothing stored (a new machine whose first registration was rolled back, schema and all), a new object's. */
   private readState(): void {
-    if (!db.isInitialized(this.sql)) {
-      // Nothing stored: a new machine whose first registration was rolled back, schema and all. Memory is a new object's.
-      this.state = emptyState();
-      this.runnerInfo = null;
-      this.written = { ...NEW_COUNTERS };
-      this.incarnation = "";
-      this.reportState = { ...NO_REPORT };
-      this.reportAccepted = { ...NOTHING_ACCEPTED };
-      this.abandoned = { count: 0, oldest: null };
-      return;
-    }
-    const counters = db.readCounters(this.sql);
-    const info = db.getMeta(this.sql, "runner_info");
+    const stored = db.isInitialized(this.sql);
+    const meta = (key: string) => (stored ? db.getMeta(this.sql, key) : null);
+    const counters = stored ? db.readCounters(this.sql) : { ...NEW_COUNTERS };
+    const info = meta("runner_info");
     this.runnerInfo = info ? (JSON.parse(info) as RunnerInfo) : null;
-    this.state = restoreState(db.getMeta(this.sql, "machine_id") ?? "", db.loadActiveScripts(this.sql), counters, this.runnerInfo?.killGraceMs ?? DEFAULT_KILL_GRACE_MS);
+    const scripts = stored ? db.loadActiveScripts(this.sql) : [];
+    this.state = restoreState(meta("machine_id") ?? "", scripts, counters, this.runnerInfo?.killGraceMs ?? DEFAULT_KILL_GRACE_MS);
     this.written = counters;
-    this.incarnation = db.getMeta(this.sql, "incarnation") ?? "";
-    this.reportState = parseJson<ReportState>(db.getMeta(this.sql, "report")) ?? { ...NO_REPORT };
-    this.reportAccepted = parseJson<ReportAccepted>(db.getMeta(this.sql, "report_accepted")) ?? { ...NOTHING_ACCEPTED };
+    this.incarnation = meta("incarnation") ?? "";
+    this.reportState = parseJson<ReportState>(meta("report")) ?? { ...NO_REPORT };
+    this.reportAccepted = parseJson<ReportAccepted>(meta("report_accepted")) ?? { ...NOTHING_ACCEPTED };
     this.abandoned = this.registered() ? db.abandonedStats(this.sql) : { count: 0, oldest: null };
   }
 
