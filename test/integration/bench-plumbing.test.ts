@@ -6,7 +6,7 @@ import { describe, expect, it } from "vitest";
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { ROOT, startProcess } from "../helpers/processes.js";
+import { ROOT, pidsInGroup, startProcess } from "../helpers/processes.js";
 
 describe("npm run bench", () => {
   it("measures every figure on tiny sizes and writes the table, the stage breakdowns and results.json; --check fails when a target is missed", async () => {
@@ -47,6 +47,26 @@ describe("npm run bench", () => {
     } finally {
       await bench.stop();
       rmSync(dir, { recursive: true, force: true });
+    }
+  }, 180_000);
+
+  it("measures the floor of the design and whose the fixed cost is (npm run bench:floor) on tiny sizes, and leaves no process", async () => {
+    const floor = startProcess(process.execPath, [join(ROOT, "bench", "floor.mjs"), "3", "8"]);
+    try {
+      const { code } = await floor.exited;
+      expect(code, floor.output()).toBe(0);
+      for (const stack of ["design, Node spawns", "design, a waiting sh spawns", "Tendril's control plane, lean runner", "Tendril as shipped"]) {
+        for (const figure of ["dispatch p50", "dispatch p95", "handoff"]) {
+          const line = floor.stdout().split("\n").find((l) => l.startsWith(`| ${stack}: ${figure} |`));
+          expect(line, `${stack}: ${figure}\n${floor.output()}`).toBeDefined();
+          const ratio = /\| ([\d.]+)× \|$/.exec(line!)?.[1];
+          expect(Number(ratio), line).toBeGreaterThan(0);
+        }
+      }
+      // Its runners, helpers and workerd were its own children: none outlives it.
+      expect(pidsInGroup(floor.pid)).toEqual([]);
+    } finally {
+      await floor.stop();
     }
   }, 180_000);
 });
