@@ -1,7 +1,7 @@
-// The benchmark's plumbing on tiny sizes, so that `npm run bench` and `npm run bench:floor` cannot rot. It checks that every
-// figure is measured and reported, with the fixed cost and stage breakdown of dispatch and handoff (and the handoff's
-// CPU per script), and that `--check`
-// fails exactly when a target is missed; not the targets themselves (those belong to the real benchmark run).
+// The benchmark's plumbing on tiny sizes, so that `npm run bench` and `npm run bench:floor` cannot rot. It checks that
+// every figure is measured and reported, with the fixed cost and stage breakdown of dispatch and handoff (and the
+// handoff's CPU per script), and that `--check` fails exactly when a target is missed; not the targets themselves
+// (those belong to the real benchmark run).
 import { describe, expect, it } from "vitest";
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
