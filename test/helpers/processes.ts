@@ -56,6 +56,15 @@ export function processGroupOf(pid: number): number {
   return stat(pid).pgid;
 }
 
+/** The parent of a process; undefined once it is gone. */
+export function parentOf(pid: number): number | undefined {
+  try {
+    return stat(pid).ppid;
+  } catch {
+    return undefined;
+  }
+}
+
 /** Every live pid whose process group is `pgid`. */
 export function pidsInGroup(pgid: number): number[] {
   return pidsWhere((pid) => {

@@ -9,7 +9,7 @@ import { writeFile } from "node:fs/promises";
 import { basename, dirname, join } from "node:path";
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from "vitest";
 import { buildCli, type BuiltCli } from "../helpers/built-cli.js";
-import { isAlive, killGroup, pidsInGroup, removeDir, tempDir, wrappersStartedBy } from "../helpers/processes.js";
+import { bytesWritten, isAlive, killGroup, parentOf, pidsInGroup, removeDir, tempDir, wrappersStartedBy } from "../helpers/processes.js";
 import { ScriptTag, runDir, setUpRunnerTest, tearDownRunnerTest, waitFor, workspaceOf, type FakeControlPlane } from "./fake-control-plane.js";
 import { startRunnerProcess, type RunnerProcess } from "./runner-cli.js";
 
@@ -109,9 +109,10 @@ describe("a runner process that dies or is stopped mid-script", () => {
     const { pid, ledger, storedAtKill } = await killedPastFirstBurst();
     expect(isAlive(pid)).toBe(true);
     // No runner: the script keeps going until its FIFO's buffer is full, then waits; it never dies of a broken pipe.
-    // Seen when a scan of /proc catches the script's shell with one of its short sleeps: on a machine with thousands of
-    // processes a scan takes long, so the deadline is generous.
-    await waitFor(() => tag.pids().length >= 2, "the script to run on", 20_000);
+    // Its shell (the wrapper's child) writes on: its count of bytes written grows by a hundred lines or so.
+    const shell = await waitFor(() => tag.pids().find((tagged) => parentOf(tagged) === pid), "the script's shell");
+    const written = bytesWritten(shell);
+    await waitFor(() => bytesWritten(shell) > written + 1_000, "the script to write on without a runner", 20_000);
 
     const second = await runnerProcess();
     expect(second.hello.inventory).toEqual([{ ticket: "t1", fence: 1, nextSequence: expect.any(Number), exited: false, reattached: true }]);
