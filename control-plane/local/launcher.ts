@@ -2,7 +2,8 @@
  * Runs the control plane locally: the built Worker (dist/worker.js) on workerd through Miniflare, with
  * the same bindings as wrangler.toml and Durable Object state persisted under a folder.
  */
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { spawn, type ChildProcess } from "node:child_process";
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync } from "node:fs";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
@@ -106,6 +107,7 @@ export async function startLocalControlPlane(options: LocalControlPlaneOptions):
   };
   let mf: InstanceType<typeof Miniflare> | undefined;
   let url: string;
+  const earlier = workerdChildren();
   try {
     mf = inTemporaryFolder(scratch, () => new Miniflare(settings));
     await mf.ready;
@@ -116,6 +118,7 @@ export async function startLocalControlPlane(options: LocalControlPlaneOptions):
     throw error;
   }
   const started = mf;
+  const guards = [...workerdChildren()].filter(([pid]) => !earlier.has(pid)).flatMap(([pid, startTime]) => guardOrphan(pid, startTime, scratch) ?? []);
   // Miniflare installs SIGINT/SIGTERM handlers that dispose workerd and exit the process at once. The
   // embedder decides how to stop (it calls `stop()`), so those handlers are taken away again.
   for (const signal of STOP_SIGNALS) {
@@ -126,6 +129,8 @@ export async function startLocalControlPlane(options: LocalControlPlaneOptions):
   return {
     url,
     stop: async () => {
+      // The guards go first: once workerd has exited, its pid may name another process.
+      await Promise.all(guards.map(stopGuard));
       try {
         await started.dispose();
       } finally {
@@ -133,6 +138,62 @@ export async function startLocalControlPlane(options: LocalControlPlaneOptions):
       }
     },
   };
+}
+
+/** This process's children that run workerd, by pid, with their start times (field 22 of /proc/<pid>/stat); none without /proc. */
+function workerdChildren(): Map<number, string> {
+  const found = new Map<number, string>();
+  let entries: string[];
+  try {
+    entries = readdirSync("/proc");
+  } catch {
+    return found;
+  }
+  for (const entry of entries) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      const stat = readFileSync(`/proc/${entry}/stat`, "utf8");
+      const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+      if (Number(fields[1]) === process.pid && stat.slice(stat.indexOf("(") + 1, stat.lastIndexOf(")")) === "workerd") found.set(Number(entry), fields[19]!);
+    } catch {
+      // Gone meanwhile.
+    }
+  }
+  return found;
+}
+
+/**
+ * Makes workerd (`pid`, started at `startTime`) die with this process, however this process ends: Miniflare's child
+ * outlives a parent killed with SIGKILL (or crashed), holding the port and the state. A small shell holds the read end
+ * of a pipe from this process; when the pipe closes without a word (this process is gone), it kills workerd if that
+ * pid still names the same process, and removes the launcher's scratch folder. `stop()` ends the guard first.
+ */
+function guardOrphan(pid: number, startTime: string, scratch: string): ChildProcess | undefined {
+  const script =
+    `read -r _ && exit 0; read -r s </proc/${pid}/stat 2>/dev/null || exit 0; set -- \${s##*) }; ` +
+    `[ "\${20}" = "${startTime}" ] && kill -KILL ${pid}; rm -rf -- '${scratch.replaceAll("'", "'\\''")}'`;
+  let guard: ChildProcess;
+  try {
+    // Its own process group: a terminal's Ctrl-C reaches this process, which stops workerd itself.
+    guard = spawn("/bin/sh", ["-c", script], { stdio: ["pipe", "ignore", "ignore"], detached: true });
+  } catch {
+    return undefined;
+  }
+  guard.on("error", () => undefined);
+  guard.stdin?.on("error", () => undefined);
+  // It keeps nothing alive: the pipe is only closed, by this process's end.
+  guard.unref();
+  (guard.stdin as unknown as { unref?: () => void } | null)?.unref?.();
+  return guard;
+}
+
+/** Ends a guard (a line on its pipe lets it exit without touching workerd) and resolves once it is gone. */
+function stopGuard(guard: ChildProcess): Promise<void> {
+  if (guard.exitCode !== null || guard.signalCode !== null) return Promise.resolve();
+  const gone = new Promise<void>((resolveGone) => guard.once("exit", () => resolveGone()));
+  guard.ref();
+  guard.stdin?.end("stop\n");
+  return gone;
 }
 
 /** Runs `make` with the temporary folder (`os.tmpdir()`, which reads TMPDIR) set to `folder`, then sets it back. */

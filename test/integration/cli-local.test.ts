@@ -144,4 +144,21 @@ describe("the temporary folder", () => {
     expect((await proc.exited).signal).toBeNull();
     expect(readdirSync(temporary)).toEqual([]);
   });
+
+  it("leaves no workerd running, and nothing in the temporary folder, when the control plane is killed with SIGKILL", async () => {
+    const temporary = mkdtempSync(join(scratch, "tmp-"));
+    const proc = startTendril(["control-plane", "--port", "0", "--server-token", "t".repeat(32), "--state-dir", join(scratch, "state-killed")], { TMPDIR: temporary });
+    try {
+      await waitFor(() => /listening on http:\/\/127\.0\.0\.1:\d+/.test(proc.stdout()), { timeoutMs: 30_000, what: "the control plane to listen" });
+      // workerd is a child of the command, in its process group.
+      const workerd = pidsInGroup(proc.pid).filter((pid) => pid !== proc.pid && readFileSync(`/proc/${pid}/comm`, "utf8").trim() === "workerd");
+      expect(workerd).toHaveLength(1);
+      process.kill(proc.pid, "SIGKILL");
+      expect((await proc.exited).signal).toBe("SIGKILL");
+      await waitFor(() => pidsInGroup(proc.pid).length === 0, { timeoutMs: 10_000, what: "workerd to die with the command" });
+      await waitFor(() => readdirSync(temporary).length === 0, { timeoutMs: 10_000, what: "the temporary folder to be emptied" });
+    } finally {
+      await proc.stop();
+    }
+  });
 });
