@@ -4,7 +4,7 @@
  */
 import { spawn, type ChildProcess } from "node:child_process";
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync } from "node:fs";
-import { createServer } from "node:net";
+import { Socket, createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -118,6 +118,9 @@ export async function startLocalControlPlane(options: LocalControlPlaneOptions):
     throw error;
   }
   const started = mf;
+  // The workerd that appeared meanwhile is this one's. Another launch overlapping this one in the same process may be
+  // guarded here too, which is harmless: a guard kills only a workerd that is still the same process, and only once this
+  // process is gone.
   const guards = [...workerdChildren()].filter(([pid]) => !earlier.has(pid)).flatMap(([pid, startTime]) => guardOrphan(pid, startTime, scratch) ?? []);
   // Miniflare installs SIGINT/SIGTERM handlers that dispose workerd and exit the process at once. The
   // embedder decides how to stop (it calls `stop()`), so those handlers are taken away again.
@@ -183,7 +186,7 @@ function guardOrphan(pid: number, startTime: string, scratch: string): ChildProc
   guard.stdin?.on("error", () => undefined);
   // It keeps nothing alive: the pipe is only closed, by this process's end.
   guard.unref();
-  (guard.stdin as unknown as { unref?: () => void } | null)?.unref?.();
+  if (guard.stdin instanceof Socket) guard.stdin.unref();
   return guard;
 }
 
