@@ -1,9 +1,11 @@
 /**
  * The runner child of the local all-in-one (`tendril start`): started with this Node binary, its output
  * prefixed `[runner]`, restarted after a short delay when it dies unexpectedly (a bounded number of
- * times), and stopped with SIGTERM then SIGKILL.
+ * times), and stopped with SIGTERM then SIGKILL. Should this process end without stopping it (SIGKILL, a crash), the
+ * runner child gets SIGTERM (orphan-guard.ts): it drains, leaving its scripts to the next runner to re-attach to.
  */
 import { spawn, type ChildProcess } from "node:child_process";
+import { guardOrphan } from "../../control-plane/local/orphan-guard.js";
 import { formatDuration } from "../durations.js";
 import { DEFAULTS } from "./defaults.js";
 import { CLI_EXIT } from "./exit-codes.js";
@@ -65,6 +67,8 @@ export class RunnerSupervisor {
       { env: { ...process.env, TENDRIL_RUNNER_TOKEN: runnerToken }, stdio: ["ignore", "pipe", "pipe"] },
     );
     this.child = child;
+    const guard = child.pid === undefined ? undefined : guardOrphan(child.pid, { signal: "TERM" });
+    child.once("exit", () => void guard?.stop());
     prefixLines(child.stdout, process.stdout, "[runner] ");
     prefixLines(child.stderr, process.stderr, "[runner] ");
     child.on("error", (error) => process.stderr.write(`[runner] could not start: ${error.message}\n`));

@@ -2,12 +2,12 @@
  * Runs the control plane locally: the built Worker (dist/worker.js) on workerd through Miniflare, with
  * the same bindings as wrangler.toml and Durable Object state persisted under a folder.
  */
-import { spawn, type ChildProcess } from "node:child_process";
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync } from "node:fs";
-import { Socket, createServer } from "node:net";
+import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
+import { guardOrphan } from "./orphan-guard.js";
 
 const STOP_SIGNALS = ["SIGINT", "SIGTERM"] as const;
 
@@ -121,7 +121,7 @@ export async function startLocalControlPlane(options: LocalControlPlaneOptions):
   // The workerd that appeared meanwhile is this one's. Another launch overlapping this one in the same process may be
   // guarded here too, which is harmless: a guard kills only a workerd that is still the same process, and only once this
   // process is gone.
-  const guards = [...workerdChildren()].filter(([pid]) => !earlier.has(pid)).flatMap(([pid, startTime]) => guardOrphan(pid, startTime, scratch) ?? []);
+  const guards = [...workerdChildren()].filter((pid) => !earlier.has(pid)).flatMap((pid) => guardOrphan(pid, { signal: "KILL", remove: scratch }) ?? []);
   // Miniflare installs SIGINT/SIGTERM handlers that dispose workerd and exit the process at once. The
   // embedder decides how to stop (it calls `stop()`), so those handlers are taken away again.
   for (const signal of STOP_SIGNALS) {
@@ -133,7 +133,7 @@ export async function startLocalControlPlane(options: LocalControlPlaneOptions):
     url,
     stop: async () => {
       // The guards go first: once workerd has exited, its pid may name another process.
-      await Promise.all(guards.map(stopGuard));
+      await Promise.all(guards.map((guard) => guard.stop()));
       try {
         await started.dispose();
       } finally {
@@ -143,9 +143,9 @@ export async function startLocalControlPlane(options: LocalControlPlaneOptions):
   };
 }
 
-/** This process's children that run workerd, by pid, with their start times (field 22 of /proc/<pid>/stat); none without /proc. */
-function workerdChildren(): Map<number, string> {
-  const found = new Map<number, string>();
+/** This process's children that run workerd, by pid; none without /proc. */
+function workerdChildren(): Set<number> {
+  const found = new Set<number>();
   let entries: string[];
   try {
     entries = readdirSync("/proc");
@@ -156,47 +156,13 @@ function workerdChildren(): Map<number, string> {
     if (!/^\d+$/.test(entry)) continue;
     try {
       const stat = readFileSync(`/proc/${entry}/stat`, "utf8");
-      const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-      if (Number(fields[1]) === process.pid && stat.slice(stat.indexOf("(") + 1, stat.lastIndexOf(")")) === "workerd") found.set(Number(entry), fields[19]!);
+      const parent = Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]);
+      if (parent === process.pid && stat.slice(stat.indexOf("(") + 1, stat.lastIndexOf(")")) === "workerd") found.add(Number(entry));
     } catch {
       // Gone meanwhile.
     }
   }
   return found;
-}
-
-/**
- * Makes workerd (`pid`, started at `startTime`) die with this process, however this process ends: Miniflare's child
- * outlives a parent killed with SIGKILL (or crashed), holding the port and the state. A small shell holds the read end
- * of a pipe from this process; when the pipe closes without a word (this process is gone), it kills workerd if that
- * pid still names the same process, and removes the launcher's scratch folder. `stop()` ends the guard first.
- */
-function guardOrphan(pid: number, startTime: string, scratch: string): ChildProcess | undefined {
-  const script =
-    `read -r _ && exit 0; read -r s </proc/${pid}/stat 2>/dev/null || exit 0; set -- \${s##*) }; ` +
-    `[ "\${20}" = "${startTime}" ] && kill -KILL ${pid}; rm -rf -- '${scratch.replaceAll("'", "'\\''")}'`;
-  let guard: ChildProcess;
-  try {
-    // Its own process group: a terminal's Ctrl-C reaches this process, which stops workerd itself.
-    guard = spawn("/bin/sh", ["-c", script], { stdio: ["pipe", "ignore", "ignore"], detached: true });
-  } catch {
-    return undefined;
-  }
-  guard.on("error", () => undefined);
-  guard.stdin?.on("error", () => undefined);
-  // It keeps nothing alive: the pipe is only closed, by this process's end.
-  guard.unref();
-  if (guard.stdin instanceof Socket) guard.stdin.unref();
-  return guard;
-}
-
-/** Ends a guard (a line on its pipe lets it exit without touching workerd) and resolves once it is gone. */
-function stopGuard(guard: ChildProcess): Promise<void> {
-  if (guard.exitCode !== null || guard.signalCode !== null) return Promise.resolve();
-  const gone = new Promise<void>((resolveGone) => guard.once("exit", () => resolveGone()));
-  guard.ref();
-  guard.stdin?.end("stop\n");
-  return gone;
 }
 
 /** Runs `make` with the temporary folder (`os.tmpdir()`, which reads TMPDIR) set to `folder`, then sets it back. */

@@ -145,6 +145,27 @@ describe("the temporary folder", () => {
     expect(readdirSync(temporary)).toEqual([]);
   });
 
+  it("leaves neither workerd nor its runner running, and nothing in the temporary folder, when npm start is killed with SIGKILL", async () => {
+    const temporary = mkdtempSync(join(scratch, "tmp-"));
+    const cwd = mkdtempSync(join(scratch, "start-killed-"));
+    const proc = startTendril(["start", "--port", "0"], { TMPDIR: temporary, TENDRIL_URL: "", TENDRIL_SERVER_TOKEN: "" }, cwd);
+    try {
+      await waitFor(() => /Press Ctrl-C to stop/.test(proc.stdout()), { timeoutMs: 60_000, what: `npm start's banner:\n${proc.output()}` });
+      // Its workerd and its runner child are in its process group.
+      const children = pidsInGroup(proc.pid).filter((pid) => pid !== proc.pid);
+      const names = children.map((pid) => readFileSync(`/proc/${pid}/cmdline`, "utf8").split("\0"));
+      expect(names.some((argv) => argv[0]!.endsWith("/workerd"))).toBe(true);
+      expect(names.some((argv) => argv.includes("runner"))).toBe(true);
+      process.kill(proc.pid, "SIGKILL");
+      expect((await proc.exited).signal).toBe("SIGKILL");
+      // The runner drains (SIGTERM) and exits; workerd is killed.
+      await waitFor(() => pidsInGroup(proc.pid).length === 0, { timeoutMs: 20_000, what: "workerd and the runner to end with npm start" });
+      await waitFor(() => readdirSync(temporary).length === 0, { timeoutMs: 10_000, what: "the temporary folder to be emptied" });
+    } finally {
+      await proc.stop();
+    }
+  });
+
   it("leaves no workerd running, and nothing in the temporary folder, when the control plane is killed with SIGKILL", async () => {
     const temporary = mkdtempSync(join(scratch, "tmp-"));
     const proc = startTendril(["control-plane", "--port", "0", "--server-token", "t".repeat(32), "--state-dir", join(scratch, "state-killed")], { TMPDIR: temporary });
