@@ -204,7 +204,9 @@ describe("a runner that finds its predecessor's script still running", () => {
     const folders = readdirSync(join(workDir, "runs"));
     expect(folders).toHaveLength(1);
     killGroup(pid);
-    await waitFor(() => !isAlive(pid) && tag.pids().length === 0, "the script and its wrapper to die");
+    // Every process of the run: the wrapper's copiers too (their group is the wrapper's), which carry no tag. One still
+    // dying when the next runner looks holds the run's cgroup, and the run is rightly taken for one that still runs.
+    await waitFor(() => !isAlive(pid) && pidsInGroup(pid).length === 0 && tag.pids().length === 0, "the script, its wrapper and the wrapper's copiers to die");
     const { hello } = await nextRunner();
     expect(hello.inventory).toEqual([]);
     await waitFor(() => readdirSync(join(workDir, "runs")).length === 0, "the dead run's folder to be removed");
