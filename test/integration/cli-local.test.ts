@@ -156,11 +156,8 @@ describe("the temporary folder", () => {
       const names = children.map((pid) => readFileSync(`/proc/${pid}/cmdline`, "utf8").split("\0"));
       expect(names.some((argv) => argv[0]!.endsWith("/workerd"))).toBe(true);
       expect(names.some((argv) => argv.includes("runner"))).toBe(true);
-      process.kill(proc.pid, "SIGKILL");
-      expect((await proc.exited).signal).toBe("SIGKILL");
       // The runner drains (SIGTERM) and exits; workerd is killed.
-      await waitFor(() => pidsInGroup(proc.pid).length === 0, { timeoutMs: 20_000, what: "workerd and the runner to end with npm start" });
-      await waitFor(() => readdirSync(temporary).length === 0, { timeoutMs: 10_000, what: "the temporary folder to be emptied" });
+      await killOutright(proc, temporary, "workerd and the runner to end with npm start");
     } finally {
       await proc.stop();
     }
@@ -174,12 +171,17 @@ describe("the temporary folder", () => {
       // workerd is a child of the command, in its process group.
       const workerd = pidsInGroup(proc.pid).filter((pid) => pid !== proc.pid && readFileSync(`/proc/${pid}/comm`, "utf8").trim() === "workerd");
       expect(workerd).toHaveLength(1);
-      process.kill(proc.pid, "SIGKILL");
-      expect((await proc.exited).signal).toBe("SIGKILL");
-      await waitFor(() => pidsInGroup(proc.pid).length === 0, { timeoutMs: 10_000, what: "workerd to die with the command" });
-      await waitFor(() => readdirSync(temporary).length === 0, { timeoutMs: 10_000, what: "the temporary folder to be emptied" });
+      await killOutright(proc, temporary, "workerd to die with the command");
     } finally {
       await proc.stop();
     }
   });
 });
+
+/** SIGKILLs a command, then waits until nothing of its process group is left and its temporary folder is empty. */
+async function killOutright(proc: TestProcess, temporary: string, what: string): Promise<void> {
+  process.kill(proc.pid, "SIGKILL");
+  expect((await proc.exited).signal).toBe("SIGKILL");
+  await waitFor(() => pidsInGroup(proc.pid).length === 0, { timeoutMs: 20_000, what });
+  await waitFor(() => readdirSync(temporary).length === 0, { timeoutMs: 10_000, what: "the temporary folder to be emptied" });
+}
