@@ -51,7 +51,7 @@ async function withTracedStack(fn) {
 }
 
 /** Start `true` with waitMs and wait for the complete answer; returns the latency in ms. */
-async function dispatchOnce(cp, machineId, extra = {}) {
+export async function dispatchOnce(cp, machineId, extra = {}) {
   const started = performance.now();
   const response = await cp.api("POST", `/api/v1/machines/${machineId}/scripts`, { scriptBody: "true", waitMs: 30_000, ...extra });
   const elapsed = performance.now() - started;
@@ -91,6 +91,19 @@ export async function dispatch(sizes) {
   });
 }
 
+/**
+ * Starts a `true` script for each of `tickets` on `machineId`, all at once, then the last once the others are queued
+ * (the mutex is FIFO, so it completes last), and resolves once its live stream ends; polling the machine view instead
+ * would load the control plane while it works.
+ */
+export async function burstOfTrue(cp, machineId, tickets) {
+  const submit = (ticket) => cp.api("POST", `/api/v1/machines/${machineId}/scripts`, { ticket, scriptBody: "true" });
+  const submitted = await Promise.all(tickets.slice(0, -1).map(submit));
+  submitted.push(await submit(tickets.at(-1)));
+  if (submitted.some((r) => r.status !== 201)) throw new Error("a handoff start failed");
+  await untilStreamEnds(cp, machineId, tickets.at(-1));
+}
+
 /** Reads a script's live stream (`GET …/stream`) until the control plane ends it, which it does once the script is complete. */
 async function untilStreamEnds(cp, machineId, ticket) {
   const response = await fetch(`${cp.url}/api/v1/machines/${machineId}/scripts/${ticket}/stream`, { headers: { authorization: `Bearer ${cp.token}` } });
@@ -124,13 +137,7 @@ export async function handoff(sizes) {
       const tickets = Array.from({ length: count }, (_, i) => `h-${round}-${i}`);
       const from = sample();
       const started = performance.now();
-      const submit = (ticket) => cp.api("POST", "/api/v1/machines/bench/scripts", { ticket, scriptBody: "true" });
-      // All at once, then the last one once the others are queued: the mutex is FIFO, so it completes last. Its live
-      // stream ends then; polling the machine view instead would load the control plane while it works.
-      const submitted = await Promise.all(tickets.slice(0, -1).map(submit));
-      submitted.push(await submit(tickets.at(-1)));
-      if (submitted.some((r) => r.status !== 201)) throw new Error("a handoff start failed");
-      await untilStreamEnds(cp, "bench", tickets.at(-1));
+      await burstOfTrue(cp, "bench", tickets);
       tendrilMs += performance.now() - started;
       const to = sample();
       cpu.runnerUser += to.runner.user - from.runner.user;

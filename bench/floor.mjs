@@ -15,6 +15,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
 import { Miniflare } from "miniflare";
+import { burstOfTrue, dispatchOnce } from "./figures.mjs";
 import { ROOT, percentile, startBaseline, startControlPlane, startRunner } from "./stack.mjs";
 
 const WORKER = `
@@ -169,24 +170,13 @@ async function tendril(baseline, startRunner) {
   let runner;
   try {
     runner = await startRunner(cp, machineId);
-    const scripts = `/api/v1/machines/${machineId}/scripts`;
     let count = 0;
-    const dispatch = async () => {
-      const started = performance.now();
-      const response = await cp.api("POST", scripts, { scriptBody: "true", waitMs: 30_000 });
-      const elapsed = performance.now() - started;
-      if (response.body?.exitCode !== 0) throw new Error(`dispatch failed: ${JSON.stringify(response.body)}`);
-      await cp.api("DELETE", `${scripts}/${response.body.ticket}`);
-      return elapsed;
-    };
-    // As `npm run bench` does: every script at once, the last once the others are queued, until its live stream ends.
+    // As `npm run bench` measures them.
+    const dispatch = () => dispatchOnce(cp, machineId);
     const burst = async (n) => {
       const tickets = Array.from({ length: n }, () => `b-${(count += 1)}`);
       const started = performance.now();
-      const submit = (ticket) => cp.api("POST", scripts, { ticket, scriptBody: "true" });
-      await Promise.all(tickets.slice(0, -1).map(submit));
-      await submit(tickets.at(-1));
-      await (await fetch(`${cp.url}${scripts}/${tickets.at(-1)}/stream`, { headers: { authorization: `Bearer ${cp.token}` } })).text();
+      await burstOfTrue(cp, machineId, tickets);
       return performance.now() - started;
     };
     return await measure({ dispatch, burst }, baseline);

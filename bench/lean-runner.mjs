@@ -4,6 +4,7 @@
 // plane's share of the fixed cost from the runner's. Arguments: the runner URL; the runner token in TENDRIL_RUNNER_TOKEN.
 import { spawn } from "node:child_process";
 import { randomUUID } from "node:crypto";
+import { readFileSync } from "node:fs";
 import { createInterface } from "node:readline";
 import WebSocket from "ws";
 
@@ -23,7 +24,8 @@ createInterface({ input: helper.stdout }).on("line", (line) => {
   }
 });
 let next = 0;
-socket.on("open", () => send({ type: "hello", protocol: 2, runnerId: randomUUID(), version: "0.1.0", capabilities: [], inventory: [] }));
+const { version } = JSON.parse(readFileSync(new URL("../package.json", import.meta.url), "utf8"));
+socket.on("open", () => send({ type: "hello", protocol: 2, runnerId: randomUUID(), version, capabilities: [], inventory: [] }));
 socket.on("message", (data, binary) => {
   if (binary) return;
   const text = String(data);

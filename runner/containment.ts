@@ -104,17 +104,29 @@ function readProcFile(path: string): Buffer | undefined {
   }
 }
 
+/** A process's parent (field 4 of `/proc/<pid>/stat`); undefined when there is no such process. */
+export function readParentPid(pid: number): number | undefined {
+  const fields = statFields(readProcFile(`/proc/${pid}/stat`)?.toString("utf8") ?? "");
+  const parent = Number(fields?.[1]);
+  return Number.isInteger(parent) ? parent : undefined;
+}
+
 /** Parses the text of `/proc/<pid>/stat`; undefined when it is not one. */
 export function parseProcessStat(text: string): ProcessStat | undefined {
-  // The command name sits in parentheses and may itself contain spaces and parentheses: split after the last one.
-  const close = text.lastIndexOf(")");
-  if (close === -1) return undefined;
-  const fields = text.slice(close + 2).split(" ");
+  const fields = statFields(text);
+  if (fields === undefined) return undefined;
   const state = fields[0];
   const pgrp = Number(fields[2]);
   const startTime = Number(fields[19]);
   if (state === undefined || state === "" || !Number.isInteger(pgrp) || !Number.isFinite(startTime)) return undefined;
   return { state, pgrp, startTime };
+}
+
+/** The fields of a `/proc/<pid>/stat` text from the third (the state) on; undefined when it is not one. */
+function statFields(text: string): string[] | undefined {
+  // The command name sits in parentheses and may itself contain spaces and parentheses: split after the last one.
+  const close = text.lastIndexOf(")");
+  return close === -1 ? undefined : text.slice(close + 2).split(" ");
 }
 
 /** True when the stat names a process that still runs (not a zombie, not dead). */

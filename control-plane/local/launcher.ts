@@ -2,11 +2,12 @@
  * Runs the control plane locally: the built Worker (dist/worker.js) on workerd through Miniflare, with
  * the same bindings as wrangler.toml and Durable Object state persisted under a folder.
  */
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
+import { allPids, readCommandLine, readParentPid } from "../../runner/containment.js";
 import { guardOrphan } from "./orphan-guard.js";
 
 const STOP_SIGNALS = ["SIGINT", "SIGTERM"] as const;
@@ -145,24 +146,13 @@ export async function startLocalControlPlane(options: LocalControlPlaneOptions):
 
 /** This process's children that run workerd, by pid; none without /proc. */
 function workerdChildren(): Set<number> {
-  const found = new Set<number>();
-  let entries: string[];
+  let pids: number[];
   try {
-    entries = readdirSync("/proc");
+    pids = allPids();
   } catch {
-    return found;
+    return new Set();
   }
-  for (const entry of entries) {
-    if (!/^\d+$/.test(entry)) continue;
-    try {
-      const stat = readFileSync(`/proc/${entry}/stat`, "utf8");
-      const parent = Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]);
-      if (parent === process.pid && stat.slice(stat.indexOf("(") + 1, stat.lastIndexOf(")")) === "workerd") found.add(Number(entry));
-    } catch {
-      // Gone meanwhile.
-    }
-  }
-  return found;
+  return new Set(pids.filter((pid) => readParentPid(pid) === process.pid && readCommandLine(pid)?.[0]?.endsWith("/workerd") === true));
 }
 
 /** Runs `make` with the temporary folder (`os.tmpdir()`, which reads TMPDIR) set to `folder`, then sets it back. */

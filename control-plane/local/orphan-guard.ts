@@ -7,8 +7,9 @@
  * time), and removes a folder when asked to. Linux only: without /proc nothing is guarded.
  */
 import { spawn, type ChildProcess } from "node:child_process";
-import { readFileSync } from "node:fs";
 import { Socket } from "node:net";
+import { readProcessStat } from "../../runner/containment.js";
+import { quote } from "../../runner/wrapper.js";
 
 /** A running guard. */
 export interface OrphanGuard {
@@ -24,19 +25,9 @@ export interface OrphanGuardOptions {
   remove?: string;
 }
 
-/** A process's start time (field 22 of /proc/<pid>/stat, clock ticks after boot); undefined when it cannot be read. */
-export function processStartTime(pid: number): string | undefined {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
-    return stat.slice(stat.lastIndexOf(")") + 2).split(" ")[19];
-  } catch {
-    return undefined;
-  }
-}
-
 /** Makes `pid` (a child of this process) get `options.signal` once this process is gone; undefined when it cannot. */
 export function guardOrphan(pid: number, options: OrphanGuardOptions): OrphanGuard | undefined {
-  const startTime = processStartTime(pid);
+  const startTime = readProcessStat(pid)?.startTime;
   if (startTime === undefined) return undefined;
   const remove = options.remove === undefined ? "" : `; rm -rf -- ${quote(options.remove)}`;
   const script =
@@ -64,9 +55,4 @@ function stopGuard(guard: ChildProcess): Promise<void> {
   guard.ref();
   guard.stdin?.end("stop\n");
   return gone;
-}
-
-/** Single-quotes a word for the shell. */
-function quote(word: string): string {
-  return `'${word.replaceAll("'", "'\\''")}'`;
 }

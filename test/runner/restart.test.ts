@@ -206,7 +206,7 @@ describe("a runner that finds its predecessor's script still running", () => {
     killGroup(pid);
     // Every process of the run: the wrapper's copiers too (their group is the wrapper's), which carry no tag. One still
     // dying when the next runner looks holds the run's cgroup, and the run is rightly taken for one that still runs.
-    await waitFor(() => !isAlive(pid) && pidsInGroup(pid).length === 0 && tag.pids().length === 0, "the script, its wrapper and the wrapper's copiers to die");
+    await waitFor(() => pidsInGroup(pid).length === 0 && tag.pids().length === 0, "the script, its wrapper and the wrapper's copiers to die");
     const { hello } = await nextRunner();
     expect(hello.inventory).toEqual([]);
     await waitFor(() => readdirSync(join(workDir, "runs")).length === 0, "the dead run's folder to be removed");
