@@ -12,7 +12,7 @@ import type { ScriptPayload } from "../../shared/api.js";
 import type { ProcessManagerOptions, ScriptProcess } from "../../runner/process-manager.js";
 import { RunFolders, type Run } from "../../runner/run-folder.js";
 import { SpoolTail, generationFile } from "../../runner/spool-tail.js";
-import { GENERATION_READ_BYTES, GENERATION_RECORDS, releaseGate, wrapperPaths } from "../../runner/wrapper.js";
+import { GENERATION_READ_BYTES, GENERATION_RECORDS, readExitFile, releaseGate, wrapperPaths } from "../../runner/wrapper.js";
 import { bytesWritten, isAlive, isBlockedOnWrite, killGroup, pidsInGroup, pidsInGroupNamed, removeDir, tempDir } from "../helpers/processes.js";
 import { waitFor, within } from "./fake-control-plane.js";
 import { spawnInRun } from "./spawn.js";
@@ -153,7 +153,8 @@ describe("a script under its wrapper", () => {
     child.release(true);
     writeFileSync(join(run.cwd, "go"), "");
     const paths = wrapperPaths(run.dir);
-    await waitFor(() => existsSync(paths.exit), "the exit status", 10_000);
+    // The shell creates the file before it writes the status into it: wait for the line, not for the file.
+    expect(await waitFor(() => readExitFile(paths.exit), "the exit status", 10_000)).toBe(5);
     expect(readFileSync(paths.exit, "utf8")).toBe("5\n");
     // The script's shell is gone; its wrapper waits; what nobody read yet is in its spool.
     expect(isAlive(child.pid)).toBe(true);
