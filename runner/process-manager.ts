@@ -111,7 +111,7 @@ export async function spawnScript(
   };
   let shell: ScriptShell | SpawnFailure;
   if (wrappable(launch)) {
-    const warm = options.warmShells?.claim(launch);
+    const warm = await options.warmShells?.claimSoon(launch);
     if (warm !== undefined) {
       try {
         beforeStart?.({ marker: warm.marker, cgroup: warm.cgroup?.path, pid: warm.pid, startTime: warm.startTime, wrapped: true });

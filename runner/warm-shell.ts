@@ -38,12 +38,18 @@ import { WRAPPER_SHELL, prologue, quote, runCommand, wrapperArguments, wrapperPa
 /** How long a retired shell's cgroup may take to empty once the shell has exited. */
 const RETIRE_EMPTY_MS = 2_000;
 
+
 /** How a pool behaves. */
 export interface WarmShellOptions {
   /** How many shells wait at most; default 2 (a script that starts while another just started finds one too). */
   size?: number;
   /** How long a script that still runs holds back the refill after it started; default 50 ms. */
   refillDelayMs?: number;
+  /**
+   * How long a script waits at most for a shell that is starting when none is ready; default 100 ms. It is usually
+   * ready within milliseconds; past this, something holds it up, and the script starts a wrapper of its own.
+   */
+  startingWaitMs?: number;
 }
 
 /** What a wrapper is started with; a warm one can run a script only when the script's are the same. */
@@ -85,6 +91,7 @@ interface Wrapper {
 export class WarmShellPool {
   private readonly size: number;
   private readonly refillDelayMs: number;
+  private readonly startingWaitMs: number;
   private readonly idle: Wrapper[] = [];
   /** What the latest script started with: the next shells are warmed with it. */
   private recipe: Recipe | undefined;
@@ -98,6 +105,7 @@ export class WarmShellPool {
   constructor(options: WarmShellOptions = {}) {
     this.size = options.size ?? 2;
     this.refillDelayMs = options.refillDelayMs ?? 50;
+    this.startingWaitMs = options.startingWaitMs ?? 100;
   }
 
   /** The pids of the shells that are ready for a script now. */
@@ -127,6 +135,23 @@ export class WarmShellPool {
     shell.io = paths.io;
     shell.slot = false;
     return handOver(shell, launch);
+  }
+
+  /**
+   * A ready wrapper for `launch`, as `claim` gives one; when none is ready but one is starting (a refill under way),
+   * waits for it (a while at most): it is further along than a cold start, which forks the runner, would be.
+   */
+  async claimSoon(launch: Launch): Promise<ScriptShell | undefined> {
+    const ready = this.claim(launch);
+    if (ready !== undefined) return ready;
+    // `claim` retired the shells warmed for anything else: one still starting is one this script can take.
+    const starting = this.idle.find((candidate) => !candidate.status.ready && isLive(candidate));
+    if (starting === undefined) return undefined;
+    let timer: NodeJS.Timeout | undefined;
+    const late = new Promise<void>((resolve) => (timer = setTimeout(resolve, this.startingWaitMs)));
+    await Promise.race([starting.ready, late]);
+    clearTimeout(timer);
+    return this.claim(launch);
   }
 
   /**

@@ -5,7 +5,7 @@
  * Real processes; every test stops what it started, by pid.
  */
 import { spawn } from "node:child_process";
-import { existsSync, readFileSync } from "node:fs";
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { build } from "esbuild";
 import { afterAll, afterEach, beforeEach, describe, expect, it } from "vitest";
@@ -103,6 +103,35 @@ async function armedPool(poolOptions: WarmShellOptions = {}, extra: Partial<Proc
   await run("arm", payload("true"), options);
   await waitFor(() => pool.idlePids.length === size, `${size} waiting shell(s)`);
   return { pool, options };
+}
+
+/**
+ * A pool of one whose first refill stays starting until told: every wrapper makes its FIFOs with mkfifo, found on the
+ * PATH, and this one records its caller (the wrapper) and holds the second call (the refill's shell) until `letGo`.
+ * The first script (cold) has run when this returns.
+ */
+async function poolWithSlowRefill(startingWaitMs: number) {
+  const bin = join(workDir, "bin");
+  const calls = join(workDir, "mkfifo-calls");
+  const go = join(workDir, "mkfifo-go");
+  const realMkfifo = ["/usr/bin/mkfifo", "/bin/mkfifo"].find(existsSync)!;
+  mkdirSync(bin);
+  writeFileSync(
+    join(bin, "mkfifo"),
+    `#!/bin/sh\necho "$PPID" >>'${calls}'\nif [ "$(wc -l <'${calls}')" -eq 2 ]; then while [ ! -e '${go}' ]; do sleep 0.01; done; fi\nexec '${realMkfifo}' "$@"\n`,
+    { mode: 0o755 },
+  );
+  const pool = new WarmShellPool({ size: 1, startingWaitMs });
+  pools.push(pool);
+  const options: ProcessManagerOptions = { ...OPTIONS, baseEnvironment: { ...BASE, PATH: `${bin}:${BASE.PATH}` }, warmShells: pool };
+  await run("arm", payload("true"), options);
+  return {
+    pool,
+    options,
+    /** The wrappers that ran mkfifo, in order. */
+    callers: (): number[] => (existsSync(calls) ? readFileSync(calls, "utf8").trim().split("\n").map(Number) : []),
+    letGo: () => writeFileSync(go, ""),
+  };
 }
 
 /** Starts a script that must run in the shell that waits now. */
@@ -429,6 +458,33 @@ describe("the pool", () => {
     } finally {
       killGroup(child.pid);
     }
+  });
+
+  it("gives a script the shell that is still starting when none is ready, instead of starting a wrapper of its own", async () => {
+    const { pool, options, callers, letGo } = await poolWithSlowRefill(60_000);
+    const shell = await waitFor(() => callers()[1], "the refill's shell to start");
+    expect(pool.idlePids).toEqual([]);
+    const starting = start("t1", payload("echo taken"), options);
+    letGo();
+    const result = await ended(await starting);
+    expect(result.outcome).toEqual({ kind: "exited", code: 0 });
+    expect(result.stdout).toBe("taken\n");
+    expect(result.child.pid).toBe(shell);
+  });
+
+  it("starts a wrapper of its own once the starting shell took longer than startingWaitMs", async () => {
+    const { pool, options, callers, letGo } = await poolWithSlowRefill(50);
+    const shell = await waitFor(() => callers()[1], "the refill's shell to start");
+    try {
+      const result = await run("t1", payload("echo cold"), options);
+      expect(result.stdout).toBe("cold\n");
+      expect(result.child.pid).not.toBe(shell);
+      expect(callers()[2]).toBe(result.child.pid);
+    } finally {
+      letGo();
+    }
+    // The slow one is still the pool's, once ready.
+    await waitFor(() => pool.idlePids.includes(shell), "the slow shell to be ready");
   });
 
   it("kills every waiting shell when disposed, releases their cgroups, and starts no more", async () => {
