@@ -8,10 +8,10 @@
  * and held open; it says `ready` and waits, reading its stdin. A claim renames its slot to the run's `io` folder (open
  * FIFOs stay valid) and writes it one line (enter the workspace, export the request's variables, run the script's shell
  * in the foreground, record its status; see `runCommand`), so the script's process group, marker and cgroup are the
- * wrapper's. Without a waiting wrapper, one is started for the script (the cold path). A script that a shell could not
- * start exactly as a direct spawn would (a variable a shell cannot pass on, a workspace it cannot enter) is spawned
- * directly instead (process-manager.ts), and cannot be re-attached to. A waiting wrapper whose runner died reads EOF
- * and exits.
+ * wrapper's. Without a waiting wrapper (or one that is starting and soon ready), one is started for the script (the
+ * cold path). A script that a shell could not start exactly as a direct spawn would (a variable a shell cannot pass
+ * on, a workspace it cannot enter) is spawned directly instead (process-manager.ts), and cannot be re-attached to. A
+ * waiting wrapper whose runner died reads EOF and exits.
  */
 import { accessSync, constants as fsConstants, existsSync, mkdirSync, renameSync, rmSync, statSync } from "node:fs";
 import { Socket } from "node:net";
