@@ -5,7 +5,7 @@ import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "no
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { dispatchBreakdown, handoffBreakdown, readTraces } from "./breakdown.mjs";
-import { cpuMs, cpuTimes, machineBusyMs, percentile, ROOT, rssMb, spawnDirect, startBaseline, startControlPlane, startRunner, waitFor } from "./stack.mjs";
+import { cpuMs, cpuTimes, forksSoFar, machineBusyMs, percentile, ROOT, rssMb, spawnDirect, startBaseline, startControlPlane, startRunner, waitFor } from "./stack.mjs";
 
 /** One row of the table; `extra` may add `fixedCost` (ms above the baseline) and `breakdown` (per-stage ms). */
 function row(figure, value, unit, baseline, target, met, note = "", extra = {}) {
@@ -127,18 +127,24 @@ export async function handoff(sizes) {
     const granted = [];
     // CPU time during Tendril's rounds only: the runner's, the control plane's, and the whole machine's.
     const cpu = { runnerUser: 0, runnerSystem: 0, controlPlane: 0, machine: 0, directMachine: 0 };
+    // Processes started during each side's rounds: every one costs a fork, an exec, an exit and a wait.
+    const forks = { tendril: 0, direct: 0 };
     const workerd = cp.workerdPids();
     const sample = () => ({ runner: cpuTimes(runner.runnerPid()), controlPlane: workerd.reduce((sum, pid) => sum + cpuMs(pid), 0), machine: machineBusyMs() });
     for (let round = 0; round < rounds; round += 1) {
       const count = Math.ceil(n / rounds);
       const directFrom = machineBusyMs();
+      const directForks = forksSoFar();
       directMs += (await baseline.spawnTrue(count)).reduce((sum, ms) => sum + ms, 0);
       cpu.directMachine += machineBusyMs() - directFrom;
+      forks.direct += forksSoFar() - directForks;
       const tickets = Array.from({ length: count }, (_, i) => `h-${round}-${i}`);
       const from = sample();
+      const tendrilForks = forksSoFar();
       const started = performance.now();
       await burstOfTrue(cp, "bench", tickets);
       tendrilMs += performance.now() - started;
+      forks.tendril += forksSoFar() - tendrilForks;
       const to = sample();
       cpu.runnerUser += to.runner.user - from.runner.user;
       cpu.runnerSystem += to.runner.system - from.runner.system;
@@ -170,7 +176,9 @@ export async function handoff(sizes) {
       { part: "in all, both cores", ms: cpu.machine / total },
       { part: "baseline: in all per `bash -c true`, both cores", ms: cpu.directMachine / total },
     ];
-    const cpuNote = `CPU ms per script, ${(cpu.machine / tendrilMs / 2 * 100).toFixed(0)}% of both cores busy during the handoffs; Linux counts CPU time in 10 ms ticks`;
+    const cpuNote =
+      `CPU ms per script, ${(cpu.machine / tendrilMs / 2 * 100).toFixed(0)}% of both cores busy during the handoffs; Linux counts CPU time in 10 ms ticks; ` +
+      `processes started per script: ${(forks.tendril / total).toFixed(1)}, the baseline's ${(forks.direct / total).toFixed(1)}`;
     return [
       row(`mutex handoff (${total} full scripts)`, rate, "scripts/s", directRate, "≥ 0.5× baseline rate", rate >= 0.5 * directRate, "", {
         fixedCost: perScript - 1000 / directRate,

@@ -87,6 +87,11 @@ export function machineBusyMs() {
   return (user + nice + system + irq + softirq + steal) * 10;
 }
 
+/** Processes (and threads) the machine started since boot: the `processes` line of /proc/stat counts every fork. */
+export function forksSoFar() {
+  return Number(/^processes (\d+)$/m.exec(readFileSync("/proc/stat", "utf8"))?.[1] ?? 0);
+}
+
 /** Resident memory of a process, in MB (VmRSS), or its peak (VmHWM). */
 export function rssMb(pid, field = "VmRSS") {
   try {
