@@ -38,7 +38,6 @@ import { WRAPPER_SHELL, prologue, quote, runCommand, wrapperArguments, wrapperPa
 /** How long a retired shell's cgroup may take to empty once the shell has exited. */
 const RETIRE_EMPTY_MS = 2_000;
 
-
 /** How a pool behaves. */
 export interface WarmShellOptions {
   /** How many shells wait at most; default 2 (a script that starts while another just started finds one too). */
