@@ -111,7 +111,8 @@ export async function spawnScript(
   };
   let shell: ScriptShell | SpawnFailure;
   if (wrappable(launch)) {
-    const warm = await options.warmShells?.claimSoon(launch);
+    // A ready shell at once; else one still starting, if there is one (waited for on this path only).
+    const warm = options.warmShells?.claim(launch) ?? (await options.warmShells?.claimStarting(launch));
     if (warm !== undefined) {
       try {
         beforeStart?.({ marker: warm.marker, cgroup: warm.cgroup?.path, pid: warm.pid, startTime: warm.startTime, wrapped: true });

@@ -137,12 +137,11 @@ export class WarmShellPool {
   }
 
   /**
-   * A ready wrapper for `launch`, as `claim` gives one; when none is ready but one is starting (a refill under way),
-   * waits for it (a while at most): it is further along than a cold start, which forks the runner, would be.
+   * For a script `claim` found no ready wrapper for: waits for one that is starting (a refill under way), a while at
+   * most, and claims it; it is further along than a cold start, which forks the runner, would be. Undefined when none
+   * is starting or it was not ready in time.
    */
-  async claimSoon(launch: Launch): Promise<ScriptShell | undefined> {
-    const ready = this.claim(launch);
-    if (ready !== undefined) return ready;
+  async claimStarting(launch: Launch): Promise<ScriptShell | undefined> {
     // `claim` retired the shells warmed for anything else: one still starting is one this script can take.
     const starting = this.idle.find((candidate) => !candidate.status.ready && isLive(candidate));
     if (starting === undefined) return undefined;
